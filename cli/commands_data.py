@@ -1,0 +1,2 @@
+"""CLI verbs (data)."""
+COMMANDS = []

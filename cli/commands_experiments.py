@@ -1,0 +1,2 @@
+"""CLI verbs (experiments)."""
+COMMANDS = []

@@ -1,0 +1,2 @@
+"""CLI verbs (metrics)."""
+COMMANDS = []

@@ -1,0 +1,1 @@
+"""Data layer: datasets -> manifest -> cached slice-major volumes -> splits and budgets -> slice batches."""

@@ -1,0 +1,1 @@
+"""Experiments built from library stages: the built-in demo and the paper grids."""

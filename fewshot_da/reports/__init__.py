@@ -1,0 +1,1 @@
+"""Reports: tables, gap closed D_R, paired statistics and figures."""

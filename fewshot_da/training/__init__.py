@@ -1,0 +1,1 @@
+"""Training loop, learning-rate schedules, layer freezing strategies and checkpoints."""
