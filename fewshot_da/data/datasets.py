@@ -168,6 +168,24 @@ def index_images2d(root, *, images: str = "images", masks: str = "masks", mask_s
     return sorted((r for _, r in records), key=lambda r: r.id)
 
 
+def index_dataset(layout: str, root, out=None, **options):
+    """Index `root` with the builder named `layout` (cc359, folder, images2d), write the manifest to `out`
+    (when given) and return (records, problems) where problems are one-line findings of `find_problems`."""
+    from fewshot_da.data.checks import find_problems
+    from fewshot_da.data.manifest import write_manifest
+
+    if layout not in LAYOUTS:
+        raise InputError(f"layout {layout!r} unknown (choose from {', '.join(LAYOUTS)})")
+    options = {k: v for k, v in options.items() if v is not None}
+    if layout == "cc359" and options:
+        raise InputError(f"layout cc359 takes no options (got {', '.join(options)})")
+    records = LAYOUTS[layout](root, **options)
+    problems = find_problems(records)
+    if out is not None:
+        write_manifest(records, out)
+    return records, problems
+
+
 LAYOUTS = {"cc359": index_cc359, "folder": index_folder, "images2d": index_images2d}
-__all__ = ["CC359_DOMAINS", "LAYOUTS", "index_cc359", "index_folder", "index_images2d",
+__all__ = ["CC359_DOMAINS", "LAYOUTS", "index_dataset", "index_cc359", "index_folder", "index_images2d",
            "IMAGE2D_SUFFIXES", "NIFTI_SUFFIXES"]

@@ -149,3 +149,12 @@ def write_phantom_dataset(root, *, domains: Sequence[str] = CC359_DOMAINS, scans
                 nib.save(img, str(path))
             records.append(Record(stem[:6], str(image_path), str(mask_path), domain, tuple(map(float, spacing_mm))))
     return sorted(records, key=lambda r: r.id)
+
+
+def write_phantom_manifest(root, **options) -> list[Record]:
+    """write_phantom_dataset(root, **options) plus `root/manifest.csv`; returns the Records."""
+    from fewshot_da.data.manifest import write_manifest
+
+    records = write_phantom_dataset(root, **options)
+    write_manifest(records, Path(root) / "manifest.csv")
+    return records
