@@ -35,7 +35,10 @@ def index_cc359(root) -> list[Record]:
     if not root.is_dir():
         raise InputError(f"{root}: CC359 folder not found")
     image_dir, mask_dir = root / "images", root / "masks"
-    if not (image_dir.is_dir() and mask_dir.is_dir()):
+    if image_dir.is_dir() != mask_dir.is_dir():
+        missing = mask_dir if image_dir.is_dir() else image_dir
+        raise InputError(f"{missing}: folder not found (CC359 keeps images/ and masks/ side by side)")
+    if not image_dir.is_dir():
         image_dir = mask_dir = root
     images, masks = {}, {}
     for folder in {image_dir, mask_dir}:
