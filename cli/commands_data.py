@@ -1,2 +1,106 @@
-"""CLI verbs (data)."""
-COMMANDS = []
+"""CLI verbs of `fewshot-da data`: index a dataset, preprocess a manifest, write the splits, write phantoms."""
+import click
+
+from fewshot_da_cli.errors import one_line_errors
+
+
+@click.group()
+def data():
+    """Datasets -> manifest CSV -> cached preprocessed volumes; reference splits; synthetic phantoms."""
+
+
+@data.command("index")
+@click.argument("layout", type=click.Choice(["cc359", "folder", "images2d"]))
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
+@click.option("--images", default=None, help="Images subfolder (folder/images2d; default images, or imagesTr).")
+@click.option("--masks", default=None, help="Masks subfolder (folder/images2d; default masks, or labelsTr).")
+@click.option("--mask-suffix", default=None,
+              help="Mask name = image stem + this (default: folder auto-detects, images2d _mask).")
+@click.option("--domain", default=None, help="Domain name for all scans (default: subfolder names or ROOT's name).")
+@one_line_errors
+def index_command(layout, root, out, images, masks, mask_suffix, domain):
+    """Index ROOT in LAYOUT (cc359 | folder | images2d) into a manifest; print counts per domain and problems."""
+    from fewshot_da.data.datasets import index_dataset
+    from fewshot_da.data.manifest import domain_counts
+
+    records, problems = index_dataset(layout, root, out, images=images, masks=masks,
+                                      mask_suffix=mask_suffix, domain=domain)
+    for name, count in domain_counts(records).items():
+        click.echo(f"{name}\t{count}")
+    click.echo(f"{len(records)} scans -> {out}")
+    for problem in problems:
+        click.echo(f"problem: {problem}")
+    if not problems:
+        click.echo("no problems found")
+
+
+def _parse_spacing(text):
+    if text is None:
+        return None
+    return tuple(float(v) for v in text.replace(",", " ").split())
+
+
+@data.command("preprocess")
+@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False), help="Cache folder.")
+@click.option("--preset", type=click.Choice(["paper", "dart20-code"]), default="paper", show_default=True,
+              help="paper: 1 mm isotropic, float32; dart20-code: (1, 0.95, 0.95) mm, float16.")
+@click.option("--spacing-mm", default=None,
+              help="Target spacing in mm in array-axis order, one or three numbers ('1' or '1,0.95,0.95'); "
+                   "'none' keeps the grid. Default: the preset's.")
+@click.option("--reorient-ras/--no-reorient-ras", default=None, help="Reorient to RAS first (default: preset, off).")
+@click.option("--slice-axis", type=click.IntRange(0, 2), default=None, help="Array axis to slice along (default 2).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None, help="Storage type (default: preset).")
+@click.option("--cache-key", type=click.Choice(["stat", "content"]), default=None,
+              help="Identify files by path+size+mtime (stat, default) or by a hash of their bytes (content).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Parallel processes.")
+@one_line_errors
+def preprocess_command(manifest, cache_dir, preset, spacing_mm, reorient_ras, slice_axis, dtype, cache_key, workers):
+    """Resample, clip and scale every scan of MANIFEST into slice-major .npy files under --cache (resumable)."""
+    from fewshot_da.data.manifest import read_manifest
+    from fewshot_da.data.preprocess import PRESETS, preprocess_manifest
+
+    changes = {"reorient_ras": reorient_ras, "slice_axis": slice_axis, "dtype": dtype, "cache_key": cache_key}
+    if spacing_mm is not None:
+        changes["target_spacing_mm"] = None if spacing_mm.strip().lower() == "none" else _parse_spacing(spacing_mm)
+    options = PRESETS[preset].replace(**{k: v for k, v in changes.items() if v is not None or k == "target_spacing_mm"})
+    volumes = preprocess_manifest(read_manifest(manifest), cache_dir, options, num_workers=workers)
+    click.echo(f"{len(volumes)} volumes cached in {cache_dir}")
+
+
+@data.command("split")
+@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Splits JSON to write.")
+@click.option("--seed", default=0xBadCafe, show_default=True, type=int, help="Seed of all splits (0xBadCafe).")
+@one_line_errors
+def split_command(manifest, out, seed):
+    """Write the reference splits of MANIFEST (one2all, oracle CV, nested one2one, budgets) as JSON."""
+    from fewshot_da.data.manifest import read_manifest
+    from fewshot_da.data.splits import write_splits
+
+    splits = write_splits(read_manifest(manifest), out, seed)
+    click.echo(f"{len(splits['domains'])} domains, {len(splits['one2all'])} one2all sources, "
+               f"{sum(len(f) for f in splits['oracle'].values())} oracle folds, {len(splits['pairs'])} pairs -> {out}")
+    for note in splits["notes"]:
+        click.echo(f"note: {note}")
+
+
+@data.command("phantoms")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--scans-per-domain", default=3, show_default=True, type=click.IntRange(1), help="Scans per domain.")
+@click.option("--shape", default="64,64,48", show_default=True, help="Volume shape in voxels (array order).")
+@click.option("--spacing-mm", default="1,1,1", show_default=True, help="Voxel spacing in mm (array order).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of anatomy and scanner noise.")
+@one_line_errors
+def phantoms_command(out, scans_per_domain, shape, spacing_mm, seed):
+    """Write synthetic six-scanner head phantoms to OUT in the CC359 layout, plus OUT/manifest.csv."""
+    from fewshot_da.data.phantoms import write_phantom_manifest
+
+    shape = tuple(int(v) for v in shape.replace(",", " ").split())
+    records = write_phantom_manifest(out, scans_per_domain=scans_per_domain, shape=shape,
+                                     spacing_mm=_parse_spacing(spacing_mm), seed=seed)
+    click.echo(f"{len(records)} phantoms -> {out} (manifest {out}/manifest.csv)")
+
+
+COMMANDS = [data]

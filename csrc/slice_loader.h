@@ -1,0 +1,113 @@
+// Fused random-slice batch assembler over registered slice-major volumes (pure C++17, no Python).
+//
+// Each volume is (S, H, W) C-contiguous: float32 or float16 image, uint8 mask, both owned by the caller
+// (they must outlive the SliceBatcher). Item i of step t is drawn by its own engine (see ItemRng), so a
+// batch depends only on (seed, t) and never on the thread count:
+//   1. scan  = uniform over the volumes (over the volumes with a foreground slice for the last
+//              n_fg_items items of a batch);
+//   2. slice = uniform over that scan's allowed slice list (over its allowed foreground slices);
+//   3. crop (ch, cw): when H >= ch and W >= cw the top-left corner is uniform over the fitting
+//      positions, y0 ~ U{0..H-ch}, x0 ~ U{0..W-cw} (drawn in this order); otherwise no draw and the crop
+//      is centred in BOTH dims as dpipe's get_centered_box(shape // 2, crop) does:
+//      y0 = H/2 - ch/2, x0 = W/2 - cw/2 (integer division), and output pixel (r, c) reads (y0 + r, x0 + c)
+//      or, outside the slice, the slice's minimum (image) / 0 (mask).
+// Cost: O(B * ch * cw) per batch, plus one O(H * W) pass per slice the first time it needs padding.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace fewshot_da {
+
+enum class ImageDtype : int { kFloat32 = 0, kFloat16 = 1 };
+
+// One registered volume: raw pointers plus sizes; `allowed` lists the slice indices that may be drawn.
+struct SliceVolume {
+    const void* image = nullptr;  // (n_slices, height, width) float32 or float16
+    ImageDtype dtype = ImageDtype::kFloat32;
+    const uint8_t* mask = nullptr;  // (n_slices, height, width), 0 = background, anything else = foreground
+    int64_t n_slices = 0, height = 0, width = 0;
+    std::vector<int64_t> allowed;
+};
+
+// splitmix64 finaliser (Steele, Lea & Flood 2014): a bijection on 64-bit words.
+inline uint64_t splitmix64_mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+// Per-item engine: state0 = mix(mix(mix(seed + G) + step + G) + item + G) with G = 0x9e3779b97f4a7c15,
+// then the splitmix64 stream (state += G; output mix(state)). Bounded draws use rejection of the low
+// 2^64 mod n outputs followed by modulo (PCG's bounded_rand), so they are exactly uniform.
+// fewshot_da/data/loader_reference.py reproduces this in Python integers.
+class ItemRng {
+public:
+    static constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
+    ItemRng(uint64_t seed, uint64_t step, uint64_t item)
+        : state_(splitmix64_mix(splitmix64_mix(splitmix64_mix(seed + kGolden) + step + kGolden) + item +
+                                kGolden)) {}
+    uint64_t next() {
+        state_ += kGolden;
+        return splitmix64_mix(state_);
+    }
+    // Uniform integer in [0, n), n >= 1.
+    uint64_t below(uint64_t n) {
+        const uint64_t threshold = (0 - n) % n;
+        for (;;) {
+            const uint64_t r = next();
+            if (r >= threshold) return r % n;
+        }
+    }
+
+private:
+    uint64_t state_;
+};
+
+// Where one batch item comes from (exposed for tests and debugging).
+struct ItemDraw {
+    int64_t volume, slice, y0, x0;
+    bool centred;
+};
+
+class SliceBatcher {
+public:
+    // Throws std::invalid_argument for empty volume lists, non-positive sizes, empty or out-of-range
+    // slice lists, n_fg_items outside [0, batch_size], or n_fg_items > 0 with no foreground slice at all.
+    // Finding the foreground slices (only when n_fg_items > 0) reads the allowed mask slices once.
+    SliceBatcher(std::vector<SliceVolume> volumes, int64_t batch_size, int64_t crop_h, int64_t crop_w,
+                 uint64_t seed, int64_t n_fg_items, int num_threads);
+
+    // Fills image_out and mask_out, each (batch_size, 1, crop_h, crop_w) float32, with step `step`.
+    void fill(uint64_t step, float* image_out, float* mask_out, int num_threads) const;
+
+    ItemDraw draw(uint64_t step, int64_t item) const;
+
+    int64_t batch_size() const { return batch_size_; }
+    int64_t crop_h() const { return crop_h_; }
+    int64_t crop_w() const { return crop_w_; }
+    // Allowed slices of `volume` that contain foreground (empty unless n_fg_items > 0).
+    const std::vector<int64_t>& foreground_slices(int64_t volume) const { return fg_slices_[volume]; }
+
+private:
+    void fill_item(uint64_t step, int64_t item, float* image_out, float* mask_out) const;
+    float slice_minimum(int64_t volume, int64_t slice) const;
+
+    std::vector<SliceVolume> volumes_;
+    int64_t batch_size_, crop_h_, crop_w_;
+    uint64_t seed_;
+    int64_t n_fg_items_;
+    std::vector<std::vector<int64_t>> fg_slices_;  // per volume
+    std::vector<int64_t> fg_volumes_;             // volumes with at least one allowed foreground slice
+    // Lazily computed slice minima: 0 = not yet, else (1 << 32) | float bits. Racing writers store the
+    // same value, so the result is deterministic.
+    std::vector<int64_t> min_offset_;  // per volume, index of its slice 0 in min_cache_
+    std::unique_ptr<std::atomic<uint64_t>[]> min_cache_;
+};
+
+// Exact IEEE half -> float conversion of n values (F16C when the CPU has it, bit manipulation otherwise).
+void half_to_float(const uint16_t* src, float* dst, int64_t n);
+
+}  // namespace fewshot_da

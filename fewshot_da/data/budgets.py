@@ -1,0 +1,61 @@
+"""Target-data budgets: N fine-tuning scans and the 1/k slice comb (REFERENCE.md §3)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from fewshot_da.errors import InputError
+
+
+class Budget(NamedTuple):
+    """`n_scans` fine-tuning scans of the target, each restricted to the comb of interval `slice_interval`."""
+
+    name: str
+    n_scans: int
+    slice_interval: int
+
+
+# The seeds' settings: DART20 1/48 ... 1/3, 1 and 3 scans; DSA adds 2 scans.
+REFERENCE_BUDGETS = (
+    Budget("1/48", 1, 48), Budget("1/36", 1, 36), Budget("1/24", 1, 24), Budget("1/12", 1, 12),
+    Budget("1/6", 1, 6), Budget("1/3", 1, 3), Budget("1 scan", 1, 1), Budget("2 scans", 2, 1),
+    Budget("3 scans", 3, 1),
+)
+
+
+def comb_slices(n_slices: int, k: int) -> np.ndarray:
+    """Slice indices {0, k, 2k, ..., (n_slices // k - 1) k}, as the reference sampler draws from.
+
+    The comb starts at the (usually empty) edge slice 0 and leaves out the last n_slices mod k slices;
+    k = 1 gives every slice. Empty when n_slices < k.
+    """
+    if k < 1:
+        raise InputError(f"slice interval k must be >= 1, got {k}")
+    if n_slices < 0:
+        raise InputError(f"number of slices must be >= 0, got {n_slices}")
+    return np.arange(n_slices // k, dtype=np.int64) * k
+
+
+def parse_slices(text) -> int:
+    """'1/48' -> 48; '1' or 'all' -> 1 (every slice). The slice interval k of `--slices`."""
+    value = str(text).strip().lower()
+    if value in ("all", "1", "1/1"):
+        return 1
+    numerator, _, denominator = value.partition("/")
+    try:
+        if numerator.strip() != "1" or not denominator:
+            raise ValueError
+        k = int(denominator)
+    except ValueError:
+        raise InputError(f"--slices {text!r}: expected 1/k (e.g. 1/48) or 'all'") from None
+    if k < 1:
+        raise InputError(f"--slices {text!r}: k must be >= 1")
+    return k
+
+
+def budget_name(n_scans: int, k: int) -> str:
+    """'1/48' for one scan at interval 48, '3 scans' for three full scans."""
+    if k > 1:
+        return f"1/{k}" if n_scans == 1 else f"{n_scans} scans 1/{k}"
+    return "1 scan" if n_scans == 1 else f"{n_scans} scans"

@@ -1,0 +1,109 @@
+"""Loading NIfTI volumes and 2D images (as one-slice volumes) with one-line InputErrors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from fewshot_da.errors import InputError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class Volume(NamedTuple):
+    """A 3D array in file order with its 4x4 voxel-to-world affine and spacing_mm in the same axis order.
+
+    2D images are volumes of shape (H, W, 1) with an identity affine and spacing (1, 1, 1), so slicing
+    along the last axis gives the image back.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    spacing_mm: tuple
+
+
+def is_nifti(path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_image2d(path) -> bool:
+    return str(path).lower().endswith(IMAGE2D_SUFFIXES)
+
+
+def strip_suffix(name: str) -> str:
+    """File name without its image suffix (`.nii.gz`, `.nii`, `.png`, ...)."""
+    lower = name.lower()
+    for suffix in NIFTI_SUFFIXES + IMAGE2D_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _load_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = img.get_fdata(dtype=np.float64)  # applies the header's scale factor (IXI stores uint8 + slope)
+    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot read NIfTI ({reason})") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return Volume(data, np.asarray(img.affine, dtype=np.float64), zooms)
+
+
+def _load_image2d(path: Path) -> Volume:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "I", "I;16", "F", "1"):
+                img = img.convert("L")
+            data = np.asarray(img, dtype=np.float64)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return Volume(data[:, :, None], np.eye(4), (1.0, 1.0, 1.0))
+
+
+def load_volume(path, *, check_finite: bool = True) -> Volume:
+    """Load a NIfTI (.nii/.nii.gz) or 2D image (PNG/JPEG/...) as a float64 3D Volume.
+
+    Raises InputError (one line naming the file) when it is missing, unreadable, not 3D, or has NaN/inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if is_nifti(path):
+        volume = _load_nifti(path)
+    elif is_image2d(path):
+        volume = _load_image2d(path)
+    else:
+        raise InputError(f"{path}: unknown image format (expected .nii, .nii.gz, .png, .jpg)")
+    if check_finite and not np.isfinite(volume.data).all():
+        n_bad = int((~np.isfinite(volume.data)).sum())
+        raise InputError(f"{path}: {n_bad} NaN/inf intensities")
+    return volume
+
+
+def load_mask(path) -> Volume:
+    """Load a binary mask as uint8 0/1. Accepts {0,1}, and {0,255} for 8-bit 2D images.
+
+    Raises InputError naming the file when it holds other values (label maps must be binarised first).
+    """
+    volume = load_volume(path)
+    values = np.unique(volume.data)
+    if is_image2d(path) and set(values.tolist()) <= {0.0, 255.0}:
+        values = values / 255.0
+        data = volume.data > 0
+    else:
+        data = volume.data > 0.5
+    if not set(values.tolist()) <= {0.0, 1.0}:
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise InputError(f"{path}: mask is not binary (values {shown}); expected 0/1")
+    return Volume(data.astype(np.uint8), volume.affine, volume.spacing_mm)

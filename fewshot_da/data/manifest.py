@@ -1,0 +1,115 @@
+"""Manifest: one CSV (`id,image,mask,domain[,spacing]`) that every stage after indexing consumes."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from fewshot_da.errors import InputError
+
+COLUMNS = ("id", "image", "mask", "domain")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One scan: `image` and `mask` are file paths (str), `domain` a scanner/site name.
+
+    `spacing_mm` is optional metadata in the NIfTI array-axis order (the header is read again at
+    preprocessing, which is what counts).
+    """
+
+    id: str
+    image: str
+    mask: str
+    domain: str
+    spacing_mm: Optional[tuple] = None
+
+
+def _format_spacing(spacing_mm) -> str:
+    return "" if spacing_mm is None else " ".join(f"{float(s):g}" for s in spacing_mm)
+
+
+def _parse_spacing(text: str, where: str):
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace("x", " ").replace(";", " ").split())
+    except ValueError:
+        raise InputError(f"{where}: spacing {text!r} is not a list of numbers (e.g. '1 0.95 0.95')") from None
+    if not values or any(v <= 0 for v in values):
+        raise InputError(f"{where}: spacing {text!r} must be positive numbers")
+    return values
+
+
+def write_manifest(records: Iterable[Record], path) -> Path:
+    """Write `records` as CSV; paths are written relative to the manifest's folder when inside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.parent.resolve()
+    records = list(records)
+    with_spacing = any(r.spacing_mm is not None for r in records)
+
+    def rel(p: str) -> str:
+        absolute = Path(p).resolve()
+        try:
+            return str(absolute.relative_to(base))
+        except ValueError:
+            return str(absolute)
+
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS + (("spacing",) if with_spacing else ()))
+        for r in records:
+            row = [r.id, rel(r.image), rel(r.mask) if r.mask else "", r.domain]
+            if with_spacing:
+                row.append(_format_spacing(r.spacing_mm))
+            writer.writerow(row)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path) -> list[Record]:
+    """Read a manifest CSV; relative paths are resolved against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found")
+    base = path.parent.resolve()
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}: manifest lacks column(s) {', '.join(missing)} (need id,image,mask,domain)")
+        records = []
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}:{line}"
+            if not row["id"] or not row["image"] or not row["domain"]:
+                raise InputError(f"{where}: empty id, image or domain")
+            records.append(Record(
+                id=row["id"],
+                image=str(base / row["image"]),
+                mask=str(base / row["mask"]) if row["mask"] else "",
+                domain=row["domain"],
+                spacing_mm=_parse_spacing(row.get("spacing") or "", where),
+            ))
+    check_unique_ids(records, str(path))
+    return records
+
+
+def check_unique_ids(records: Sequence[Record], where: str) -> None:
+    seen = set()
+    for r in records:
+        if r.id in seen:
+            raise InputError(f"{where}: duplicate id {r.id!r}")
+        seen.add(r.id)
+
+
+def domain_counts(records: Iterable[Record]) -> dict[str, int]:
+    """Number of records per domain, in first-seen order."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.domain] = counts.get(r.domain, 0) + 1
+    return counts

@@ -1,0 +1,169 @@
+"""Training configuration: a frozen dataclass, named presets (paper, dart20-code, dsa-code) and YAML round trip."""
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..errors import InputError
+from ..models import check_arch
+from .groups import check_bn_stats
+
+STAGES = ("source", "finetune")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a `fit` run depends on. `lr_steps` maps an epoch index e to a factor applied AFTER epoch e
+    (dpipe `Schedule`): {80: 0.1} trains epochs 0-80 at `lr` and 81.. at 0.1*lr."""
+
+    arch: str = "dart20"
+    stage: str = "source"
+    preset: str = "paper"
+    lr: float = 1e-2
+    lr_steps: dict = field(default_factory=lambda: {80: 0.1})
+    epochs: int = 100
+    iters_per_epoch: int = 100
+    batch_size: int = 32
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    bn_stats: str = "update"
+    layers: str = "all"
+    crop: int = 256
+
+    def __post_init__(self):
+        check_arch(self.arch)
+        check_bn_stats(self.bn_stats)
+        if self.stage not in STAGES:
+            raise InputError(f"stage {self.stage!r} is not valid; valid: {', '.join(STAGES)}")
+        try:
+            steps = {int(k): float(v) for k, v in dict(self.lr_steps or {}).items()}
+        except (TypeError, ValueError):
+            raise InputError(f"lr_steps must map epoch -> factor, got {self.lr_steps!r}") from None
+        object.__setattr__(self, "lr_steps", dict(sorted(steps.items())))
+        for name in ("epochs", "iters_per_epoch", "batch_size", "crop"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise InputError(f"lr must be > 0, got {self.lr}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.iters_per_epoch
+
+    def resolved(self) -> dict:
+        """Plain dict of every field (what config.yaml holds)."""
+        return {f.name: (dict(getattr(self, f.name)) if f.name == "lr_steps" else getattr(self, f.name))
+                for f in fields(self)}
+
+    def replace(self, **changes) -> "TrainConfig":
+        return with_overrides(self, changes)
+
+
+def lr_at(epoch: int, config: TrainConfig) -> float:
+    """Learning rate of 0-based `epoch`: `lr` times every factor whose step epoch is < `epoch`."""
+    lr = config.lr
+    for step_epoch, factor in config.lr_steps.items():
+        if epoch > step_epoch:
+            lr *= factor
+    return lr
+
+
+# (preset, stage) -> settings; arch-specific batch sizes are applied in `preset_config`.
+_PRESETS = {
+    # the seed paper's text: source 1e-2 -> 1e-3 after epoch 80 of 100; fine-tuning 1e-3 -> 1e-4 after 15 of 20
+    ("paper", "source"): dict(lr=1e-2, lr_steps={80: 0.1}, epochs=100, iters_per_epoch=100, batch_size=32),
+    ("paper", "finetune"): dict(lr=1e-3, lr_steps={15: 0.1}, epochs=20, iters_per_epoch=100, batch_size=32),
+    # what kechua/DART20's configs ran (REFERENCE.md section 4)
+    ("dart20-code", "source"): dict(lr=1e-3, lr_steps={80: 0.1}, epochs=100, iters_per_epoch=100, batch_size=32),
+    ("dart20-code", "finetune"): dict(lr=1e-3, lr_steps={15: 0.1}, epochs=20, iters_per_epoch=100, batch_size=32),
+    # what neuro-ml/domain_shift_anatomy's configs ran
+    ("dsa-code", "source"): dict(lr=1e-3, lr_steps={80: 0.1}, epochs=100, iters_per_epoch=100, batch_size=16),
+    ("dsa-code", "finetune"): dict(lr=1e-3, lr_steps={45: 0.1}, epochs=60, iters_per_epoch=100, batch_size=16),
+}
+PRESETS = tuple(dict.fromkeys(name for name, _ in _PRESETS))
+
+
+def preset_config(preset: str = "paper", stage: str = "source", arch: str = "dart20", **overrides) -> TrainConfig:
+    """The named preset for `stage` ("source" or "finetune") and `arch`, with keyword overrides applied last.
+
+    The vanilla U-Net uses batch 16 in every preset (as the reference ran it).
+    """
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if stage not in STAGES:
+        raise InputError(f"stage {stage!r} is not valid; valid: {', '.join(STAGES)}")
+    settings = dict(_PRESETS[preset, stage], arch=check_arch(arch), stage=stage, preset=preset)
+    if arch == "vanilla":
+        settings["batch_size"] = 16
+    if stage == "finetune":
+        settings["layers"] = "all"
+    return with_overrides(TrainConfig(**settings), overrides)
+
+
+def with_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:
+    """A copy of `config` with `overrides` (None values ignored); unknown keys are a one-line InputError."""
+    valid = {f.name for f in fields(TrainConfig)}
+    changes = {k.replace("-", "_"): v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(changes) - valid)
+    if unknown:
+        raise InputError(f"unknown config key {unknown[0]!r}; valid: {', '.join(sorted(valid))}")
+    return dataclasses.replace(config, **{k: _coerce(k, v, getattr(config, k)) for k, v in changes.items()})
+
+
+def _coerce(name, value, current):
+    """Give `value` the type of the current field value (YAML reads `1e-3` as a string, CLI flags are strings)."""
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise InputError(f"{name} must be true or false, got {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    try:
+        if isinstance(current, int):
+            if float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if isinstance(current, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a {type(current).__name__}, got {value!r}") from None
+    if isinstance(current, dict):
+        if isinstance(value, str):
+            # "80:0.1,90:0.5" from a command line
+            try:
+                value = dict(item.split(":") for item in value.split(",") if item.strip())
+            except ValueError:
+                raise InputError(f"{name} must look like 80:0.1[,90:0.1], got {value!r}") from None
+        return value
+    return value
+
+
+def load_config(path, base: TrainConfig = None) -> TrainConfig:
+    """Read a YAML mapping of TrainConfig fields; keys it omits come from `base` (default: the preset it names)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    if base is None:
+        base = preset_config(data.get("preset", "paper"), data.get("stage", "source"), data.get("arch", "dart20"))
+    try:
+        return with_overrides(base, data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def save_config(config: TrainConfig, path) -> None:
+    """Write `config.resolved()` as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
+    os.replace(tmp, path)

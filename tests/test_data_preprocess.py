@@ -1,0 +1,135 @@
+"""Preprocessing numbers (grid, spacing, range, dtype), the reference recipe, the cache, write-back."""
+import os
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from fewshot_da.data import preprocess as pp
+from fewshot_da.data.datasets import index_folder, index_images2d
+from fewshot_da.data.manifest import Record
+from fewshot_da.data.phantoms import phantom_volume
+from fewshot_da.data.preprocess import PRESETS, PreprocessOptions, preprocess_manifest, save_prediction_nifti
+
+
+@pytest.fixture
+def anisotropic_scan(tmp_path):
+    """A (20, 16, 12) phantom at (1.0, 1.5, 2.0) mm."""
+    image, mask = phantom_volume((20, 16, 12), domain="ge15", seed=1)
+    affine = np.diag([1.0, 1.5, 2.0, 1.0])
+    affine[:3, 3] = [-10, -12, -12]
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "scan.nii.gz"))
+    nib.save(nib.Nifti1Image(mask, affine), str(tmp_path / "scan_ss.nii.gz"))
+    return Record("scan", str(tmp_path / "scan.nii.gz"), str(tmp_path / "scan_ss.nii.gz"), "ge15")
+
+
+def test_paper_preset_grid_range_and_reference_recipe(anisotropic_scan, tmp_path):
+    (volume,) = preprocess_manifest([anisotropic_scan], tmp_path / "cache", PRESETS["paper"], progress=False)
+    # zoom factors old/new = (1, 1.5, 2) -> array shape (20, 24, 24); slices along the last axis first
+    assert volume.image.shape == (24, 20, 24) and volume.mask.shape == (24, 20, 24)
+    assert volume.spacing_mm == (1.0, 1.0, 1.0)
+    assert volume.image.dtype == np.float32 and volume.mask.dtype == np.uint8
+    assert isinstance(volume.image, np.memmap) and volume.image.flags.c_contiguous
+    assert volume.image.min() == 0.0 and volume.image.max() == 1.0
+    assert set(np.unique(volume.mask)) <= {0, 1}
+
+    raw = nib.load(anisotropic_scan.image).get_fdata()
+    expected = ndimage.zoom(raw, (1.0, 1.5, 2.0), order=3)
+    expected = np.clip(expected, *np.percentile(expected, [1, 99]))
+    expected = (expected - expected.min()) / (expected - expected.min()).max()
+    np.testing.assert_allclose(volume.to_array_order(volume.image), expected, atol=1e-6)
+    raw_mask = nib.load(anisotropic_scan.mask).get_fdata()
+    expected_mask = ndimage.zoom(raw_mask, (1.0, 1.5, 2.0), order=3) >= 0.5
+    assert np.array_equal(volume.to_array_order(volume.mask), expected_mask)
+    # the affine maps the zoomed grid onto the same world box: corner voxels coincide (scipy zoom)
+    far_corner = volume.affine @ [19, 23, 23, 1]
+    np.testing.assert_allclose(far_corner[:3], (nib.load(anisotropic_scan.image).affine @ [19, 15, 11, 1])[:3])
+
+
+def test_dart20_code_preset(anisotropic_scan, tmp_path):
+    (volume,) = preprocess_manifest([anisotropic_scan], tmp_path / "cache", PRESETS["dart20-code"], progress=False)
+    # factors (1, 1.5/0.95, 2/0.95) -> (20, 25, 25); slice-major (25, 20, 25), spacing in the same order
+    assert volume.image.shape == (25, 20, 25)
+    assert volume.spacing_mm == (0.95, 1.0, 0.95)
+    assert volume.image.dtype == np.float16
+    assert float(volume.image.max()) == 1.0
+
+
+def test_slice_axis_and_no_resampling(anisotropic_scan, tmp_path):
+    options = PreprocessOptions(target_spacing_mm=None, slice_axis=0)
+    (volume,) = preprocess_manifest([anisotropic_scan], tmp_path / "cache", options, progress=False)
+    assert volume.image.shape == (20, 16, 12) and volume.spacing_mm == (1.0, 1.5, 2.0)
+    assert volume.to_array_order(volume.mask).shape == (20, 16, 12)
+    np.testing.assert_allclose(volume.affine, volume.original_affine)
+
+
+def test_cache_is_reused_without_recomputation(anisotropic_scan, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    (first,) = preprocess_manifest([anisotropic_scan], cache, PRESETS["paper"], progress=False)
+    stamp = os.stat(os.path.join(first.path, "image.npy")).st_mtime_ns
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed a cached scan")
+
+    monkeypatch.setattr(pp, "preprocess_record", fail)
+    (second,) = preprocess_manifest([anisotropic_scan], cache, PRESETS["paper"], num_workers=2, progress=False)
+    assert second.path == first.path
+    assert os.stat(os.path.join(second.path, "image.npy")).st_mtime_ns == stamp
+    assert [p.name for p in cache.iterdir()] == [os.path.basename(first.path)]  # no temp folders left
+    # other options or a rewritten input file -> a new entry
+    assert pp._entry_dir(cache, anisotropic_scan, PRESETS["dart20-code"]) != pp._entry_dir(cache, anisotropic_scan, PRESETS["paper"])
+    content = PRESETS["paper"].replace(cache_key="content")
+    before = (pp.cache_key(anisotropic_scan, PRESETS["paper"]), pp.cache_key(anisotropic_scan, content))
+    os.utime(anisotropic_scan.image, ns=(stamp + 10**9, stamp + 10**9))
+    after = (pp.cache_key(anisotropic_scan, PRESETS["paper"]), pp.cache_key(anisotropic_scan, content))
+    assert before[0] != after[0] and before[1] == after[1]
+
+
+def test_parallel_workers_match_inline(tmp_path, anisotropic_scan):
+    other = Record("other", anisotropic_scan.image, anisotropic_scan.mask, "ge15")
+    options = PreprocessOptions(target_spacing_mm=(2.0, 2.0, 2.0))
+    inline = preprocess_manifest([anisotropic_scan], tmp_path / "a", options, num_workers=1, progress=False)
+    parallel = preprocess_manifest([anisotropic_scan, other], tmp_path / "b", options, num_workers=2, progress=False)
+    assert [v.id for v in parallel] == ["scan", "other"]
+    assert np.array_equal(inline[0].image, parallel[0].image) and np.array_equal(parallel[0].image, parallel[1].image)
+
+
+def test_prediction_write_back(anisotropic_scan, tmp_path):
+    (volume,) = preprocess_manifest([anisotropic_scan], tmp_path / "cache", PRESETS["paper"], progress=False)
+    grid = save_prediction_nifti(volume, volume.mask, tmp_path / "pred.nii.gz")
+    img = nib.load(str(grid))
+    assert img.shape == (20, 24, 24)
+    np.testing.assert_allclose(img.affine, volume.affine, atol=1e-5)
+    back = save_prediction_nifti(volume, volume.mask, tmp_path / "pred_orig.nii.gz", original_grid=True)
+    img = nib.load(str(back))
+    original = nib.load(anisotropic_scan.mask).get_fdata() > 0
+    assert img.shape == (20, 16, 12)
+    predicted = img.get_fdata() > 0
+    assert 2 * (predicted & original).sum() / (predicted.sum() + original.sum()) > 0.95
+
+
+def test_ixi_volume_and_ras_reorientation(shared_data, tmp_path):
+    (record,) = index_folder(shared_data / "ixi-hh")[:1]
+    start = time.perf_counter()
+    (volume,) = preprocess_manifest([record], tmp_path / "cache", PreprocessOptions(target_spacing_mm=(4, 4, 4)),
+                                    progress=False)
+    assert time.perf_counter() - start < 20
+    assert volume.image.shape == (45, 60, 60) and volume.spacing_mm == (4.0, 4.0, 4.0)  # 120x120x90 at 2 mm
+    assert 0.05 < volume.mask.mean() < 0.5
+    head = index_folder(shared_data / "small-mri", images=".", masks=".", mask_suffix="_brain")[0]
+    assert head.id == "head4mm-t1"  # LPS, (51, 64, 64) at 4 mm
+    options = PreprocessOptions(target_spacing_mm=None, reorient_ras=True)
+    (ras,) = preprocess_manifest([head], tmp_path / "cache", options, progress=False)
+    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
+    assert nib.aff2axcodes(ras.original_affine) == ("L", "P", "S")
+    assert ras.image.shape == (64, 51, 64)
+
+
+def test_png_through_preprocessing(shared_data, tmp_path):
+    record = index_images2d(shared_data / "cxr-demo")[0]
+    (volume,) = preprocess_manifest([record], tmp_path / "cache", PRESETS["paper"], progress=False)
+    assert volume.image.shape == (1, 512, 512) and volume.spacing_mm == (1.0, 1.0, 1.0)
+    assert volume.image.min() == 0.0 and volume.image.max() == 1.0
+    assert 0.05 < volume.mask.mean() < 0.6

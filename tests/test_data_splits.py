@@ -1,0 +1,161 @@
+"""Reference splits on the 359 CC359 ids: sizes, disjointness, nesting, fold coverage, sklearn equality."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fewshot_da.data.budgets import comb_slices, parse_slices
+from fewshot_da.data.datasets import CC359_DOMAINS
+from fewshot_da.data.manifest import Record
+from fewshot_da.data.splits import (REFERENCE_SEED, finetune_ids, kfold_shuffled, make_splits, oracle_fold,
+                                    oracle_fold_of, pair_test_ids, shuffle_split_first, source_train_ids,
+                                    source_val_ids, write_splits)
+from fewshot_da.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def cc359_records(shared_data):
+    with open(shared_data / "cc359-names.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # shuffled input order must not matter: splits sort the ids
+    rows = [rows[i] for i in np.random.RandomState(1).permutation(len(rows))]
+    return [Record(r["id"], r["image"], r["mask"], r["domain"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def splits(cc359_records):
+    return make_splits(cc359_records)
+
+
+def test_seed_is_0xbadcafe():
+    assert REFERENCE_SEED == 195939070
+
+
+# Computed with scikit-learn 1.9.1 (train_test_split / KFold(shuffle=True) / ShuffleSplit, random_state=0xBadCafe)
+# on the sorted ids of each domain; kept so the equality is checked where sklearn is not installed.
+PINNED_ONE2ALL_VAL = {
+    "siemens15": ["CC0122", "CC0150", "CC0126", "CC0144"], "siemens3": ["CC0182", "CC0210", "CC0186", "CC0204"],
+    "ge15": ["CC0242", "CC0270", "CC0246", "CC0264"], "ge3": ["CC0302", "CC0330", "CC0306", "CC0324"],
+    "philips15": ["CC0003", "CC0031", "CC0007", "CC0025"], "philips3": ["CC0062", "CC0090", "CC0066", "CC0084"],
+}
+PINNED_SIEMENS15_FOLD0 = {
+    "test": ["CC0120", "CC0121", "CC0122", "CC0126", "CC0127", "CC0129", "CC0132", "CC0139", "CC0140", "CC0144",
+             "CC0145", "CC0146", "CC0148", "CC0150", "CC0151", "CC0160", "CC0161", "CC0168", "CC0172", "CC0179"],
+    "val": ["CC0170", "CC0154"],
+}
+PINNED_PHILIPS15_FOLD2_TEST = ["CC0005", "CC0006", "CC0014", "CC0016", "CC0017", "CC0024", "CC0028", "CC0030",
+                               "CC0034", "CC0036", "CC0044", "CC0046", "CC0047", "CC0050", "CC0051", "CC0053",
+                               "CC0054", "CC0056", "CC0058"]
+
+
+def test_pinned_sklearn_lists(splits):
+    assert {d: source_val_ids(splits, d) for d in CC359_DOMAINS} == PINNED_ONE2ALL_VAL
+    fold = oracle_fold(splits, "siemens15", 0)
+    assert fold["test"] == PINNED_SIEMENS15_FOLD0["test"] and fold["val"] == PINNED_SIEMENS15_FOLD0["val"]
+    assert oracle_fold(splits, "philips15", 2)["test"] == PINNED_PHILIPS15_FOLD2_TEST
+    # fine-tuning scans = the first scans of the one2all validation permutation (REFERENCE.md §3)
+    assert {d: finetune_ids(splits, d, 3) for d in CC359_DOMAINS} == {d: v[:3] for d, v in PINNED_ONE2ALL_VAL.items()}
+
+
+def test_equal_to_sklearn(splits, cc359_records):
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    seed = REFERENCE_SEED
+    for domain in CC359_DOMAINS:
+        ids = sorted(r.id for r in cc359_records if r.domain == domain)
+        train, val = model_selection.train_test_split(ids, test_size=4, random_state=seed)
+        assert (source_train_ids(splits, domain), source_val_ids(splits, domain)) == (train, val)
+        kfold = model_selection.KFold(3, shuffle=True, random_state=seed)
+        for k, (train_val, test) in enumerate(kfold.split(ids)):
+            rest = [ids[i] for i in train_val]
+            inner_train, inner_val = next(model_selection.ShuffleSplit(test_size=2, random_state=seed).split(rest))
+            assert oracle_fold(splits, domain, k) == {
+                "train": [rest[i] for i in inner_train], "val": [rest[i] for i in inner_val],
+                "test": [ids[i] for i in test]}
+        for n in (1, 2, 3):
+            rest, fine = model_selection.train_test_split(ids, test_size=n, random_state=seed)
+            assert finetune_ids(splits, domain, n) == fine and pair_test_ids(splits, domain, n) == rest
+    for n, test_size, seed in [(7, 2, 0), (13, 5, 42), (40, 2, 1)]:
+        ids = [f"s{i:02d}" for i in range(n)]
+        assert shuffle_split_first(ids, test_size, seed) == tuple(
+            model_selection.train_test_split(ids, test_size=test_size, random_state=seed))
+        ours = kfold_shuffled(ids, 3, seed)
+        theirs = [([ids[i] for i in a], [ids[i] for i in b])
+                  for a, b in model_selection.KFold(3, shuffle=True, random_state=seed).split(ids)]
+        assert ours == theirs
+
+
+def test_one2all_sizes_and_disjointness(splits, cc359_records):
+    assert splits["seed"] == REFERENCE_SEED and splits["domains"] == list(CC359_DOMAINS)
+    for domain, part in splits["one2all"].items():
+        n = 59 if domain == "philips15" else 60
+        assert (len(part["train"]), len(part["val"]), len(part["test"])) == (n - 4, 4, 359 - n)
+        assert not set(part["train"]) & set(part["val"])
+        assert {r.domain for r in cc359_records if r.id in set(part["test"])} == set(CC359_DOMAINS) - {domain}
+
+
+def test_oracle_folds_cover_each_domain_once(splits, cc359_records):
+    for domain, folds in splits["oracle"].items():
+        ids = sorted(r.id for r in cc359_records if r.domain == domain)
+        assert len(folds) == 3
+        tests = [t for f in folds for t in f["test"]]
+        assert sorted(tests) == ids  # every scan in exactly one test fold
+        for f in folds:
+            assert len(f["val"]) == 2
+            assert sorted(f["train"] + f["val"] + f["test"]) == ids
+        assert [len(f["test"]) for f in folds] == ([20, 20, 19] if domain == "philips15" else [20, 20, 20])
+        assert oracle_fold_of(splits, domain, ids[0]) in (0, 1, 2)
+
+
+def test_one2one_nested_and_pairs(splits, cc359_records):
+    for target in CC359_DOMAINS:
+        ids = {r.id for r in cc359_records if r.domain == target}
+        one, two, three = (finetune_ids(splits, target, n) for n in (1, 2, 3))
+        assert set(one) < set(two) < set(three) <= ids
+        for n, fine in ((1, one), (2, two), (3, three)):
+            test = pair_test_ids(splits, target, n)
+            assert not set(test) & set(fine) and set(test) | set(fine) == ids
+            assert len(test) == len(ids) - n
+    pairs = splits["pairs"]
+    assert [p["index"] for p in pairs] == list(range(30))
+    assert pairs[5] == {"index": 5, "source": "siemens3", "target": "siemens15",
+                        "val": source_val_ids(splits, "siemens3")[:2]}
+    assert all(p["source"] != p["target"] for p in pairs)
+
+
+def test_deterministic_and_json(tmp_path, cc359_records, splits):
+    out = tmp_path / "splits.json"
+    written = write_splits(list(reversed(cc359_records)), out)
+    assert written == splits and json.loads(out.read_text()) == splits
+    assert make_splits(cc359_records, seed=1)["one2all"]["ge3"]["val"] != splits["one2all"]["ge3"]["val"]
+
+
+def test_small_domains_are_noted_not_fatal():
+    records = [Record(f"a{i}", "x", "y", "big") for i in range(8)] + [Record("b0", "x", "y", "tiny"),
+                                                                      Record("b1", "x", "y", "tiny")]
+    splits = make_splits(records)
+    assert list(splits["one2all"]) == ["big"] and list(splits["oracle"]) == ["big"]
+    assert splits["one2one"]["tiny"]["finetune"] == {"1": splits["one2one"]["tiny"]["permutation"][:1]}
+    assert [p["target"] for p in splits["pairs"]] == ["tiny"]
+    assert len(splits["notes"]) == 3 and all("domain tiny" in note for note in splits["notes"])
+    with pytest.raises(InputError, match="no 2-scan fine-tuning set for 'tiny'"):
+        finetune_ids(splits, "tiny", 2)
+    with pytest.raises(InputError, match="no one2all entry for domain 'tiny'"):
+        source_train_ids(splits, "tiny")
+
+
+def test_comb_slices():
+    # S = 270, k = 48 -> {0, 48, 96, 144, 192}: 5 slices, the last 270 mod 48 = 30 never used
+    assert comb_slices(270, 48).tolist() == [0, 48, 96, 144, 192]
+    assert [len(comb_slices(270, k)) for k in (3, 6, 12, 24, 36, 48)] == [90, 45, 22, 11, 7, 5]
+    assert comb_slices(5, 1).tolist() == [0, 1, 2, 3, 4]
+    assert comb_slices(2, 3).tolist() == []
+    with pytest.raises(InputError):
+        comb_slices(10, 0)
+
+
+def test_parse_slices():
+    assert [parse_slices(t) for t in ("1/48", "1/3", "1", "all", " 1/6 ")] == [48, 3, 1, 1, 6]
+    for bad in ("2/48", "1/x", "48", "1/0"):
+        with pytest.raises(InputError, match="--slices"):
+            parse_slices(bad)
