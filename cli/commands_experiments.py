@@ -48,17 +48,21 @@ def _print_summary(summary):
 @click.option("--arch", default="dart20", show_default=True, help="dart20, dsa or vanilla.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (resumes if interrupted).")
 @click.option("--preprocess", default="paper", show_default=True, help="Preprocessing preset: paper or dart20-code.")
+@click.option("--spacing-mm", type=float, nargs=3, default=None,
+              help="Resampling target in mm, array-axis order (default: the preprocessing preset's).")
+@click.option("--reorient-ras", is_flag=True, default=None, help="Reorient scans to RAS before slicing (default off).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Preprocessing cache folder (default: cache/ beside the manifest).")
 @_with_overrides
 @one_line_errors
-def train(manifest, splits, source, arch, out, preprocess, cache, config, preset, num_threads, tolerances, quiet,
-          **kwargs):
+def train(manifest, splits, source, arch, out, preprocess, spacing_mm, reorient_ras, cache, config, preset,
+          num_threads, tolerances, quiet, **kwargs):
     """Train a 2D U-Net from scratch on one source domain."""
-    from fewshot_da.experiments.runs import train as train_run
+    from fewshot_da.experiments.runs import preprocess_options, train as train_run
 
+    options = preprocess_options(preprocess, target_spacing_mm=spacing_mm or None, reorient_ras=reorient_ras)
     summary = train_run(manifest=manifest, splits=splits, source=source, arch=arch, out=out, preset=preset or "paper",
-                        preprocess=preprocess, cache=cache, config=config, overrides=_overrides(kwargs),
+                        preprocess=options, cache=cache, config=config, overrides=_overrides(kwargs),
                         tolerances_mm=tolerances, num_threads=num_threads, progress=not quiet)
     click.echo(f"trained {arch} on {source}: {out}")
     _print_summary(summary)

@@ -7,6 +7,7 @@ the same run again returns its summary without recomputing; an interrupted run r
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..data.budgets import comb_slices, parse_slices
 from ..data.loader import SliceLoader
 from ..data.manifest import read_manifest
 from ..data.preprocess import PRESETS as PREPROCESS_PRESETS
+from ..data.preprocess import PreprocessOptions
 from ..data.preprocess import preprocess_manifest
 from ..errors import InputError
 from ..models import build_model, check_arch
@@ -75,16 +77,36 @@ def _write_run(run_dir: Path, info: dict) -> None:
     os.replace(tmp, run_dir / RUN_FILE)
 
 
-def open_volumes(manifest, ids: Sequence[str], *, cache, preprocess: str = "paper", num_workers: int = 2,
+def preprocess_options(spec, **changes) -> PreprocessOptions:
+    """PreprocessOptions from a preset name, a dict of fields (as run.yaml stores it) or options themselves,
+    with `changes` (None values ignored) applied on top."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if isinstance(spec, PreprocessOptions):
+        return spec.replace(**changes) if changes else spec
+    if isinstance(spec, str):
+        if spec not in PREPROCESS_PRESETS:
+            raise InputError(f"--preprocess {spec!r}: choose from {', '.join(PREPROCESS_PRESETS)}")
+        return PREPROCESS_PRESETS[spec].replace(**changes) if changes else PREPROCESS_PRESETS[spec]
+    fields = {**dict(spec), **changes}
+    if fields.get("target_spacing_mm") is not None:
+        fields["target_spacing_mm"] = tuple(fields["target_spacing_mm"])
+    if fields.get("clip_percentiles") is not None:
+        fields["clip_percentiles"] = tuple(fields["clip_percentiles"])
+    return PreprocessOptions(**fields)
+
+
+def _options_dict(options: PreprocessOptions) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()}
+
+
+def open_volumes(manifest, ids: Sequence[str], *, cache, preprocess="paper", num_workers: int = 2,
                  progress: bool = True):
     """Preprocessed (cached) volumes of `ids` from `manifest`, in the order of `ids`."""
-    if preprocess not in PREPROCESS_PRESETS:
-        raise InputError(f"--preprocess {preprocess!r}: choose from {', '.join(PREPROCESS_PRESETS)}")
     records = {r.id: r for r in read_manifest(manifest)}
     missing = [i for i in ids if i not in records]
     if missing:
         raise InputError(f"{manifest}: id {missing[0]!r} (from the split file) is not in the manifest")
-    return preprocess_manifest([records[i] for i in ids], cache, PREPROCESS_PRESETS[preprocess],
+    return preprocess_manifest([records[i] for i in ids], cache, preprocess_options(preprocess),
                                num_workers=num_workers, progress=progress)
 
 
@@ -115,7 +137,7 @@ def _finish(run_dir: Path, model, arch, eval_volumes, summary: dict, *, toleranc
 
 def train(*, manifest, splits, out, source: Optional[str] = None, ids: Optional[Sequence[str]] = None,
           eval_ids: Optional[Sequence[str]] = None, arch: str = "dart20", preset: str = "paper",
-          preprocess: str = "paper", cache=None, config=None, overrides: Optional[dict] = None,
+          preprocess="paper", cache=None, config=None, overrides: Optional[dict] = None,
           tolerances_mm=(1.0,), num_threads: Optional[int] = None, progress: bool = True) -> dict:
     """Train a U-Net from scratch on the source domain's one2all train scans (or on `ids`); score on its val scans.
 
@@ -137,7 +159,8 @@ def train(*, manifest, splits, out, source: Optional[str] = None, ids: Optional[
     cfg = _train_config(preset, "source", arch, config, overrides)
     _write_run(run_dir, {"kind": "train", "manifest": str(Path(manifest).resolve()),
                          "splits": str(Path(splits).resolve()), "source": source, "arch": arch,
-                         "preprocess": preprocess, "cache": str(Path(cache).resolve()), "train_ids": ids,
+                         "preprocess": _options_dict(preprocess_options(preprocess)),
+                         "cache": str(Path(cache).resolve()), "train_ids": ids,
                          "eval_ids": eval_ids})
     volumes = open_volumes(manifest, ids + eval_ids, cache=cache, preprocess=preprocess, progress=progress)
     train_vols, eval_vols = volumes[:len(ids)], volumes[len(ids):]

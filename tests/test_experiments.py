@@ -1,0 +1,135 @@
+"""End-to-end runs on tiny phantoms: train -> adapt -> predict through the CLI, the demo, run folders, errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fewshot_da.data.datasets import index_cc359
+from fewshot_da.data.manifest import write_manifest
+from fewshot_da.data.phantoms import write_phantom_dataset
+from fewshot_da.data.splits import write_splits
+
+TINY = ["--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2", "--crop", "32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Two phantom domains of 6 scans (32x32x12), a manifest, splits and a trained tiny source run."""
+    from click.testing import CliRunner
+    from fewshot_da_cli.main import cli
+
+    root = tmp_path_factory.mktemp("project")
+    write_phantom_dataset(root / "data", domains=("siemens15", "ge3"), scans_per_domain=6, shape=(32, 32, 12))
+    records = index_cc359(root / "data")
+    manifest = write_manifest(records, root / "manifest.csv")
+    write_splits(records, root / "splits.json")
+    result = CliRunner().invoke(cli, ["train", "--data", str(manifest), "--splits", str(root / "splits.json"),
+                                      "--source", "siemens15", "--out", str(root / "source"), *TINY])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _invoke(cli_runner, cli_app, args):
+    result = cli_runner.invoke(cli_app, [str(a) for a in args])
+    return result
+
+
+def test_train_writes_a_finished_run_folder(project):
+    run = project / "source"
+    for name in ("config.yaml", "run.yaml", "log.txt", "metrics.csv", "checkpoint.pt", "summary.json", "scores.csv"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    splits = json.loads((project / "splits.json").read_text())
+    assert summary["train_ids"] == splits["one2all"]["siemens15"]["train"]
+    assert [r["id"] for r in summary["scores"]] == splits["one2all"]["siemens15"]["val"]
+    assert 0.0 <= summary["mean"]["surface_dice_1mm"] <= 1.0
+
+
+def test_adapt_first_layers_records_budget_and_freezes_the_rest(project, cli_runner, cli_app):
+    out = project / "first-k4"
+    result = _invoke(cli_runner, cli_app, ["adapt", "--model", project / "source", "--target", "ge3", "--layers",
+                                           "first", "--scans", 1, "--slices", "1/4", "--out", out, *TINY])
+    assert result.exit_code == 0, result.output
+    run = yaml.safe_load((out / "run.yaml").read_text())
+    splits = json.loads((project / "splits.json").read_text())
+    assert run["finetune_ids"] == splits["one2one"]["ge3"]["finetune"]["1"]
+    assert run["test_ids"] == splits["one2one"]["ge3"]["test"]["1"]
+    (scan,) = run["finetune_ids"]
+    assert run["slice_indices"][scan] == [0, 4, 8]  # 12 slices, comb {0, 4, 8}
+    before = torch.load(project / "source" / "checkpoint.pt", weights_only=True)["model"]
+    after = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    first = ("init_path.0.", "init_path.2.")
+    changed = {k for k in after if after[k].dtype.is_floating_point and not torch.equal(before[k], after[k])}
+    weights = {k for k in changed if not k.endswith(("running_mean", "running_var"))}
+    assert weights and all(k.startswith(first) for k in weights), sorted(weights)[:5]
+    # BatchNorm statistics of frozen layers keep updating (the reference behaviour)
+    assert any(k.endswith("running_mean") and not k.startswith(first) for k in changed)
+
+
+def test_finished_runs_are_skipped_and_predict_writes_nifti(project, cli_runner, cli_app):
+    import nibabel as nib
+
+    log_before = (project / "source" / "log.txt").read_text()
+    again = _invoke(cli_runner, cli_app, ["train", "--data", project / "manifest.csv", "--splits",
+                                          project / "splits.json", "--source", "siemens15", "--out",
+                                          project / "source", *TINY])
+    assert again.exit_code == 0, again.output
+    assert (project / "source" / "log.txt").read_text() == log_before
+    out = project / "pred"
+    result = _invoke(cli_runner, cli_app, ["predict", "--model", project / "source", "--ids", "ge3", "--out", out,
+                                           "--quiet"])
+    assert result.exit_code == 0, result.output
+    files = sorted((out / "predictions").glob("*.nii.gz"))
+    assert len(files) == 6
+    img = nib.load(str(files[0]))
+    assert img.shape == (32, 32, 12) and set(np.unique(np.asarray(img.dataobj))) <= {0, 1}
+    assert len(json.loads((out / "summary.json").read_text())["scores"]) == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "philips3"], "philips3"),
+    (["--target", "ge3", "--scans", "5"], "5-scan"),
+    (["--target", "ge3", "--layers", "middle"], "valid groups"),
+    (["--target", "ge3", "--slices", "2/3"], "1/k"),
+])
+def test_adapt_bad_input_is_one_line(project, cli_runner, cli_app, tmp_path, args, message):
+    result = _invoke(cli_runner, cli_app, ["adapt", "--model", project / "source", *args, "--out", tmp_path / "x",
+                                           *TINY])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    from fewshot_da.experiments.demo import run_demo
+
+    lines = []
+    result = run_demo(tmp_path / "demo", quick=True, progress=False, log=lines.append)
+    rows = {(r["method"], r["budget"]): r for r in result["rows"]}
+    assert len(rows) == 8
+    assert rows[("baseline", "-")]["gap_closed"] == pytest.approx(0.0) or np.isnan(rows[("baseline", "-")]["gap_closed"])
+    oracle = rows[("oracle", "-")]["gap_closed"]
+    assert oracle == pytest.approx(1.0) or np.isnan(oracle)
+    for name in ("table.txt", "scores.csv", "demo.png", "manifest.csv", "splits.json"):
+        assert (tmp_path / "demo" / name).is_file()
+    assert "fewshot-da data index cc359" in lines[-1]
+    # a second run reuses every finished run folder
+    again = run_demo(tmp_path / "demo", quick=True, progress=False, log=lambda _: None)
+    assert json.dumps(again["rows"]) == json.dumps(result["rows"])
+
+
+def test_scanner_shift_changes_appearance_not_anatomy(tmp_path):
+    from fewshot_da.data.io import load_volume
+    from fewshot_da.data.shift import ScannerShift, shift_image, write_shifted_domain
+
+    records = write_phantom_dataset(tmp_path / "d", domains=("siemens15",), scans_per_domain=3, shape=(24, 24, 10))
+    image = load_volume(records[0].image).data
+    a, b = shift_image(image, ScannerShift(), seed=1), shift_image(image, ScannerShift(), seed=1)
+    assert np.array_equal(a, b) and not np.allclose(a, image)
+    out = write_shifted_domain(records, [records[1].id], tmp_path / "shifted", domain="shifted")
+    assert [r.domain for r in out].count("shifted") == 1 and len(out) == 3
+    assert records[1].id not in {r.id for r in out}
+    new = next(r for r in out if r.domain == "shifted")
+    assert np.array_equal(load_volume(new.mask).data, load_volume(records[1].mask).data)
