@@ -133,3 +133,11 @@ def test_png_through_preprocessing(shared_data, tmp_path):
     assert volume.image.shape == (1, 512, 512) and volume.spacing_mm == (1.0, 1.0, 1.0)
     assert volume.image.min() == 0.0 and volume.image.max() == 1.0
     assert 0.05 < volume.mask.mean() < 0.6
+
+
+@pytest.mark.parametrize("shape, factors", [((7, 9, 5), (2.0, 1.5, 0.5)), ((12, 10, 8), (1.0, 1.5789, 2.105)),
+                                            ((20, 16, 1), (0.5, 0.5, 1.0)), ((5, 6, 4), (1.0, 1.0, 1.33))])
+def test_zoom_cubic_equals_scipy(shape, factors):
+    data = np.random.default_rng(0).normal(size=shape)
+    expected = ndimage.zoom(data, factors, order=3)
+    np.testing.assert_allclose(pp.zoom_cubic(data, expected.shape), expected, rtol=0, atol=1e-10)
