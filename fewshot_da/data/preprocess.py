@@ -298,8 +298,10 @@ def preprocess_manifest(records: Sequence[Record], cache_dir, options: Preproces
                         num_workers: int = 2, progress: bool = True) -> list[CachedVolume]:
     """Preprocess every record into `cache_dir` (skipping cached ones) and return them opened, in order.
 
-    Parallel over files with `num_workers` processes (<= 1: in this process). Bad input raises
-    InputError naming the file (shape/affine mismatch, non-binary mask, NaN, 4D, unreadable).
+    Parallel over files with `num_workers` processes (<= 1: in this process). Workers are spawned (safe
+    next to torch/loader threads), so a script calling this with workers needs the usual
+    `if __name__ == "__main__":` guard. Bad input raises InputError naming the file (shape/affine
+    mismatch, non-binary mask, NaN, 4D, unreadable); entries finished before the error stay cached.
     """
     from tqdm.auto import tqdm
 
