@@ -328,7 +328,23 @@ def preprocess_manifest(records: Sequence[Record], cache_dir, options: Preproces
                     bar.update(1)
     finally:
         bar.close()
+    _ensure_open_file_limit(2 * len(records) + 256)
     return [open_cached(_entry_dir(cache_dir, r, options)) for r in records]
+
+
+def _ensure_open_file_limit(needed: int) -> None:
+    """Each memory map keeps a file descriptor: raise the soft limit (often 1024) toward the hard one."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def save_prediction_nifti(volume: CachedVolume, prediction: np.ndarray, path, *,
