@@ -144,3 +144,18 @@ def test_index_dataset_reports_problems(shared_data, tmp_path):
     assert len(records) == 2 and (tmp_path / "m.csv").is_file()
     assert problems == ["domain small-mri: only 2 scan(s); fewer than 5 cannot be a one2all source "
                         "(target or oracle only)"]
+
+
+def test_images2d_original_busi_layout(tmp_path):
+    from PIL import Image
+
+    for cls in ("benign", "normal"):
+        (tmp_path / cls).mkdir()
+        Image.new("L", (4, 3)).save(tmp_path / cls / f"{cls} (1).png")
+        Image.new("L", (4, 3)).save(tmp_path / cls / f"{cls} (1)_mask.png")
+    records = index_images2d(tmp_path, images=".", masks=".", domain="busi")
+    assert [(r.id, Path(r.mask).name) for r in records] == [
+        ("benign (1)", "benign (1)_mask.png"), ("normal (1)", "normal (1)_mask.png")]
+    Image.new("L", (4, 3)).save(tmp_path / "benign" / "benign (1)_mask_1.png")
+    with pytest.raises(InputError, match=r"benign \(1\)_mask_1.png: a second mask of one image"):
+        index_images2d(tmp_path, images=".", masks=".")

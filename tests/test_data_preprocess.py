@@ -133,3 +133,41 @@ def test_png_through_preprocessing(shared_data, tmp_path):
     assert volume.image.shape == (1, 512, 512) and volume.spacing_mm == (1.0, 1.0, 1.0)
     assert volume.image.min() == 0.0 and volume.image.max() == 1.0
     assert 0.05 < volume.mask.mean() < 0.6
+
+
+@pytest.mark.parametrize("shape, factors", [((7, 9, 5), (2.0, 1.5, 0.5)), ((12, 10, 8), (1.0, 1.5789, 2.105)),
+                                            ((20, 16, 1), (0.5, 0.5, 1.0)), ((5, 6, 4), (1.0, 1.0, 1.33))])
+def test_zoom_cubic_equals_scipy(shape, factors):
+    data = np.random.default_rng(0).normal(size=shape)
+    expected = ndimage.zoom(data, factors, order=3)
+    np.testing.assert_allclose(pp.zoom_cubic(data, expected.shape), expected, rtol=0, atol=1e-10)
+
+
+def test_fake_cc359_tree_with_real_names_and_spacings(shared_data, tmp_path):
+    """Two scans per domain under their real names and recorded spacings, 8x8x8 voxels each."""
+    import csv
+
+    from fewshot_da.data.datasets import index_cc359
+
+    with open(shared_data / "cc359-names.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    chosen = [r for d in ("siemens3", "philips15") for r in [row for row in rows if row["domain"] == d][:2]]
+    spacing = {}
+    for row in chosen:
+        sp = [float(row[f"spacing_{i}"]) for i in range(3)]
+        spacing[row["id"]] = sp
+        image, mask = phantom_volume((8, 8, 8), domain=row["domain"])
+        for data, rel in ((image, row["image"]), (mask, row["mask"])):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.diag(sp + [1.0])), str(tmp_path / rel))
+    records = index_cc359(tmp_path)
+    assert [(r.id, r.domain) for r in records] == [("CC0001", "philips15"), ("CC0002", "philips15"),
+                                                  ("CC0180", "siemens3"), ("CC0181", "siemens3")]
+    volumes = preprocess_manifest(records, tmp_path / "cache", PRESETS["dart20-code"], progress=False)
+    for volume in volumes:
+        sp = spacing[volume.id]
+        # array shape round(8 * old / new) with new = (1, 0.95, 0.95); slice-major puts axis 2 first
+        expected = [int(round(8 * s / t)) for s, t in zip(sp, (1.0, 0.95, 0.95))]
+        assert volume.image.shape == (expected[2], expected[0], expected[1]), (volume.id, sp)
+        assert volume.spacing_mm == (0.95, 1.0, 0.95)
+    assert volumes[2].image.shape[1] == 11  # siemens3: 1.33 mm along axis 0 -> 8 * 1.33 = 10.6 -> 11 voxels

@@ -159,3 +159,14 @@ def test_parse_slices():
     for bad in ("2/48", "1/x", "48", "1/0"):
         with pytest.raises(InputError, match="--slices"):
             parse_slices(bad)
+
+
+def test_budgets():
+    from fewshot_da.data.budgets import REFERENCE_BUDGETS, budget_slices, make_budget
+
+    assert make_budget(1, "1/48") == ("1/48", 1, 48)
+    assert make_budget(3) == ("3 scans", 3, 1) == REFERENCE_BUDGETS[-1]
+    allowed = budget_slices(make_budget(1, "1/24"), {"CC0122": 270})
+    assert allowed["CC0122"].tolist() == [0, 24, 48, 72, 96, 120, 144, 168, 192, 216, 240]  # 270 // 24 = 11
+    with pytest.raises(InputError, match="--scans 0"):
+        make_budget(0)

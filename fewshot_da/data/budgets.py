@@ -59,3 +59,16 @@ def budget_name(n_scans: int, k: int) -> str:
     if k > 1:
         return f"1/{k}" if n_scans == 1 else f"{n_scans} scans 1/{k}"
     return "1 scan" if n_scans == 1 else f"{n_scans} scans"
+
+
+def make_budget(n_scans: int = 1, slices="all") -> Budget:
+    """The budget of `--scans N --slices 1/k`: N fine-tuning scans, each restricted to the 1/k comb."""
+    if n_scans < 1:
+        raise InputError(f"--scans {n_scans}: need at least 1 fine-tuning scan")
+    k = parse_slices(slices)
+    return Budget(budget_name(n_scans, k), int(n_scans), k)
+
+
+def budget_slices(budget: Budget, n_slices: dict) -> dict:
+    """Allowed slice indices per fine-tuning scan: {scan id: comb_slices(S, k)} for `n_slices` = {id: S}."""
+    return {scan_id: comb_slices(int(count), budget.slice_interval) for scan_id, count in n_slices.items()}

@@ -92,6 +92,10 @@ def _index_pairs(image_dir: Path, mask_dir: Path, domain: str, mask_suffix: Opti
     if shared and not mask_suffix:
         raise InputError(f"{image_dir}: images and masks share a folder, so a mask suffix is needed")
     if shared:
+        extra_masks = [p for case, p in stems.items() if re.search(re.escape(mask_suffix) + r"_\d+$", case)]
+        if extra_masks:
+            raise InputError(f"{extra_masks[0]}: a second mask of one image; merge them into one "
+                             f"<name>{mask_suffix} file first (one binary mask per image)")
         stems = {case: p for case, p in stems.items() if not case.endswith(mask_suffix)}
     if not stems:
         raise InputError(f"{image_dir}: no images found for domain {domain!r}")
@@ -147,7 +151,9 @@ def index_images2d(root, *, images: str = "images", masks: str = "masks", mask_s
     """Index 2D image folders (PNG/JPEG); each image is a one-slice volume.
 
     Layouts: `root/images/<name>.png` + `root/masks/<name>_mask.png` (BUS-BRA, chest X-ray demo), or the
-    same one level down per class (`root/<class>/images`, `root/<class>/masks`, as the BUSI copy here).
+    same one level down per class (`root/<class>/images`, `root/<class>/masks`, as the BUSI copy here);
+    with `images=masks="."` images and masks share a folder (`root/<class>/<name>.png` +
+    `<name>_mask.png`, the original BUSI download, whose extra `_mask_1` files must be merged first).
     Classes are not domains: the domain is `domain` or `root`'s name. Ids are file stems (prefixed with
     the class folder when stems repeat across classes).
     """
@@ -155,7 +161,9 @@ def index_images2d(root, *, images: str = "images", masks: str = "masks", mask_s
     if not root.is_dir():
         raise InputError(f"{root}: folder not found")
     domain = domain or root.name
-    if (root / images).is_dir():
+    root_has_images = any(p.is_file() and is_image2d(p) for p in (root / images).iterdir()) \
+        if (root / images).is_dir() else False
+    if root_has_images or (images != "." and (root / images).is_dir()):
         groups = [root]
     else:
         groups = _domain_folders(root, images)

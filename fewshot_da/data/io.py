@@ -94,7 +94,8 @@ def load_volume(path, *, check_finite: bool = True) -> Volume:
 def load_mask(path) -> Volume:
     """Load a binary mask as uint8 0/1. Accepts {0,1}, and {0,255} for 8-bit 2D images.
 
-    Raises InputError naming the file when it holds other values (label maps must be binarised first).
+    Raises InputError naming the file when it holds other values (label maps must be binarised first;
+    JPEG masks are rarely binary after compression, so keep masks as PNG).
     """
     volume = load_volume(path)
     values = np.unique(volume.data)

@@ -130,6 +130,11 @@ def write_phantom_dataset(root, *, domains: Sequence[str] = CC359_DOMAINS, scans
     unknown = [d for d in domains if d not in PROFILES]
     if unknown:
         raise InputError(f"phantom domain {unknown[0]!r} unknown (choose from {', '.join(PROFILES)})")
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 3 or min(shape) < 8:
+        raise InputError(f"phantom shape {shape} must be 3 sizes >= 8")
+    if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
+        raise InputError(f"phantom spacing_mm {tuple(spacing_mm)} must be 3 positive numbers")
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
