@@ -103,4 +103,26 @@ def phantoms_command(out, scans_per_domain, shape, spacing_mm, seed):
     click.echo(f"{len(records)} phantoms -> {out} (manifest {out}/manifest.csv)")
 
 
+@data.command("shift")
+@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.option("--domain", "source_domain", required=True, help="Domain whose scans are drawn for shifting.")
+@click.option("--n", "n_scans", type=click.IntRange(1), required=True, help="Number of scans to move and shift.")
+@click.option("--new-domain", default=None, help="Name of the shifted domain (default: DOMAIN-shift).")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Folder for the shifted NIfTI files.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write (all scans).")
+@click.option("--gamma", type=float, default=0.6, show_default=True, help="Intensity exponent on [0, 1] intensities.")
+@click.option("--bias", type=float, default=0.35, show_default=True, help="Log-amplitude of the smooth bias field.")
+@click.option("--noise", type=float, default=0.04, show_default=True, help="Rician noise sigma (x 99th percentile).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the scan choice and the shift.")
+@one_line_errors
+def shift_command(manifest, source_domain, n_scans, new_domain, out_dir, out, gamma, bias, noise, seed):
+    """Simulate a scanner: move N scans of DOMAIN into a new domain with another contrast, bias field and noise."""
+    from fewshot_da.data.shift import ScannerShift, shift_domain
+
+    records = shift_domain(manifest, source_domain, n_scans, out_dir, out, new_domain=new_domain,
+                           shift=ScannerShift(gamma=gamma, bias_amplitude=bias, noise_sigma=noise), seed=seed)
+    click.echo(f"{n_scans} {source_domain} scans shifted into {new_domain or source_domain + '-shift'}; "
+               f"{len(records)} scans -> {out}")
+
+
 COMMANDS = [data]

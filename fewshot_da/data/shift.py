@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from fewshot_da.data.io import load_volume
-from fewshot_da.data.manifest import Record
+from fewshot_da.data.manifest import Record, read_manifest, write_manifest
 from fewshot_da.data.phantoms import _smooth_field
 from fewshot_da.errors import InputError
 
@@ -72,3 +72,17 @@ def write_shifted_domain(records: Sequence[Record], ids: Sequence[str], out_dir,
         nib.save(nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.uint8), mask.affine), str(mask_path))
         shifted.append(Record(new_id, str(image_path), str(mask_path), domain, record.spacing_mm))
     return [r for r in records if r.id not in chosen] + shifted
+
+
+def shift_domain(manifest, domain: str, n_scans: int, out_dir, out_manifest, *, new_domain=None,
+                 shift: ScannerShift = ScannerShift(), seed: int = 0) -> list[Record]:
+    """Move `n_scans` scans of `domain` (drawn with `seed`) into `new_domain` as shifted copies; write the
+    full manifest to `out_manifest` and return its records."""
+    records = read_manifest(manifest)
+    ids = [r.id for r in records if r.domain == domain]
+    if len(ids) <= n_scans:
+        raise InputError(f"{manifest}: domain {domain!r} has {len(ids)} scans; shifting {n_scans} would leave none")
+    chosen = sorted(np.random.RandomState(seed).choice(ids, n_scans, replace=False).tolist())
+    out = write_shifted_domain(records, chosen, out_dir, domain=new_domain or f"{domain}-shift", shift=shift, seed=seed)
+    write_manifest(out, out_manifest)
+    return out
