@@ -63,6 +63,12 @@ def _check_volumes(images, masks, slices):
     return lists
 
 
+def _check_step(step, method: str) -> int:
+    if not isinstance(step, (int, np.integer)) or not 0 <= step < 2**64:
+        raise InputError(f"SliceLoader.{method}: step must be an int in [0, 2**64), got {step!r}")
+    return int(step)
+
+
 def _crop_pair(crop) -> tuple:
     pair = (crop, crop) if isinstance(crop, (int, np.integer)) else tuple(crop)
     if len(pair) != 2 or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in pair):
@@ -148,9 +154,7 @@ class SliceLoader:
 
     def batch(self, step: int):
         """(x, y) float32 tensors (B, 1, ch, cw) of step `step`; valid until the next-but-one call."""
-        if not isinstance(step, (int, np.integer)) or not 0 <= step < 2**64:
-            raise InputError(f"SliceLoader.batch: step must be an int in [0, 2**64), got {step!r}")
-        step = int(step)
+        step = _check_step(step, "batch")
         slot = self._calls % _RING
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -165,9 +169,7 @@ class SliceLoader:
 
     def start(self, step: int) -> "SliceLoader":
         """Make iteration continue at `step` (resume); prefetches it."""
-        if not isinstance(step, (int, np.integer)) or step < 0:
-            raise InputError(f"SliceLoader.start: step must be a non-negative int, got {step!r}")
-        self._next_step = int(step)
+        self._next_step = _check_step(step, "start")
         if self._pending is not None and self._pending[0] != self._next_step:
             self._pending[1].result()
             self._pending = None
@@ -181,7 +183,8 @@ class SliceLoader:
 
     def draws(self, step: int):
         """[(volume, slice, y0, x0, centred)] of the items of step `step` (no data is read)."""
-        return [tuple(self._batcher.draw(int(step), i)) for i in range(self.batch_size)]
+        step = _check_step(step, "draws")
+        return [tuple(self._batcher.draw(step, i)) for i in range(self.batch_size)]
 
     def foreground_slices(self, volume: int) -> np.ndarray:
         """Allowed slices of `volume` with foreground (computed only when fg_fraction > 0)."""
