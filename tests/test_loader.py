@@ -202,3 +202,13 @@ def test_bad_step():
     loader = SliceLoader(images, masks, batch_size=2, crop=CROP, prefetch=False)
     with pytest.raises(InputError, match="step"):
         loader.batch(-1)
+
+
+def test_nan_slice_pads_with_nan_like_np_min():
+    image = np.ones((1, 4, 20), np.float32)
+    image[0, 1, 17] = np.nan
+    loader = SliceLoader([image], [np.zeros(image.shape, np.uint8)], batch_size=1, crop=(6, 20), prefetch=False)
+    x, _ = loader.batch(0)
+    assert np.isnan(x[0, 0, 0].numpy()).all() and np.isnan(x[0, 0, 2, 17].item())
+    assert_batch_equal(as_numpy((x, _)), reference_batch([image], [np.zeros(image.shape, np.uint8)], step=0,
+                                                         batch_size=1, crop=(6, 20)))
