@@ -105,8 +105,8 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--crop", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=1.5, help="per contender and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per contender and round")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -173,7 +173,7 @@ def main():
                 d = monai_crop({"image": images[k][s][None], "label": masks[k][s][None]})
                 mo_x[i] = np.asarray(d["image"])
                 mo_y[i] = np.asarray(d["label"])
-        contenders["MONAI RandSpatialCropd in-process"] = lambda: (monai_batch, None)
+        contenders["MONAI SpatialPadd + RandSpatialCropd in-process"] = lambda: (monai_batch, None)
         monai_note = f"monai {__import__('monai').__version__}"
     except ImportError:
         monai_note = "monai not installed: MONAI row skipped (pip install monai --no-deps)"

@@ -98,8 +98,9 @@ class SliceLoader:
 
     Buffers are reused (zero-copy views of a ring of 3 preallocated buffers, pinned when CUDA is
     available): the tensors returned by a call stay valid during the next call and are overwritten from
-    the call after it on (next-but-one). This lets `x.to("cuda", non_blocking=True)` of batch n finish
-    while batch n + 1 is fetched; `.clone()` what you keep longer. With `prefetch`, a background thread
+    the call after it on (next-but-one). So `x.to("cuda", non_blocking=True)` of batch n may still be in
+    flight while batch n + 1 is fetched, as long as it completes before call n + 2 (any synchronising op
+    in step n + 1, such as `loss.item()`, ensures it); `.clone()` what you keep longer. With `prefetch`, a background thread
     fills step t + 1 (C++ with the GIL released, `num_threads` threads, default: all usable cores)
     while step t is used.
     """
