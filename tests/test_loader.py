@@ -82,7 +82,8 @@ def test_centred_crop_arithmetic_by_hand():
 
 def test_random_crop_covers_every_fitting_position():
     image = np.zeros((1, 10, 12), np.float32)
-    loader = SliceLoader([image], [np.zeros_like(image, np.uint8)], batch_size=64, crop=(9, 10), prefetch=False)
+    loader = SliceLoader([image], [np.zeros_like(image, np.uint8)], batch_size=64, crop=(9, 10),
+                         prefetch=False)
     positions = {(d[2], d[3]) for step in range(3) for d in loader.draws(step)}
     assert positions == {(y0, x0) for y0 in (0, 1) for x0 in (0, 1, 2)}
 
@@ -207,7 +208,8 @@ def test_bad_step():
 def test_nan_slice_pads_with_nan_like_np_min():
     image = np.ones((1, 4, 20), np.float32)
     image[0, 1, 17] = np.nan
-    loader = SliceLoader([image], [np.zeros(image.shape, np.uint8)], batch_size=1, crop=(6, 20), prefetch=False)
+    loader = SliceLoader([image], [np.zeros(image.shape, np.uint8)], batch_size=1, crop=(6, 20),
+                         prefetch=False)
     x, _ = loader.batch(0)
     assert np.isnan(x[0, 0, 0].numpy()).all() and np.isnan(x[0, 0, 2, 17].item())
     assert_batch_equal(as_numpy((x, _)), reference_batch([image], [np.zeros(image.shape, np.uint8)], step=0,
