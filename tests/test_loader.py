@@ -214,3 +214,18 @@ def test_nan_slice_pads_with_nan_like_np_min():
     assert np.isnan(x[0, 0, 0].numpy()).all() and np.isnan(x[0, 0, 2, 17].item())
     assert_batch_equal(as_numpy((x, _)), reference_batch([image], [np.zeros(image.shape, np.uint8)], step=0,
                                                          batch_size=1, crop=(6, 20)))
+
+
+def test_core_fill_checks_buffers():
+    from fewshot_da._backend import core
+
+    images, masks = make_volumes(np.float32)
+    batcher = core.SliceBatcher(images, masks, [np.arange(im.shape[0]) for im in images], 2, 16, 24, 0, 0, 1)
+    good = np.empty((2, 1, 16, 24), np.float32)
+    for bad, fragment in [(np.empty((2, 1, 16, 23), np.float32), "shape"),
+                          (np.empty((2, 1, 16, 24), np.float64), "float32"),
+                          (np.empty((2, 1, 16, 48), np.float32)[..., ::2], "C-contiguous")]:
+        with pytest.raises(ValueError, match=fragment):
+            batcher.fill(0, bad, good, 1)
+    with pytest.raises(ValueError, match="alias"):
+        batcher.fill(0, good, good, 1)
