@@ -94,6 +94,33 @@ py::tuple core_surface_distances(const py::array& gt, const py::array& pred, con
                           to_numpy(std::move(r.gt_areas_mm2)), to_numpy(std::move(r.pred_areas_mm2)));
 }
 
+py::array_t<double> core_surface_dice_areas_plain(const py::array& gt, const py::array& pred,
+                                                  const std::vector<double>& spacing_mm,
+                                                  const std::vector<double>& tolerances_mm) {
+    const fewshot_da::MaskPair m = mask_pair(gt, pred, spacing_mm);
+    const std::vector<double> tol = checked_tolerances(tolerances_mm);
+    py::array_t<double> out({static_cast<py::ssize_t>(tol.size()), static_cast<py::ssize_t>(4)});
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        fewshot_da::surface_dice_areas_plain(m, tol.data(), static_cast<int>(tol.size()), o);
+    }
+    return out;
+}
+
+py::array_t<uint8_t> core_corner_codes(const py::array& mask) {
+    const fewshot_da::MaskPair m = mask_pair(mask, mask, std::vector<double>(mask.ndim(), 1.0));
+    std::vector<py::ssize_t> shape;
+    for (py::ssize_t k = 0; k < mask.ndim(); ++k) shape.push_back(mask.shape(k) + 1);
+    py::array_t<uint8_t> out(shape);
+    uint8_t* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        fewshot_da::corner_code_map(m, false, o);
+    }
+    return out;
+}
+
 }  // namespace
 // ---- surface distance (metrics) section: end ----
 
@@ -109,6 +136,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("surface_distances", &core_surface_distances, py::arg("gt"), py::arg("pred"), py::arg("spacing_mm"),
           py::arg("num_threads") = 0,
           "(gt_to_pred_mm, pred_to_gt_mm, gt_areas_mm2, pred_areas_mm2), surfels in raster order.");
+    m.def("surface_dice_areas_plain", &core_surface_dice_areas_plain, py::arg("gt"), py::arg("pred"),
+          py::arg("spacing_mm"), py::arg("tolerances_mm"),
+          "The CUDA kernel's per-corner algorithm on the host (for tests); same output as surface_dice_areas.");
+    m.def("corner_codes", &core_corner_codes, py::arg("mask"), "Neighbour code of every voxel corner (shape + 1).");
     // ---- module definitions (metrics): end ----
 
     // ---- module definitions (data): begin ----

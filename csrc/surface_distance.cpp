@@ -22,11 +22,16 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Beyond this many stencil offsets a tolerance is answered from the EDT instead.
 constexpr int64_t kMaxStencil = kMaxStencilOffsets;
 
-int resolve_threads(int num_threads) {
+// Threads to use: the request (0 = OpenMP default), but no more than one per 64k voxels, since waking a
+// team costs more than small inputs take.
+int resolve_threads(int num_threads, const MaskPair& m) {
 #ifdef _OPENMP
-    return num_threads > 0 ? num_threads : omp_get_max_threads();
+    const int64_t wanted = num_threads > 0 ? num_threads : omp_get_max_threads();
+    const int64_t voxels = m.shape[0] * m.shape[1] * m.shape[2];
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, voxels / 65536)));
 #else
     (void)num_threads;
+    (void)m;
     return 1;
 #endif
 }
@@ -528,7 +533,7 @@ SurfaceDistanceArrays distances_impl(const MaskPair& m, int threads, std::vector
 void surface_dice_areas(const MaskPair& m, const double* tolerances_mm, int n_tolerances, int num_threads,
                         double* out) {
     check(m);
-    const int threads = resolve_threads(num_threads);
+    const int threads = resolve_threads(num_threads, m);
     std::fill(out, out + 4 * n_tolerances, 0.0);
     if (n_tolerances <= 0) return;
     std::vector<std::vector<std::array<int64_t, 3>>> stencils;
@@ -627,7 +632,49 @@ SurfaceDistanceArrays distances_impl(const MaskPair& m, int threads, std::vector
 
 SurfaceDistanceArrays surface_distances(const MaskPair& m, int num_threads) {
     check(m);
-    return distances_impl(m, resolve_threads(num_threads), nullptr, nullptr);
+    return distances_impl(m, resolve_threads(num_threads, m), nullptr, nullptr);
+}
+
+void corner_code_map(const MaskPair& m, bool of_pred, uint8_t* out) {
+    check(m);
+    const int64_t m0 = m.ndim == 3 ? m.shape[0] + 1 : 1, m1 = m.shape[1] + 1, m2 = m.shape[2] + 1;
+    const uint8_t* mask = of_pred ? m.pred : m.gt;
+    for (int64_t c0 = 0; c0 < m0; ++c0)
+        for (int64_t c1 = 0; c1 < m1; ++c1)
+            for (int64_t c2 = 0; c2 < m2; ++c2)
+                out[(c0 * m1 + c1) * m2 + c2] = corner_code(mask, m.shape[0], m.shape[1], m.shape[2], m.ndim, c0, c1, c2);
+}
+
+void surface_dice_areas_plain(const MaskPair& m, const double* tolerances_mm, int n_tolerances, double* out) {
+    check(m);
+    const int64_t m0 = m.ndim == 3 ? m.shape[0] + 1 : 1, m1 = m.shape[1] + 1, m2 = m.shape[2] + 1;
+    std::vector<uint8_t> codes[2];
+    for (int w = 0; w < 2; ++w) {
+        codes[w].resize(static_cast<size_t>(m0 * m1 * m2));
+        corner_code_map(m, w == 1, codes[w].data());
+    }
+    double areas[256];
+    area_table(m, areas);
+    for (int t = 0; t < n_tolerances; ++t) {
+        const auto st = corner_stencil(m.ndim, m.spacing_mm, tolerances_mm[t], kMaxStencilOffsets);
+        if (st.empty()) throw std::invalid_argument("tolerance_mm too large for a stencil");
+        std::vector<CornerOffset> offs;
+        for (const auto& o : st)
+            offs.push_back({static_cast<int>(o[0]), static_cast<int>(o[1]), static_cast<int>(o[2])});
+        std::vector<int64_t> hist(1024, 0);
+        for (int64_t i = 0; i < m0 * m1 * m2; ++i) {
+            const int64_t c2 = i % m2, c1 = (i / m2) % m1, c0 = i / (m1 * m2);
+            for (int side = 0; side < 2; ++side) {
+                const uint8_t code = codes[side][i];
+                if (!is_surfel(code, m.ndim)) continue;
+                ++hist[512 * side + code];
+                if (stencil_hit(codes[1 - side].data(), m0, m1, m2, m.ndim, c0, c1, c2, offs.data(),
+                                static_cast<int>(offs.size())))
+                    ++hist[512 * side + 256 + code];
+            }
+        }
+        areas_from_counts(hist.data(), areas, out + 4 * t);
+    }
 }
 
 }  // namespace fewshot_da

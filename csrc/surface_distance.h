@@ -34,4 +34,12 @@ struct SurfaceDistanceArrays {
 // empty), with surfel areas; surfels in raster order of the corner grid.
 SurfaceDistanceArrays surface_distances(const MaskPair& masks, int num_threads);
 
+// The CUDA kernel's algorithm run on the host, one corner at a time over the whole array (no crop, no ring
+// buffer, no word skipping): same output as surface_dice_areas. Lets CPU-only tests check the per-surfel
+// device logic (surfel.h) against the fast path.
+void surface_dice_areas_plain(const MaskPair& masks, const double* tolerances_mm, int n_tolerances, double* out);
+
+// Neighbour code of every corner, shape (n0 + 1, n1 + 1, n2 + 1) (2D: (1, n1 + 1, n2 + 1)), by corner_code().
+void corner_code_map(const MaskPair& masks, bool of_pred, uint8_t* out);
+
 }  // namespace fewshot_da

@@ -48,16 +48,38 @@ FEWSHOT_DA_HD inline uint8_t voxel_or_zero(const uint8_t* mask, int64_t n0, int6
 // Code of corner (c0, c1, c2) of a whole array, bounds-checked (2D: ndim == 2, n0 == 1, c0 == 0).
 FEWSHOT_DA_HD inline uint8_t corner_code(const uint8_t* mask, int64_t n0, int64_t n1, int64_t n2, int ndim,
                                          int64_t c0, int64_t c1, int64_t c2) {
-    uint8_t p[4];
-    for (int a = 0; a < 2; ++a) {
-        for (int b = 0; b < 2; ++b) {
-            const int64_t i0 = ndim == 3 ? c0 - 1 + a : 0;
-            const int64_t i1 = ndim == 3 ? c1 - 1 + b : c1 - 1 + a;
-            p[2 * a + b] = pair_bits(voxel_or_zero(mask, n0, n1, n2, i0, i1, c2 - 1),
-                                     voxel_or_zero(mask, n0, n1, n2, i0, i1, c2));
-        }
+    if (ndim == 2) {
+        uint8_t p[2];
+        for (int a = 0; a < 2; ++a)
+            p[a] = pair_bits(voxel_or_zero(mask, n0, n1, n2, 0, c1 - 1 + a, c2 - 1),
+                             voxel_or_zero(mask, n0, n1, n2, 0, c1 - 1 + a, c2));
+        return code_2d(p[0], p[1]);
     }
-    return ndim == 3 ? code_3d(p[0], p[1], p[2], p[3]) : code_2d(p[0], p[1]);
+    uint8_t p[4];
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b)
+            p[2 * a + b] = pair_bits(voxel_or_zero(mask, n0, n1, n2, c0 - 1 + a, c1 - 1 + b, c2 - 1),
+                                     voxel_or_zero(mask, n0, n1, n2, c0 - 1 + a, c1 - 1 + b, c2));
+    return code_3d(p[0], p[1], p[2], p[3]);
+}
+
+// An integer corner offset of a tolerance stencil (plain struct so host and device code share it).
+struct CornerOffset {
+    int d0, d1, d2;
+};
+
+// Whether any stencil offset from corner (c0, c1, c2) lands on a surfel of `other_codes`, a code map of the
+// whole corner grid (m0, m1, m2); offsets leaving the grid are skipped. The per-surfel query of the CUDA
+// kernel and of the CPU's plain reference loop.
+FEWSHOT_DA_HD inline bool stencil_hit(const uint8_t* other_codes, int64_t m0, int64_t m1, int64_t m2, int ndim,
+                                      int64_t c0, int64_t c1, int64_t c2, const CornerOffset* offsets,
+                                      int n_offsets) {
+    for (int j = 0; j < n_offsets; ++j) {
+        const int64_t q0 = c0 + offsets[j].d0, q1 = c1 + offsets[j].d1, q2 = c2 + offsets[j].d2;
+        if (q0 < 0 || q1 < 0 || q2 < 0 || q0 >= m0 || q1 >= m1 || q2 >= m2) continue;
+        if (is_surfel(other_codes[(q0 * m1 + q1) * m2 + q2], ndim)) return true;
+    }
+    return false;
 }
 
 // Distance in mm of an integer corner offset, summed in the order SciPy's distance_transform_edt uses

@@ -23,7 +23,7 @@ __global__ void codes_kernel(const uint8_t* mask, int64_t n0, int64_t n1, int64_
 
 // hist: [gt total, gt within, pred total, pred within] x 256 (unsigned long long).
 __global__ void stencil_kernel(const uint8_t* gt, const uint8_t* pred, int64_t m0, int64_t m1, int64_t m2, int ndim,
-                               const int3* offsets, int n_offsets, unsigned long long* hist) {
+                               const CornerOffset* offsets, int n_offsets, unsigned long long* hist) {
     __shared__ unsigned int local[1024];
     for (int k = threadIdx.x; k < 1024; k += blockDim.x) local[k] = 0;
     __syncthreads();
@@ -40,14 +40,8 @@ __global__ void stencil_kernel(const uint8_t* gt, const uint8_t* pred, int64_t m
             const uint8_t code = side == 0 ? gc : pc;
             const uint8_t* other = side == 0 ? pred : gt;
             atomicAdd(&local[512 * side + code], 1u);
-            for (int j = 0; j < n_offsets; ++j) {
-                const int64_t q0 = c0 + offsets[j].x, q1 = c1 + offsets[j].y, q2 = c2 + offsets[j].z;
-                if (q0 < 0 || q1 < 0 || q2 < 0 || q0 >= m0 || q1 >= m1 || q2 >= m2) continue;
-                if (is_surfel(other[(q0 * m1 + q1) * m2 + q2], ndim)) {
-                    atomicAdd(&local[512 * side + 256 + code], 1u);
-                    break;
-                }
-            }
+            if (stencil_hit(other, m0, m1, m2, ndim, c0, c1, c2, offsets, n_offsets))
+                atomicAdd(&local[512 * side + 256 + code], 1u);
         }
     }
     __syncthreads();
@@ -57,7 +51,7 @@ __global__ void stencil_kernel(const uint8_t* gt, const uint8_t* pred, int64_t m
 
 struct DeviceBuffers {
     uint8_t* codes = nullptr;
-    int3* offsets = nullptr;
+    CornerOffset* offsets = nullptr;
     unsigned long long* hist = nullptr;
     ~DeviceBuffers() {
         cudaFree(codes);
@@ -89,7 +83,7 @@ std::string surface_dice_areas_cuda(const MaskPair& m, const double* tolerances_
     }
     DeviceBuffers buf;
     cudaError_t err = cudaMalloc(&buf.codes, 2 * corners);
-    if (err == cudaSuccess) err = cudaMalloc(&buf.offsets, sizeof(int3) * std::max<size_t>(1, max_offsets));
+    if (err == cudaSuccess) err = cudaMalloc(&buf.offsets, sizeof(CornerOffset) * std::max<size_t>(1, max_offsets));
     if (err == cudaSuccess) err = cudaMalloc(&buf.hist, sizeof(unsigned long long) * 1024);
     if (err != cudaSuccess) return cudaGetErrorString(err);
     uint8_t* gt_codes = buf.codes;
@@ -102,10 +96,10 @@ std::string surface_dice_areas_cuda(const MaskPair& m, const double* tolerances_
     if (m.ndim == 3) surfel_areas_3d(m.spacing_mm, areas);
     else surfel_areas_2d(m.spacing_mm + 1, areas);
     for (int t = 0; t < n_tolerances; ++t) {
-        std::vector<int3> offs;
+        std::vector<CornerOffset> offs;
         for (const auto& o : stencils[t])
-            offs.push_back(make_int3(static_cast<int>(o[0]), static_cast<int>(o[1]), static_cast<int>(o[2])));
-        err = cudaMemcpy(buf.offsets, offs.data(), sizeof(int3) * offs.size(), cudaMemcpyHostToDevice);
+            offs.push_back({static_cast<int>(o[0]), static_cast<int>(o[1]), static_cast<int>(o[2])});
+        err = cudaMemcpy(buf.offsets, offs.data(), sizeof(CornerOffset) * offs.size(), cudaMemcpyHostToDevice);
         if (err == cudaSuccess) err = cudaMemset(buf.hist, 0, sizeof(unsigned long long) * 1024);
         if (err != cudaSuccess) return cudaGetErrorString(err);
         stencil_kernel<<<blocks, threads>>>(gt_codes, pred_codes, m0, m1, m2, m.ndim, buf.offsets,

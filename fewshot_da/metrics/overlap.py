@@ -40,6 +40,17 @@ def pixel_error(gt, pred) -> float:
     return float(np.count_nonzero((gt != 0) != (pred != 0)) / gt.size)
 
 
+def _dense_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..k-1 (bool and uint8 masks directly, without sorting)."""
+    flat = labels.ravel()
+    if flat.dtype == np.bool_ or flat.dtype == np.uint8:
+        present = np.flatnonzero(np.bincount(flat.view(np.uint8), minlength=256))
+        lookup = np.zeros(256, np.int64)
+        lookup[present] = np.arange(len(present))
+        return lookup[flat.view(np.uint8)]
+    return np.unique(flat, return_inverse=True)[1].ravel()
+
+
 def adjusted_rand_index(gt, pred) -> float:
     """Adjusted Rand index of the two labelings of the pixels (labels as given), in [-0.5, 1]; 1 = same partition.
 
@@ -52,8 +63,7 @@ def adjusted_rand_index(gt, pred) -> float:
     n = int(gt.size)
     if n == 0:
         return 1.0
-    _, a = np.unique(gt.ravel(), return_inverse=True)
-    _, b = np.unique(pred.ravel(), return_inverse=True)
+    a, b = _dense_labels(gt), _dense_labels(pred)
     nb = int(b.max()) + 1
     contingency = np.bincount(a.astype(np.int64) * nb + b, minlength=(int(a.max()) + 1) * nb)
     # Python ints: n^2 and the products below overflow int64 for 3D volumes

@@ -7,6 +7,7 @@ shared code with the compiled core.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -61,6 +62,11 @@ def _normals_3d():
 
 def surfel_areas(spacing_mm) -> np.ndarray:
     """Area (mm^2) of each 3D code, or length (mm) of each 2D code, for this spacing."""
+    return _surfel_areas(tuple(float(s) for s in spacing_mm)).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _surfel_areas(spacing_mm: tuple) -> np.ndarray:
     if len(spacing_mm) == 3:
         s0, s1, s2 = (float(s) for s in spacing_mm)
         areas = np.zeros(256)
@@ -117,8 +123,9 @@ def surface_distances(gt, pred, *, spacing_mm) -> SurfaceDistances:
     )
 
 
-def surface_dice(gt, pred, *, spacing_mm, tolerance_mm) -> float:
-    d = surface_distances(gt, pred, spacing_mm=spacing_mm)
+def surface_dice(gt, pred, *, spacing_mm, tolerance_mm, distances=None) -> float:
+    """Surface Dice from the oracle's distances (pass `distances` to reuse them across tolerances)."""
+    d = surface_distances(gt, pred, spacing_mm=spacing_mm) if distances is None else distances
     total = d.gt_areas_mm2.sum() + d.pred_areas_mm2.sum()
     if total == 0:
         return float("nan")
