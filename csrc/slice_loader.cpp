@@ -94,6 +94,35 @@ __attribute__((target("avx2,f16c"))) void stream_mask(const uint8_t* src, float*
     for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
+// Minimum over n values ignoring NaNs, with *any_nan set when there was one (np.min then returns NaN).
+__attribute__((target("avx2,f16c"))) float minimum_avx2(const void* src, ImageDtype dtype, int64_t n,
+                                                        bool* any_nan) {
+    const float* f32 = static_cast<const float*>(src);
+    const uint16_t* f16 = static_cast<const uint16_t*>(src);
+    __m256 lo = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+    __m256 unordered = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = dtype == ImageDtype::kFloat32
+                             ? _mm256_loadu_ps(f32 + i)
+                             : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(f16 + i)));
+        lo = _mm256_min_ps(v, lo);  // returns the second operand when v is NaN
+        unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, lo);
+    float minimum = lanes[0];
+    for (int k = 1; k < 8; ++k) minimum = lanes[k] < minimum ? lanes[k] : minimum;
+    bool nan = _mm256_movemask_ps(unordered) != 0;
+    for (; i < n; ++i) {
+        const float v = dtype == ImageDtype::kFloat32 ? f32[i] : half_bits_to_float(f16[i]);
+        minimum = v < minimum ? v : minimum;
+        nan |= v != v;
+    }
+    *any_nan = nan;
+    return minimum;
+}
+
 // Orders the streaming stores before the thread that made them reports completion.
 void store_fence() { _mm_sfence(); }
 #else
@@ -249,15 +278,24 @@ float SliceBatcher::slice_minimum(int64_t volume, int64_t slice) const {
     }
     const SliceVolume& v = volumes_[volume];
     const int64_t plane = v.height * v.width;
-    minimum = std::numeric_limits<float>::infinity();
     bool any_nan = false;
-    float chunk[4096];
-    for (int64_t start = 0; start < plane; start += 4096) {
-        const int64_t n = std::min<int64_t>(4096, plane - start);
-        image_to_float(v, slice * plane + start, chunk, n, false);
-        for (int64_t i = 0; i < n; ++i) {
-            minimum = chunk[i] < minimum ? chunk[i] : minimum;
-            any_nan |= chunk[i] != chunk[i];
+#ifdef FEWSHOT_DA_X86
+    if (cpu_has_avx2_f16c()) {
+        const size_t item = v.dtype == ImageDtype::kFloat32 ? sizeof(float) : sizeof(uint16_t);
+        minimum = minimum_avx2(static_cast<const char*>(v.image) + static_cast<size_t>(slice * plane) * item,
+                               v.dtype, plane, &any_nan);
+    } else
+#endif
+    {
+        minimum = std::numeric_limits<float>::infinity();
+        float chunk[4096];
+        for (int64_t start = 0; start < plane; start += 4096) {
+            const int64_t n = std::min<int64_t>(4096, plane - start);
+            image_to_float(v, slice * plane + start, chunk, n, false);
+            for (int64_t i = 0; i < n; ++i) {
+                minimum = chunk[i] < minimum ? chunk[i] : minimum;
+                any_nan |= chunk[i] != chunk[i];
+            }
         }
     }
     if (any_nan) minimum = std::numeric_limits<float>::quiet_NaN();  // as np.min

@@ -82,7 +82,8 @@ def test_centred_crop_arithmetic_by_hand():
 
 def test_random_crop_covers_every_fitting_position():
     image = np.zeros((1, 10, 12), np.float32)
-    loader = SliceLoader([image], [np.zeros_like(image, np.uint8)], batch_size=64, crop=(9, 10), prefetch=False)
+    loader = SliceLoader([image], [np.zeros_like(image, np.uint8)], batch_size=64, crop=(9, 10),
+                         prefetch=False)
     positions = {(d[2], d[3]) for step in range(3) for d in loader.draws(step)}
     assert positions == {(y0, x0) for y0 in (0, 1) for x0 in (0, 1, 2)}
 
@@ -202,3 +203,29 @@ def test_bad_step():
     loader = SliceLoader(images, masks, batch_size=2, crop=CROP, prefetch=False)
     with pytest.raises(InputError, match="step"):
         loader.batch(-1)
+
+
+def test_nan_slice_pads_with_nan_like_np_min():
+    image = np.ones((1, 4, 20), np.float32)
+    image[0, 1, 17] = np.nan
+    loader = SliceLoader([image], [np.zeros(image.shape, np.uint8)], batch_size=1, crop=(6, 20),
+                         prefetch=False)
+    x, _ = loader.batch(0)
+    assert np.isnan(x[0, 0, 0].numpy()).all() and np.isnan(x[0, 0, 2, 17].item())
+    assert_batch_equal(as_numpy((x, _)), reference_batch([image], [np.zeros(image.shape, np.uint8)], step=0,
+                                                         batch_size=1, crop=(6, 20)))
+
+
+def test_core_fill_checks_buffers():
+    from fewshot_da._backend import core
+
+    images, masks = make_volumes(np.float32)
+    batcher = core.SliceBatcher(images, masks, [np.arange(im.shape[0]) for im in images], 2, 16, 24, 0, 0, 1)
+    good = np.empty((2, 1, 16, 24), np.float32)
+    for bad, fragment in [(np.empty((2, 1, 16, 23), np.float32), "shape"),
+                          (np.empty((2, 1, 16, 24), np.float64), "float32"),
+                          (np.empty((2, 1, 16, 48), np.float32)[..., ::2], "C-contiguous")]:
+        with pytest.raises(ValueError, match=fragment):
+            batcher.fill(0, bad, good, 1)
+    with pytest.raises(ValueError, match="alias"):
+        batcher.fill(0, good, good, 1)

@@ -1,4 +1,4 @@
-"""Random 2D training batches from slice-major volumes, assembled by the C++ loader with background prefetch."""
+"""Random 2D training batches from slice-major volumes: C++ batch assembly with background prefetch."""
 from __future__ import annotations
 
 import os
@@ -40,11 +40,14 @@ def _check_volumes(images, masks, slices):
         if mask.dtype not in (np.uint8, np.bool_):
             raise InputError(f"SliceLoader: masks[{k}] has dtype {mask.dtype}, expected uint8 (or bool)")
         if image.ndim != 3 or 0 in image.shape:
-            raise InputError(f"SliceLoader: images[{k}] has shape {image.shape}, expected non-empty (S, H, W)")
+            raise InputError(f"SliceLoader: images[{k}] has shape {image.shape}, "
+                             "expected non-empty (S, H, W)")
         if mask.shape != image.shape:
-            raise InputError(f"SliceLoader: masks[{k}] has shape {mask.shape} but images[{k}] has {image.shape}")
+            raise InputError(f"SliceLoader: masks[{k}] has shape {mask.shape} "
+                             f"but images[{k}] has {image.shape}")
         if not (image.flags.c_contiguous and mask.flags.c_contiguous):
-            raise InputError(f"SliceLoader: images[{k}] / masks[{k}] must be C-contiguous (np.ascontiguousarray)")
+            raise InputError(f"SliceLoader: images[{k}] / masks[{k}] must be C-contiguous "
+                             "(np.ascontiguousarray)")
         allowed = None if slices is None else slices[k]
         if allowed is None:
             allowed = np.arange(image.shape[0], dtype=np.int64)
@@ -61,6 +64,12 @@ def _check_volumes(images, masks, slices):
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
         lists.append(allowed)
     return lists
+
+
+def _check_step(step, method: str) -> int:
+    if not isinstance(step, (int, np.integer)) or not 0 <= step < 2**64:
+        raise InputError(f"SliceLoader.{method}: step must be an int in [0, 2**64), got {step!r}")
+    return int(step)
 
 
 def _crop_pair(crop) -> tuple:
@@ -80,7 +89,10 @@ class SliceLoader:
          weigh more; None = all slices);
       3. a `crop` = (ch, cw) window: when the slice is at least ch x cw, its top-left corner is uniform over
          all fitting positions; otherwise (REFERENCE.md §4, dpipe) it is centred in BOTH dims,
-         start = size // 2 - crop // 2, and pixels outside the slice are the slice minimum (image) and 0 (mask).
+         start = size // 2 - crop // 2, and pixels outside the slice are the slice minimum (image) and
+         0 (mask).
+    Same distribution as the reference (dpipe: RandomState for the scan, global np.random for the slice),
+    not the same random stream: that one depends on thread timing and cannot be reproduced.
     fg_fraction: the last round(fg_fraction * batch_size) items of every batch (Python round, half to even)
     draw their volume among the volumes with an allowed foreground slice and their slice among those
     (foreground = any nonzero mask pixel in the whole slice; the crop may still miss it). Default 0.0, as
@@ -92,10 +104,11 @@ class SliceLoader:
 
     Buffers are reused (zero-copy views of a ring of 3 preallocated buffers, pinned when CUDA is
     available): the tensors returned by a call stay valid during the next call and are overwritten from
-    the call after it on (next-but-one). This lets `x.to("cuda", non_blocking=True)` of batch n finish
-    while batch n + 1 is fetched; `.clone()` what you keep longer. With `prefetch`, a background thread
-    fills step t + 1 (C++ with the GIL released, `num_threads` threads, default: all usable cores)
-    while step t is used.
+    the call after it on (next-but-one). So `x.to("cuda", non_blocking=True)` of batch n may still be in
+    flight while batch n + 1 is fetched, as long as it completes before call n + 2 (any synchronising op
+    in step n + 1, such as `loss.item()`, ensures it); `.clone()` what you keep longer.
+    With `prefetch`, a background thread fills step t + 1 (C++ with the GIL released, `num_threads`
+    threads, default: all usable cores) while step t is used.
     """
 
     def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
@@ -142,15 +155,13 @@ class SliceLoader:
     def _launch(self, step: int) -> None:
         if self._executor is not None and self._pending is None:
             _, _, x, y = self._ring[self._calls % _RING]
-            # the task holds the batcher and the buffers, never `self`, so `self` is never freed on that thread
+            # the task holds the batcher and buffers, never `self`, so `self` is never freed on that thread
             future = self._executor.submit(self._batcher.fill, step, x, y, self.num_threads)
             self._pending = (step, future)
 
     def batch(self, step: int):
         """(x, y) float32 tensors (B, 1, ch, cw) of step `step`; valid until the next-but-one call."""
-        if not isinstance(step, (int, np.integer)) or not 0 <= step < 2**64:
-            raise InputError(f"SliceLoader.batch: step must be an int in [0, 2**64), got {step!r}")
-        step = int(step)
+        step = _check_step(step, "batch")
         slot = self._calls % _RING
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -165,9 +176,7 @@ class SliceLoader:
 
     def start(self, step: int) -> "SliceLoader":
         """Make iteration continue at `step` (resume); prefetches it."""
-        if not isinstance(step, (int, np.integer)) or step < 0:
-            raise InputError(f"SliceLoader.start: step must be a non-negative int, got {step!r}")
-        self._next_step = int(step)
+        self._next_step = _check_step(step, "start")
         if self._pending is not None and self._pending[0] != self._next_step:
             self._pending[1].result()
             self._pending = None
@@ -181,7 +190,8 @@ class SliceLoader:
 
     def draws(self, step: int):
         """[(volume, slice, y0, x0, centred)] of the items of step `step` (no data is read)."""
-        return [tuple(self._batcher.draw(int(step), i)) for i in range(self.batch_size)]
+        step = _check_step(step, "draws")
+        return [tuple(self._batcher.draw(step, i)) for i in range(self.batch_size)]
 
     def foreground_slices(self, volume: int) -> np.ndarray:
         """Allowed slices of `volume` with foreground (computed only when fg_fraction > 0)."""

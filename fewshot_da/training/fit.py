@@ -124,7 +124,7 @@ def _plot_progress(rows, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     epochs = [r["epoch"] for r in rows]
     ax.plot(epochs, [r["train_loss"] for r in rows], label="train loss (BCE)", color="tab:blue")
     ax.set_xlabel("epoch")
@@ -138,9 +138,8 @@ def _plot_progress(rows, path) -> None:
         ax2.set_ylabel("validation")
         ax2.legend(loc="center right", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
     tmp = Path(str(path) + ".tmp")
-    fig.savefig(tmp, format="png", dpi=80)
+    fig.savefig(tmp, format="png", dpi=72)
     plt.close(fig)
     os.replace(tmp, path)
 

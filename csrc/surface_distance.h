@@ -1,0 +1,45 @@
+// Surface-distance metrics (DeepMind / Nikolov et al. semantics) for 2D and 3D binary masks with
+// anisotropic spacing. Both masks are cropped to their union bounding box (+1 corner) first.
+// - surface_dice_areas: a tolerance query only asks whether the other surface has a surfel within the
+//   tolerance ball, answered with a fixed stencil of integer corner offsets: O(surfels * stencil).
+// - surface_distances: exact directed distances via the separable squared EDT of Felzenszwalb &
+//   Huttenlocher (2012, "Distance transforms of sampled functions"), O(crop voxels), on the crop.
+// Inputs are C-contiguous uint8 arrays (nonzero = foreground); 2D arrays are passed as shape (1, n0, n1)
+// with ndim = 2. Results do not depend on num_threads (integer histograms, per-element outputs).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace fewshot_da {
+
+struct MaskPair {
+    const uint8_t* gt;
+    const uint8_t* pred;
+    int64_t shape[3];     // 2D: {1, n0, n1}
+    int ndim;             // 2 or 3
+    double spacing_mm[3];  // 2D: {1, s0, s1}
+};
+
+// Surfel area sums for each tolerance: out[4 * t + k] = {gt area within tolerance of pred, gt area,
+// pred area within tolerance of gt, pred area} in mm^2 (mm in 2D).
+void surface_dice_areas(const MaskPair& masks, const double* tolerances_mm, int n_tolerances,
+                        int num_threads, double* out);
+
+struct SurfaceDistanceArrays {
+    std::vector<double> gt_to_pred_mm, pred_to_gt_mm, gt_areas_mm2, pred_areas_mm2;
+};
+
+// Distance from every surfel of one mask to the nearest surfel of the other (inf when the other mask is
+// empty), with surfel areas; surfels in raster order of the corner grid.
+SurfaceDistanceArrays surface_distances(const MaskPair& masks, int num_threads);
+
+// The CUDA kernel's algorithm run on the host, one corner at a time over the whole array (no crop, no ring
+// buffer, no word skipping): same output as surface_dice_areas. Lets CPU-only tests check the per-surfel
+// device logic (surfel.h) against the fast path.
+void surface_dice_areas_plain(const MaskPair& masks, const double* tolerances_mm, int n_tolerances, double* out);
+
+// Neighbour code of every corner, shape (n0 + 1, n1 + 1, n2 + 1) (2D: (1, n1 + 1, n2 + 1)), by corner_code().
+void corner_code_map(const MaskPair& masks, bool of_pred, uint8_t* out);
+
+}  // namespace fewshot_da

@@ -1,0 +1,19 @@
+"""Type stub for the compiled core (metrics part); the documented API is fewshot_da.metrics."""
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+def surface_dice_areas(
+    gt: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    pred: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    spacing_mm: Sequence[float],
+    tolerances_mm: Sequence[float],
+    num_threads: int = 0,
+) -> npt.NDArray[np.float64]: ...
+def surface_distances(
+    gt: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    pred: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    spacing_mm: Sequence[float],
+    num_threads: int = 0,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
