@@ -103,6 +103,18 @@ def phantoms_command(out, scans_per_domain, shape, spacing_mm, seed):
     click.echo(f"{len(records)} phantoms -> {out} (manifest {out}/manifest.csv)")
 
 
+@data.command("merge")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
+@one_line_errors
+def merge_command(manifests, out):
+    """Concatenate MANIFESTS (e.g. a source and a target dataset) into one; ids must be unique."""
+    from fewshot_da.data.manifest import domain_counts, merge_manifests
+
+    records = merge_manifests(manifests, out)
+    click.echo(", ".join(f"{d} {n}" for d, n in domain_counts(records).items()) + f" -> {out}")
+
+
 @data.command("shift")
 @click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
 @click.option("--domain", "source_domain", required=True, help="Domain whose scans are drawn for shifting.")

@@ -6,6 +6,15 @@
 
 namespace py = pybind11;
 
+namespace {
+// "(S, H, W)" for error messages.
+[[maybe_unused]] std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t k = 0; k < a.ndim(); ++k) s += (k ? ", " : "") + std::to_string(a.shape(k));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+}  // namespace
+
 #ifndef FEWSHOT_DA_CUDA_MODULE
 
 // ---- surface distance (metrics) section: begin ----
@@ -16,12 +25,6 @@ namespace py = pybind11;
 #include "surface_distance.h"
 
 namespace {
-
-std::string shape_str(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t k = 0; k < a.ndim(); ++k) s += (k ? ", " : "") + std::to_string(a.shape(k));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
 
 // Checks under the GIL: uint8/bool C-contiguous 2D/3D masks of one shape, one positive spacing per axis.
 fewshot_da::MaskPair mask_pair(const py::array& gt, const py::array& pred, const std::vector<double>& spacing_mm) {
@@ -134,12 +137,6 @@ struct PySliceBatcher {
     std::vector<py::array> keep_alive;
     std::unique_ptr<fewshot_da::SliceBatcher> batcher;
 };
-
-std::string shape_str(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
 
 std::unique_ptr<PySliceBatcher> make_slice_batcher(const py::list& images, const py::list& masks,
                                                    const py::list& slices, int64_t batch_size, int64_t crop_h,

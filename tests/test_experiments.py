@@ -133,3 +133,27 @@ def test_scanner_shift_changes_appearance_not_anatomy(tmp_path):
     assert records[1].id not in {r.id for r in out}
     new = next(r for r in out if r.domain == "shifted")
     assert np.array_equal(load_volume(new.mask).data, load_volume(records[1].mask).data)
+
+
+def test_data_merge_and_shift_verbs(tmp_path, cli_runner, cli_app):
+    from fewshot_da.data.manifest import read_manifest
+
+    a = write_phantom_dataset(tmp_path / "a", domains=("siemens15",), scans_per_domain=3, shape=(16, 16, 8))
+    b = write_phantom_dataset(tmp_path / "b", domains=("ge3",), scans_per_domain=2, shape=(16, 16, 8))
+    write_manifest(a, tmp_path / "a.csv")
+    write_manifest(b, tmp_path / "b.csv")
+    result = _invoke(cli_runner, cli_app, ["data", "merge", tmp_path / "a.csv", tmp_path / "b.csv",
+                                           "--out", tmp_path / "ab.csv"])
+    assert result.exit_code == 0, result.output
+    assert [r.domain for r in read_manifest(tmp_path / "ab.csv")] == ["siemens15"] * 3 + ["ge3"] * 2
+    dup = _invoke(cli_runner, cli_app, ["data", "merge", tmp_path / "a.csv", tmp_path / "a.csv", "--out",
+                                        tmp_path / "x.csv"])
+    assert dup.exit_code != 0 and "duplicate id" in dup.output
+    result = _invoke(cli_runner, cli_app, ["data", "shift", tmp_path / "ab.csv", "--domain", "siemens15", "--n", 2,
+                                           "--out-dir", tmp_path / "shifted", "--out", tmp_path / "abs.csv"])
+    assert result.exit_code == 0, result.output
+    domains = [r.domain for r in read_manifest(tmp_path / "abs.csv")]
+    assert domains.count("siemens15") == 1 and domains.count("siemens15-shift") == 2
+    too_many = _invoke(cli_runner, cli_app, ["data", "shift", tmp_path / "ab.csv", "--domain", "ge3", "--n", 2,
+                                             "--out-dir", tmp_path / "s2", "--out", tmp_path / "y.csv"])
+    assert too_many.exit_code != 0 and "would leave none" in too_many.output

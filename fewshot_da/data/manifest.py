@@ -113,3 +113,11 @@ def domain_counts(records: Iterable[Record]) -> dict[str, int]:
     for r in records:
         counts[r.domain] = counts.get(r.domain, 0) + 1
     return counts
+
+
+def merge_manifests(paths: Sequence, out) -> list[Record]:
+    """Concatenate manifests (e.g. a source dataset and a target one) into `out`; ids must stay unique."""
+    records = [r for p in paths for r in read_manifest(p)]
+    check_unique_ids(records, f"merging {', '.join(str(p) for p in paths)}")
+    write_manifest(records, out)
+    return records

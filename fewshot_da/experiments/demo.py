@@ -34,8 +34,8 @@ CC359_HINT = """To run the real study on CC359 (359 T1 scans, 6 scanner domains)
   fewshot-da predict --model runs/ge15-s3-first-1 --ids test --out preds/ge15-s3-first-1"""
 
 # Small enough for 2 CPU cores in a few minutes, large enough that the domain gap and its closing show.
-DEMO = dict(source="siemens3", target="ge15", scans_per_domain=10, n_test=4, shape=(64, 64, 40),
-            source_steps=(8, 40), finetune_steps=(4, 25), batch_size=16, slices_k=8)
+DEMO = dict(source="siemens3", target="ge15", scans_per_domain=10, n_test=4, shape=(48, 48, 40),
+            source_steps=(8, 20), finetune_steps=(4, 10), batch_size=8, slices_k=8)
 
 
 def _schedule(epochs_iters, lr, drop_epoch, batch_size, crop, seed):
