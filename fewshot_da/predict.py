@@ -34,7 +34,7 @@ def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_s
     run through `model` in eval mode without gradients, passed through a sigmoid, cropped back and thresholded at
     p > 0.5, as the reference's one-slice loop (`predict_volume_reference`) does; the result does not depend on
     `batch_size`. float16 or memmap input is read chunk by chunk as float32. With return_probs=True also returns
-    the float32 probabilities. channels_last runs the convolutions in NHWC layout (oneDNN's fast path on CPU; the
+    the float32 probabilities. `device` (default: where the model is) receives the model. channels_last runs the convolutions in NHWC layout (oneDNN's fast path on CPU; the
     result differs from NCHW only by float rounding). The model's train/eval mode and memory format are restored.
     """
     images = _check_slices(image_slices)
@@ -43,6 +43,7 @@ def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_s
     n_slices, height, width = images.shape
     (top, bottom), (left, right) = _pad_widths(height, pad_multiple), _pad_widths(width, pad_multiple)
     device = _model_device(model, device)
+    model.to(device)
     mask = np.empty((n_slices, height, width), dtype=np.uint8)
     probs = np.empty((n_slices, height, width), dtype=np.float32) if return_probs else None
     was_training = model.training
@@ -78,6 +79,7 @@ def predict_volume_reference(model: nn.Module, image_slices, *, pad_multiple: in
     """
     images = _check_slices(image_slices)
     device = _model_device(model, device)
+    model.to(device)
     was_training = model.training
     model.eval()
     prob_slices = []

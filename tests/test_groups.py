@@ -157,3 +157,7 @@ def test_layers_cli(cli_runner, cli_app):
     assert "4,816" in result.output and "4,721" in result.output and "1,561,491" in result.output
     bad = cli_runner.invoke(cli_app, ["layers", "--arch", "unet3d"])
     assert bad.exit_code != 0 and "unknown architecture 'unet3d'" in bad.output
+    selected = cli_runner.invoke(cli_app, ["layers", "--arch", "dart20", "--select", "first"])
+    assert selected.exit_code == 0 and "7 tensors, 4,816 parameters trainable" in selected.output
+    wrong = cli_runner.invoke(cli_app, ["layers", "--select", "middle"])
+    assert wrong.exit_code != 0 and wrong.output.count("\n") == 1 and "valid groups" in wrong.output

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 import yaml
 
 from ..data import splits as splits_mod
@@ -164,6 +165,7 @@ def train(*, manifest, splits, out, source: Optional[str] = None, ids: Optional[
                          "eval_ids": eval_ids})
     volumes = open_volumes(manifest, ids + eval_ids, cache=cache, preprocess=preprocess, progress=progress)
     train_vols, eval_vols = volumes[:len(ids)], volumes[len(ids):]
+    torch.manual_seed(cfg.seed)  # the initial weights are part of the run
     model = build_model(arch)
     loader = _batches(train_vols, None, cfg, num_threads)
     summary = {"kind": "train", "arch": arch, "source": source, "train_ids": ids, "eval_ids": eval_ids,

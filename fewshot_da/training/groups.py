@@ -153,6 +153,13 @@ def layers_table(arch: str) -> list:
     return rows
 
 
+def selection_table(arch: str, spec: str) -> list:
+    """Rows (parameter name, shape, n params) that the layer spec `spec` makes trainable in `arch`."""
+    model = build_model(arch)
+    params = dict(model.named_parameters())
+    return [(name, tuple(params[name].shape), params[name].numel()) for name in trainable_names(model, arch, spec)]
+
+
 def format_layers_table(rows) -> str:
     """Plain-text table of `layers_table` rows."""
     lines = [f"{'group':<12} {'params':>11}  modules"]
