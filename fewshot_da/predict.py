@@ -54,7 +54,7 @@ def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_s
     try:
         with torch.inference_mode():
             for start in range(0, n_slices, batch_size):
-                chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
+                chunk = torch.from_numpy(np.array(images[start:start + batch_size], dtype=np.float32))
                 chunk = chunk.to(device, non_blocking=True)
                 n = chunk.shape[0]
                 x = chunk.amin(dim=(1, 2)).view(n, 1, 1).repeat(1, height + top + bottom, width + left + right)
