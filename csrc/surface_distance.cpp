@@ -4,10 +4,14 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -19,8 +23,6 @@ namespace fewshot_da {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// Beyond this many stencil offsets a tolerance is answered from the EDT instead.
-constexpr int64_t kMaxStencil = kMaxStencilOffsets;
 
 // Threads to use: the request (0 = OpenMP default), but no more than one per 64k voxels, since waking a
 // team costs more than small inputs take.
@@ -34,6 +36,26 @@ int resolve_threads(int num_threads, const MaskPair& m) {
     (void)m;
     return 1;
 #endif
+}
+
+// Runs `fn` on `n` threads (the caller's included) and rethrows the first exception.
+template <typename Fn>
+void run_threads(int n, Fn&& fn) {
+    std::exception_ptr error;
+    std::mutex error_lock;
+    auto guarded = [&]() {
+        try {
+            fn();
+        } catch (...) {
+            const std::lock_guard<std::mutex> lock(error_lock);
+            if (!error) error = std::current_exception();
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int k = 1; k < n; ++k) pool.emplace_back(guarded);
+    guarded();
+    for (auto& t : pool) t.join();
+    if (error) std::rethrow_exception(error);
 }
 
 // Inclusive bounding box of the union of both masks; false when both are empty.
@@ -83,28 +105,21 @@ bool union_bbox(const MaskPair& m, int threads, Box* box) {
     return true;
 }
 
-// Corner grid of the crop: m corners per axis (axis 0 of a 2D pair has one "corner": the image itself),
-// stored with a zero margin `pad` per axis so stencil lookups need no bounds checks.
+// Corner grid of the crop: m corners per axis (axis 0 of a 2D pair has one "corner": the image itself).
 struct Grid {
-    int64_t m[3], pad[3], dim[3];
-    int64_t size() const { return dim[0] * dim[1] * dim[2]; }
-    int64_t index(int64_t c0, int64_t c1, int64_t c2) const {
-        return ((c0 + pad[0]) * dim[1] + (c1 + pad[1])) * dim[2] + (c2 + pad[2]);
-    }
+    int64_t m[3];
+    int64_t size() const { return m[0] * m[1] * m[2]; }
+    int64_t index(int64_t c0, int64_t c1, int64_t c2) const { return (c0 * m[1] + c1) * m[2] + c2; }
 };
 
-Grid make_grid(const MaskPair& m, const Box& box, const int64_t pad[3]) {
+Grid make_grid(const MaskPair& m, const Box& box) {
     Grid g;
-    for (int a = 0; a < 3; ++a) {
-        // surfels sit on voxel corners, so an extent of e voxels has e + 1 corners
-        g.m[a] = (m.ndim == 2 && a == 0) ? 1 : box.hi[a] - box.lo[a] + 2;
-        g.pad[a] = (m.ndim == 2 && a == 0) ? 0 : pad[a];
-        g.dim[a] = g.m[a] + 2 * g.pad[a];
-    }
+    // surfels sit on voxel corners, so an extent of e voxels has e + 1 corners
+    for (int a = 0; a < 3; ++a) g.m[a] = (m.ndim == 2 && a == 0) ? 1 : box.hi[a] - box.lo[a] + 2;
     return g;
 }
 
-// Neighbour codes of every crop corner of `mask` into `codes` (zeroed beforehand, layout `g`).
+// Neighbour codes of every crop corner of `mask` into `codes` (layout `g`).
 void build_codes(const uint8_t* mask, const MaskPair& m, const Box& box, const Grid& g, int threads,
                  uint8_t* codes) {
     const int64_t n1 = m.shape[1], n2 = m.shape[2];
@@ -146,10 +161,6 @@ void area_table(const MaskPair& m, double table[256]) {
     std::fill(table, table + 256, 0.0);
     if (m.ndim == 3) surfel_areas_3d(m.spacing_mm, table);
     else surfel_areas_2d(m.spacing_mm + 1, table);
-}
-
-std::vector<std::array<int64_t, 3>> tolerance_stencil(const MaskPair& m, double tolerance_mm) {
-    return corner_stencil(m.ndim, m.spacing_mm, tolerance_mm, kMaxStencil);
 }
 
 // 1D lower envelope of parabolas (Felzenszwalb & Huttenlocher) in place on f[0..n) with step `s` mm:
@@ -248,9 +259,9 @@ struct Codes {
     std::vector<uint8_t> gt, pred;
 };
 
-bool make_codes(const MaskPair& m, const int64_t pad[3], int threads, Codes* c) {
+bool make_codes(const MaskPair& m, int threads, Codes* c) {
     if (!union_bbox(m, threads, &c->box)) return false;
-    c->grid = make_grid(m, c->box, pad);
+    c->grid = make_grid(m, c->box);
     c->gt.assign(static_cast<size_t>(c->grid.size()), 0);
     c->pred.assign(static_cast<size_t>(c->grid.size()), 0);
     build_codes(m.gt, m, c->box, c->grid, threads, c->gt.data());
@@ -408,8 +419,11 @@ void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<
     const int nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, m0)));
     const int64_t chunk_planes = nthreads == 1 ? m0 : std::max<int64_t>(8, m0 / (4 * nthreads));
     const int64_t n_chunks = (m0 + chunk_planes - 1) / chunk_planes;
-#pragma omp parallel num_threads(nthreads)
-    {
+    // Plain threads rather than an OpenMP team: no spin-waiting workers, which on a shared machine steal the
+    // core from the thread still working. Chunks are claimed from an atomic counter.
+    std::atomic<int64_t> next_chunk{0};
+    std::mutex merge;
+    auto worker = [&]() {
         Ring ring;
         ring.r1 = r[1], ring.r2 = r[2];
         ring.p1 = m1 + 2 * r[1];
@@ -454,8 +468,7 @@ void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<
         std::vector<const uint8_t*> look_gt(first_offset[ntol]), look_pred(first_offset[ntol]);
         // contiguous chunks of planes, handed out dynamically (the object rarely fills the array evenly);
         // each chunk first rebuilds the r0 planes before it
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+        for (int64_t chunk = next_chunk++; chunk < n_chunks; chunk = next_chunk++) {
             const int64_t begin = chunk * chunk_planes, end = std::min(m0, begin + chunk_planes);
             for (int64_t c0 = std::max<int64_t>(0, begin - r[0]); c0 < std::min(m0, begin + r[0]); ++c0) ensure(c0);
             for (int64_t c0 = begin; c0 < end; ++c0) {
@@ -517,10 +530,11 @@ void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<
                 }
             }
         }
-#pragma omp critical
+        const std::lock_guard<std::mutex> lock(merge);
         for (int t = 0; t < ntol; ++t)
             for (int k = 0; k < 1024; ++k) hist[t][k] += h[1024 * t + k];
-    }
+    };
+    run_threads(nthreads, worker);
 }
 
 }  // namespace
@@ -540,7 +554,7 @@ void surface_dice_areas(const MaskPair& m, const double* tolerances_mm, int n_to
     std::vector<int> stencil_tol, edt_tol;
     for (int t = 0; t < n_tolerances; ++t) {
         if (!(tolerances_mm[t] >= 0)) throw std::invalid_argument("tolerance_mm must be >= 0");
-        auto st = tolerance_stencil(m, tolerances_mm[t]);
+        auto st = corner_stencil(m.ndim, m.spacing_mm, tolerances_mm[t], kMaxStencilOffsets);
         if (st.empty()) edt_tol.push_back(t);
         else stencils.push_back(std::move(st)), stencil_tol.push_back(t);
     }
@@ -581,8 +595,7 @@ SurfaceDistanceArrays distances_impl(const MaskPair& m, int threads, std::vector
                                      std::vector<uint8_t>* pred_codes) {
     SurfaceDistanceArrays res;
     Codes c;
-    const int64_t pad[3] = {0, 0, 0};
-    if (!make_codes(m, pad, threads, &c)) return res;
+    if (!make_codes(m, threads, &c)) return res;
     const Grid& g = c.grid;
     double areas[256];
     area_table(m, areas);
