@@ -10,10 +10,11 @@ Definitions shared by every function here:
   table scaled by the spacing.
 - Distance of a surfel: Euclidean distance in mm to the nearest surfel of the other mask.
 
-How this differs from MONAI's default: MONAI's `compute_surface_dice` (use_subvoxels=False) counts edge
-*voxels* of each mask with unit weight and measures voxel-centre distances, which scores lower (typically
-by a few hundredths at 1 mm on brain masks) and is a different metric; its `use_subvoxels=True` mode
-follows the same corner-grid idea as here. Results from this module equal DeepMind's surface-distance.
+How this differs from MONAI's default: MONAI's `compute_surface_dice(use_subvoxels=False)` counts the
+edge *voxels* of each mask with unit weight and measures voxel-centre distances. That is a different
+metric, and on brain masks it scores systematically lower than DeepMind's. Its `use_subvoxels=True` mode
+uses DeepMind's corner-grid surfels and gives the same values as this module.
+Results from this module equal those of DeepMind's surface-distance.
 """
 from __future__ import annotations
 
