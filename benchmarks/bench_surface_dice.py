@@ -9,6 +9,7 @@ same mask with a smooth, low-frequency boundary error, as a model would make), s
 
 Missing peers (surface-distance, monai) are reported and skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fewshot_da import metrics  # noqa: E402
-from fewshot_da.metrics import reference  # noqa: E402
+from fewshot_da import metrics
+from fewshot_da.metrics import reference
 
 IXI_MASKS = ROOT.parent / "shared" / "data" / "ixi-hh" / "masks"
 
@@ -63,7 +64,10 @@ def brain_pair():
     lo = np.argwhere(up).min(0)
     hi = np.argwhere(up).max(0)
     centre = (lo + hi) // 2
-    src = [slice(max(0, c - n // 2), max(0, c - n // 2) + min(n, s)) for c, n, s in zip(centre, gt.shape, up.shape)]
+    src = [
+        slice(max(0, c - n // 2), max(0, c - n // 2) + min(n, s))
+        for c, n, s in zip(centre, gt.shape, up.shape)
+    ]
     block = up[tuple(src)]
     dst = tuple(slice((n - b) // 2, (n - b) // 2 + b) for n, b in zip(gt.shape, block.shape))
     gt[dst] = block
@@ -96,8 +100,9 @@ def monai_fn():
     def run(gt, pred, spacing, tolerance, subvoxels):
         y = torch.from_numpy(gt[None, None].astype(np.float32))
         y_pred = torch.from_numpy(pred[None, None].astype(np.float32))
-        value = compute_surface_dice(y_pred, y, [tolerance], include_background=True, spacing=list(spacing),
-                                     use_subvoxels=subvoxels)
+        value = compute_surface_dice(
+            y_pred, y, [tolerance], include_background=True, spacing=list(spacing), use_subvoxels=subvoxels
+        )
         return float(value.reshape(-1)[0])
 
     return run
@@ -105,28 +110,48 @@ def monai_fn():
 
 def bench_case(name, gt, pred, spacing, tolerance, args, sd, monai_run, rows):
     def ours(threads):
-        return lambda: metrics.surface_dice(gt, pred, spacing_mm=spacing, tolerance_mm=tolerance, num_threads=threads)
+        return lambda: metrics.surface_dice(
+            gt, pred, spacing_mm=spacing, tolerance_mm=tolerance, num_threads=threads
+        )
 
     results = []
     for threads in sorted({1, args.threads}):
         value, t, cpu = timed(ours(threads), args.repeats)
         results.append((f"fewshot_da surface_dice, {threads} thread(s)", value, t, cpu))
     t_ref = results[0][2]  # ours, 1 thread
-    scores, t, cpu = timed(lambda: metrics.score_case(gt, pred, spacing_mm=spacing, tolerances_mm=(tolerance,),
-                                                      num_threads=args.threads), max(1, args.repeats // 4))
-    results.append((f"fewshot_da score_case (exact EDT; + HD95, ASSD), {args.threads} thread(s)",
-                    scores[metrics.surface_dice_key(tolerance)], t, cpu))
+    scores, t, cpu = timed(
+        lambda: metrics.score_case(
+            gt, pred, spacing_mm=spacing, tolerances_mm=(tolerance,), num_threads=args.threads
+        ),
+        max(1, args.repeats // 4),
+    )
+    results.append(
+        (
+            f"fewshot_da score_case (exact EDT; + HD95, ASSD), {args.threads} thread(s)",
+            scores[metrics.surface_dice_key(tolerance)],
+            t,
+            cpu,
+        )
+    )
     if sd is not None:
-        value, t, cpu = timed(lambda: sd.compute_surface_dice_at_tolerance(
-            sd.compute_surface_distances(gt, pred, spacing), tolerance), args.peer_repeats)
+        value, t, cpu = timed(
+            lambda: sd.compute_surface_dice_at_tolerance(
+                sd.compute_surface_distances(gt, pred, spacing), tolerance
+            ),
+            args.peer_repeats,
+        )
         results.append(("DeepMind surface-distance 0.1", float(value), t, cpu))
     if monai_run is not None:
         for subvoxels in (False, True):
-            value, t, cpu = timed(lambda: monai_run(gt, pred, spacing, tolerance, subvoxels), args.peer_repeats)
+            value, t, cpu = timed(
+                lambda sub=subvoxels: monai_run(gt, pred, spacing, tolerance, sub), args.peer_repeats
+            )
             results.append((f"MONAI compute_surface_dice(use_subvoxels={subvoxels})", value, t, cpu))
     if not args.skip_oracle:
-        value, t, cpu = timed(lambda: reference.surface_dice(gt, pred, spacing_mm=spacing, tolerance_mm=tolerance),
-                              args.peer_repeats)
+        value, t, cpu = timed(
+            lambda: reference.surface_dice(gt, pred, spacing_mm=spacing, tolerance_mm=tolerance),
+            args.peer_repeats,
+        )
         results.append(("NumPy/SciPy oracle (metrics.reference)", value, t, cpu))
     print(f"\n{name}: shape {gt.shape}, spacing {spacing} mm, tolerance {tolerance} mm")
     print(f"  {'method':<70} {'value':>8} {'wall ms':>10} {'cpu ms':>10} {'x ours(1 thr)':>14}")
@@ -137,12 +162,16 @@ def bench_case(name, gt, pred, spacing, tolerance, args, sd, monai_run, rows):
 
 def markdown(rows):
     """The rows as a markdown table for benchmarks/README.md."""
-    lines = ["| input | spacing (mm) | tol (mm) | method | surface Dice | wall ms | CPU ms | time / ours (1 thread) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| input | spacing (mm) | tol (mm) | method | surface Dice | wall ms | CPU ms | time / ours (1 thread) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, spacing, tolerance, method, value, t, cpu, ratio in rows:
         spacing_text = "x".join(f"{s:g}" for s in spacing)
-        lines.append(f"| {name} | {spacing_text} | {tolerance:g} | {method} | {value:.6f} | {t * 1e3:.1f} | "
-                     f"{cpu * 1e3:.1f} | {ratio:.1f} |")
+        lines.append(
+            f"| {name} | {spacing_text} | {tolerance:g} | {method} | {value:.6f} | {t * 1e3:.1f} | "
+            f"{cpu * 1e3:.1f} | {ratio:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -159,16 +188,28 @@ def main():
     if args.quick:
         args.peer_repeats, args.ixi_cases = 1, 1
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-          f"Python {platform.python_version()}, NumPy {np.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"Python {platform.python_version()}, NumPy {np.__version__}"
+    )
     sd, monai_run = deepmind_module(), monai_fn()
-    print(f"peers: DeepMind surface-distance {'yes' if sd else 'NOT INSTALLED'}, "
-          f"MONAI {'yes' if monai_run else 'NOT INSTALLED'}")
+    print(
+        f"peers: DeepMind surface-distance {'yes' if sd else 'NOT INSTALLED'}, "
+        f"MONAI {'yes' if monai_run else 'NOT INSTALLED'}"
+    )
     rows = []
     gt, pred = brain_pair()
     print(f"brain-like pair: {int(gt.sum())} / {int(pred.sum())} foreground voxels")
-    configs = [((1.0, 1.0, 1.0), 1.0)] if args.quick else [
-        ((1.0, 1.0, 1.0), 1.0), ((1.0, 1.0, 1.0), 2.0), ((0.9375, 0.9375, 1.2), 1.0), ((0.9375, 0.9375, 1.2), 2.0)]
+    configs = (
+        [((1.0, 1.0, 1.0), 1.0)]
+        if args.quick
+        else [
+            ((1.0, 1.0, 1.0), 1.0),
+            ((1.0, 1.0, 1.0), 2.0),
+            ((0.9375, 0.9375, 1.2), 1.0),
+            ((0.9375, 0.9375, 1.2), 2.0),
+        ]
+    )
     for spacing, tolerance in configs:
         bench_case("brain-like 256x256x170", gt, pred, spacing, tolerance, args, sd, monai_run, rows)
     import nibabel as nib
@@ -177,7 +218,9 @@ def main():
         image = nib.load(str(path))
         mask = np.asanyarray(image.dataobj) > 0
         spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-        bench_case(f"IXI {path.name}", mask, perturb(mask, 2, 4.0, 0.7), spacing, 2.0, args, sd, monai_run, rows)
+        bench_case(
+            f"IXI {path.name}", mask, perturb(mask, 2, 4.0, 0.7), spacing, 2.0, args, sd, monai_run, rows
+        )
     if args.markdown:
         print()
         print(markdown(rows))

@@ -399,7 +399,8 @@ void build_plane(const uint8_t* mask, const MaskPair& m, int64_t c0, const Exten
                                  pair_bits(d[k - 1], d[k]));
         } else {
             const uint8_t *a = r[0], *b = r[1];
-            for (int64_t k = first; k <= last; ++k) out[k] = code_2d(pair_bits(a[k - 1], a[k]), pair_bits(b[k - 1], b[k]));
+            for (int64_t k = first; k <= last; ++k)
+                out[k] = code_2d(pair_bits(a[k - 1], a[k]), pair_bits(b[k - 1], b[k]));
         }
     }
     ring.slot_plane[slot] = c0;
@@ -480,10 +481,10 @@ void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<
                         const int64_t p = c0 + o[0];
                         const int64_t shift = o[1] * ring.p2 + o[2];
                         const bool inside = p >= 0 && p < m0;
-                        look_gt[first_offset[t] + j] =
-                            (inside ? ring.codes[0].data() + (p % ring.slots) * ring.stride : zero_plane.data()) + shift;
-                        look_pred[first_offset[t] + j] =
-                            (inside ? ring.codes[1].data() + (p % ring.slots) * ring.stride : zero_plane.data()) + shift;
+                        const int64_t at = (p % ring.slots) * ring.stride;
+                        const int64_t j_all = first_offset[t] + static_cast<int64_t>(j);
+                        look_gt[j_all] = (inside ? ring.codes[0].data() + at : zero_plane.data()) + shift;
+                        look_pred[j_all] = (inside ? ring.codes[1].data() + at : zero_plane.data()) + shift;
                     }
                 }
                 const uint8_t* gplane = ring.codes[0].data() + slot * ring.stride;
@@ -506,7 +507,8 @@ void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<
                             const int shift = __builtin_ctzll(any) & ~7;
                             any &= ~(0xFFULL << shift);
                             const int64_t pos = row_base + k0 + (shift >> 3);
-                            const uint8_t gc = static_cast<uint8_t>(wg >> shift), pc = static_cast<uint8_t>(wp >> shift);
+                            const uint8_t gc = static_cast<uint8_t>(wg >> shift);
+                            const uint8_t pc = static_cast<uint8_t>(wp >> shift);
                             const bool gsurf = (sg >> shift) & 0xFF, psurf = (sp >> shift) & 0xFF;
                             for (int t = 0; t < ntol; ++t) {
                                 int64_t* ht = h.data() + 1024 * t;
@@ -655,7 +657,8 @@ void corner_code_map(const MaskPair& m, bool of_pred, uint8_t* out) {
     for (int64_t c0 = 0; c0 < m0; ++c0)
         for (int64_t c1 = 0; c1 < m1; ++c1)
             for (int64_t c2 = 0; c2 < m2; ++c2)
-                out[(c0 * m1 + c1) * m2 + c2] = corner_code(mask, m.shape[0], m.shape[1], m.shape[2], m.ndim, c0, c1, c2);
+                out[(c0 * m1 + c1) * m2 + c2] =
+                    corner_code(mask, m.shape[0], m.shape[1], m.shape[2], m.ndim, c0, c1, c2);
 }
 
 void surface_dice_areas_plain(const MaskPair& m, const double* tolerances_mm, int n_tolerances, double* out) {

@@ -1,4 +1,5 @@
 """The CUDA surface-Dice kernel against the CPU core (needs the _cuda extension and a GPU)."""
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -6,8 +7,9 @@ from scipy import ndimage
 from fewshot_da import _backend
 from fewshot_da.metrics import surface_dice_cuda, surface_dice_many
 
-pytestmark = pytest.mark.skipif(not _backend.HAS_CUDA_KERNEL,
-                                reason="built without the CUDA extension (no nvcc, or FEWSHOT_DA_CUDA=0)")
+pytestmark = pytest.mark.skipif(
+    not _backend.HAS_CUDA_KERNEL, reason="built without the CUDA extension (no nvcc, or FEWSHOT_DA_CUDA=0)"
+)
 
 
 def _gpu_count():
@@ -29,8 +31,10 @@ def _to_device(array):
 
 
 @needs_gpu
-@pytest.mark.parametrize("shape, spacing", [((40, 48, 36), (1.0, 1.0, 1.0)), ((30, 50, 44), (0.9375, 0.9375, 1.2)),
-                                            ((64, 80), (2.0, 1.0))])
+@pytest.mark.parametrize(
+    "shape, spacing",
+    [((40, 48, 36), (1.0, 1.0, 1.0)), ((30, 50, 44), (0.9375, 0.9375, 1.2)), ((64, 80), (2.0, 1.0))],
+)
 def test_gpu_matches_cpu(shape, spacing):
     rng = np.random.default_rng(0)
     gt = ndimage.binary_dilation(rng.random(shape) < 0.01, iterations=3)
