@@ -23,6 +23,18 @@ def test_extension_imports_without_gpu():
     assert isinstance(_backend.cuda.device_count(), int)
 
 
+def test_rejects_host_arrays_and_bad_arguments():
+    host = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="CUDA tensor or expose __cuda_array_interface__"):
+        surface_dice_cuda(host, host, spacing_mm=(1, 1, 1), tolerance_mm=1)
+    with pytest.raises(ValueError, match="positive"):
+        _backend.cuda.surface_dice_areas(1, 1, [4, 4, 4], [1.0, 0.0, 1.0], [1.0])
+    if _gpu_count() == 0:
+        # without a GPU the kernel refuses to start instead of dereferencing the pointers
+        with pytest.raises(RuntimeError, match="CUDA"):
+            _backend.cuda.surface_dice_areas(host.ctypes.data, host.ctypes.data, [4, 4, 4], [1.0] * 3, [1.0])
+
+
 def _to_device(array):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
