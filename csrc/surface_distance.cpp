@@ -201,9 +201,12 @@ void envelope_1d(double* f, int64_t n, double s, int64_t* v, double* z, double* 
     }
 }
 
-// Squared distance (mm^2) from every corner of the crop grid to the nearest surfel in `codes`; axes are
-// processed 0, 1, 2 so the sum is ((x0^2 + x1^2) + x2^2), the order SciPy's EDT uses.
-std::vector<double> squared_edt(const uint8_t* codes, const Grid& g, const MaskPair& m, int threads) {
+// Squared distance (mm^2) from the corners of the crop grid to the nearest surfel in `codes`; axes are
+// processed 0, 1, 2 so the sum is ((x0^2 + x1^2) + x2^2), the order SciPy's EDT uses. Only rows holding
+// a surfel of `query_codes` are finished by the last pass (the others are left partial): those are the
+// only places the caller reads.
+std::vector<double> squared_edt(const uint8_t* codes, const uint8_t* query_codes, const Grid& g, const MaskPair& m,
+                                int threads) {
     const int64_t m0 = g.m[0], m1 = g.m[1], m2 = g.m[2], plane = m1 * m2, n = m0 * plane;
     std::vector<double> d(static_cast<size_t>(n));
     const double s0 = m.spacing_mm[0];
@@ -244,6 +247,10 @@ std::vector<double> squared_edt(const uint8_t* codes, const Grid& g, const MaskP
         std::vector<int64_t> v2(m2);
 #pragma omp for schedule(static)
         for (int64_t row = 0; row < m0 * m1; ++row) {
+            const uint8_t* query = query_codes + row * m2;
+            bool needed = false;
+            for (int64_t k = 0; k < m2 && !needed; ++k) needed = is_surfel(query[k], m.ndim);
+            if (!needed) continue;
             double* base = d.data() + row * m2;
             std::copy(base, base + m2, f2.begin());
             envelope_1d(f2.data(), m2, m.spacing_mm[2], v2.data(), z2.data(), o2.data());
@@ -601,8 +608,8 @@ SurfaceDistanceArrays distances_impl(const MaskPair& m, int threads, std::vector
     const Grid& g = c.grid;
     double areas[256];
     area_table(m, areas);
-    const std::vector<double> d_to_gt = squared_edt(c.gt.data(), g, m, threads);
-    const std::vector<double> d_to_pred = squared_edt(c.pred.data(), g, m, threads);
+    const std::vector<double> d_to_gt = squared_edt(c.gt.data(), c.pred.data(), g, m, threads);
+    const std::vector<double> d_to_pred = squared_edt(c.pred.data(), c.gt.data(), g, m, threads);
     const int64_t rows = g.m[0] * g.m[1], m2 = g.m[2];
     // per-row surfel counts, then a prefix sum, so rows fill the outputs in raster order in parallel
     std::vector<int64_t> ng(rows + 1, 0), np(rows + 1, 0);
