@@ -42,6 +42,7 @@ def test_case_ids():
     assert case_id("/x/case_017_0000.nii.gz") == "case_017"
     assert case_id("case_017.nii") == "case_017"
     assert case_id("IXI012-HH-1211_brain.nii.gz") == "IXI012-HH-1211"
+    assert case_id("sub_2015.nii.gz") == "sub_2015"  # only the nnU-Net channel suffix _0000 is dropped
 
 
 def test_eval_ixi_folders(cli_runner, cli_app, ixi_pair, tmp_path):

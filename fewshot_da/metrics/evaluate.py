@@ -17,8 +17,8 @@ from fewshot_da.metrics.scoring import score_case, surface_dice_key
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Mask-name suffixes dropped to get the case id: CC359 brain masks (`CC0001_philips_15_55_M_ss`), IXI-style
-# `_brain` / `_mask`, and nnU-Net's 4-digit channel suffix (`case_0000`).
-_ID_SUFFIX = re.compile(r"(_ss|_brain|_mask|_\d{4})$")
+# `_brain` / `_mask`, and nnU-Net's first-channel suffix (`case_0000`).
+_ID_SUFFIX = re.compile(r"(_ss|_brain|_mask|_0000)$")
 
 
 def case_id(path: str | os.PathLike) -> str:
