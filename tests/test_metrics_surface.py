@@ -100,6 +100,27 @@ def test_corner_codes_and_plain_loop_match():
         np.testing.assert_array_equal(fast, plain)
 
 
+@pytest.mark.parametrize("shape", [(6, 9, 150), (3, 70, 129), (200, 131)])
+def test_long_rows_match_oracle_and_plain_loop(shape):
+    # rows longer than 64 corners: the packed-bit rows span several words and stencil shifts cross them
+    rng = np.random.default_rng(len(shape) * 100 + shape[-1])
+    gt, pred = blob_pair(rng, shape, 0.03, 1)
+    gt[..., -1] = True  # touches the far end of every row
+    spacing = (1.2, 0.9, 0.7)[-len(shape) :]
+    tolerances = [0.0, 0.7, 1.0, 2.0, 3.0]
+    ours = surface_dice_many(gt, pred, spacing_mm=spacing, tolerances_mm=tolerances, num_threads=2)
+    expected = reference.surface_distances(gt, pred, spacing_mm=spacing)
+    for tolerance, value in zip(tolerances, ours):
+        assert value == pytest.approx(
+            reference.surface_dice(gt, pred, spacing_mm=spacing, tolerance_mm=tolerance, distances=expected),
+            abs=1e-9,
+        )
+    np.testing.assert_array_equal(
+        _backend.core.surface_dice_areas(gt, pred, list(spacing), tolerances, 1),
+        _backend.core.surface_dice_areas_plain(gt, pred, list(spacing), tolerances),
+    )
+
+
 def test_two_pixels_hand_derived():
     # DeepMind's 2D case. Spacing (2, 1) mm, single pixels two columns apart: each pixel's contour is four
     # corner cuts of length 0.5 * sqrt(2^2 + 1^2) mm at the pixel's corners. The gt pixel's right corners
