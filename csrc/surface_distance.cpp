@@ -4,13 +4,20 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 #include "surfel.h"
@@ -19,8 +26,6 @@ namespace fewshot_da {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// Beyond this many stencil offsets a tolerance is answered from the EDT instead.
-constexpr int64_t kMaxStencil = kMaxStencilOffsets;
 
 // Threads to use: the request (0 = OpenMP default), but no more than one per 64k voxels, since waking a
 // team costs more than small inputs take.
@@ -34,6 +39,26 @@ int resolve_threads(int num_threads, const MaskPair& m) {
     (void)m;
     return 1;
 #endif
+}
+
+// Runs `fn` on `n` threads (the caller's included) and rethrows the first exception.
+template <typename Fn>
+void run_threads(int n, Fn&& fn) {
+    std::exception_ptr error;
+    std::mutex error_lock;
+    auto guarded = [&]() {
+        try {
+            fn();
+        } catch (...) {
+            const std::lock_guard<std::mutex> lock(error_lock);
+            if (!error) error = std::current_exception();
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int k = 1; k < n; ++k) pool.emplace_back(guarded);
+    guarded();
+    for (auto& t : pool) t.join();
+    if (error) std::rethrow_exception(error);
 }
 
 // Inclusive bounding box of the union of both masks; false when both are empty.
@@ -83,28 +108,21 @@ bool union_bbox(const MaskPair& m, int threads, Box* box) {
     return true;
 }
 
-// Corner grid of the crop: m corners per axis (axis 0 of a 2D pair has one "corner": the image itself),
-// stored with a zero margin `pad` per axis so stencil lookups need no bounds checks.
+// Corner grid of the crop: m corners per axis (axis 0 of a 2D pair has one "corner": the image itself).
 struct Grid {
-    int64_t m[3], pad[3], dim[3];
-    int64_t size() const { return dim[0] * dim[1] * dim[2]; }
-    int64_t index(int64_t c0, int64_t c1, int64_t c2) const {
-        return ((c0 + pad[0]) * dim[1] + (c1 + pad[1])) * dim[2] + (c2 + pad[2]);
-    }
+    int64_t m[3];
+    int64_t size() const { return m[0] * m[1] * m[2]; }
+    int64_t index(int64_t c0, int64_t c1, int64_t c2) const { return (c0 * m[1] + c1) * m[2] + c2; }
 };
 
-Grid make_grid(const MaskPair& m, const Box& box, const int64_t pad[3]) {
+Grid make_grid(const MaskPair& m, const Box& box) {
     Grid g;
-    for (int a = 0; a < 3; ++a) {
-        // surfels sit on voxel corners, so an extent of e voxels has e + 1 corners
-        g.m[a] = (m.ndim == 2 && a == 0) ? 1 : box.hi[a] - box.lo[a] + 2;
-        g.pad[a] = (m.ndim == 2 && a == 0) ? 0 : pad[a];
-        g.dim[a] = g.m[a] + 2 * g.pad[a];
-    }
+    // surfels sit on voxel corners, so an extent of e voxels has e + 1 corners
+    for (int a = 0; a < 3; ++a) g.m[a] = (m.ndim == 2 && a == 0) ? 1 : box.hi[a] - box.lo[a] + 2;
     return g;
 }
 
-// Neighbour codes of every crop corner of `mask` into `codes` (zeroed beforehand, layout `g`).
+// Neighbour codes of every crop corner of `mask` into `codes` (layout `g`).
 void build_codes(const uint8_t* mask, const MaskPair& m, const Box& box, const Grid& g, int threads,
                  uint8_t* codes) {
     const int64_t n1 = m.shape[1], n2 = m.shape[2];
@@ -148,10 +166,6 @@ void area_table(const MaskPair& m, double table[256]) {
     else surfel_areas_2d(m.spacing_mm + 1, table);
 }
 
-std::vector<std::array<int64_t, 3>> tolerance_stencil(const MaskPair& m, double tolerance_mm) {
-    return corner_stencil(m.ndim, m.spacing_mm, tolerance_mm, kMaxStencil);
-}
-
 // 1D lower envelope of parabolas (Felzenszwalb & Huttenlocher) in place on f[0..n) with step `s` mm:
 // f[q] <- min_v f[v] + ((q - v) s)^2, skipping infinite sites. v, z are scratch of size n, n + 1.
 void envelope_1d(double* f, int64_t n, double s, int64_t* v, double* z, double* out) {
@@ -190,9 +204,12 @@ void envelope_1d(double* f, int64_t n, double s, int64_t* v, double* z, double* 
     }
 }
 
-// Squared distance (mm^2) from every corner of the crop grid to the nearest surfel in `codes`; axes are
-// processed 0, 1, 2 so the sum is ((x0^2 + x1^2) + x2^2), the order SciPy's EDT uses.
-std::vector<double> squared_edt(const uint8_t* codes, const Grid& g, const MaskPair& m, int threads) {
+// Squared distance (mm^2) from the corners of the crop grid to the nearest surfel in `codes`; axes are
+// processed 0, 1, 2 so the sum is ((x0^2 + x1^2) + x2^2), the order SciPy's EDT uses. Only rows holding
+// a surfel of `query_codes` are finished by the last pass (the others are left partial): those are the
+// only places the caller reads.
+std::vector<double> squared_edt(const uint8_t* codes, const uint8_t* query_codes, const Grid& g, const MaskPair& m,
+                                int threads) {
     const int64_t m0 = g.m[0], m1 = g.m[1], m2 = g.m[2], plane = m1 * m2, n = m0 * plane;
     std::vector<double> d(static_cast<size_t>(n));
     const double s0 = m.spacing_mm[0];
@@ -233,6 +250,10 @@ std::vector<double> squared_edt(const uint8_t* codes, const Grid& g, const MaskP
         std::vector<int64_t> v2(m2);
 #pragma omp for schedule(static)
         for (int64_t row = 0; row < m0 * m1; ++row) {
+            const uint8_t* query = query_codes + row * m2;
+            bool needed = false;
+            for (int64_t k = 0; k < m2 && !needed; ++k) needed = is_surfel(query[k], m.ndim);
+            if (!needed) continue;
             double* base = d.data() + row * m2;
             std::copy(base, base + m2, f2.begin());
             envelope_1d(f2.data(), m2, m.spacing_mm[2], v2.data(), z2.data(), o2.data());
@@ -248,9 +269,9 @@ struct Codes {
     std::vector<uint8_t> gt, pred;
 };
 
-bool make_codes(const MaskPair& m, const int64_t pad[3], int threads, Codes* c) {
+bool make_codes(const MaskPair& m, int threads, Codes* c) {
     if (!union_bbox(m, threads, &c->box)) return false;
-    c->grid = make_grid(m, c->box, pad);
+    c->grid = make_grid(m, c->box);
     c->gt.assign(static_cast<size_t>(c->grid.size()), 0);
     c->pred.assign(static_cast<size_t>(c->grid.size()), 0);
     build_codes(m.gt, m, c->box, c->grid, threads, c->gt.data());
@@ -269,136 +290,49 @@ void check(const MaskPair& m) {
 }
 
 
-// ---- streaming stencil path: corner planes are built into a small ring buffer per thread (2r+1 planes
-// of codes for each mask) and queried while still in cache, so each mask is read from memory once.
+// ---- stencil path. The masks are read once, plane by plane: each voxel row is packed to bits, a corner
+// row's surfels are OR(8 neighbours) & ~AND(8 neighbours) on 64 corners per word, and a tolerance query
+// ORs the other mask's surfel words at the stencil offsets (shifted along the row); only surfels are then
+// visited one by one, for their code. Each thread keeps small rings of packed voxel planes (2 r0 + 2) and
+// surfel planes (2 r0 + 1), which stay in cache; chunks of planes are claimed from an atomic counter.
 
-// Surfels among 8 packed codes (one byte each): a code is a surfel unless all its bits agree.
-inline uint64_t surfel_bytes(uint64_t w, int ndim) {
-    const uint64_t z = w ^ (w >> 1);
-    return z & (ndim == 3 ? 0x7F7F7F7F7F7F7F7FULL : 0x0707070707070707ULL);
-}
-
-// Inclusive index range of the nonzero voxels of a row (empty: lo > hi).
-struct Extent {
-    int64_t lo, hi;
-};
-
-// Fills out[i1] for every row of voxel plane i0; returns the OR of all its bytes (values other than 0/1
-// mean the mask needs the general "nonzero" test when codes are built).
-uint8_t row_extents(const uint8_t* mask, const MaskPair& m, int64_t i0, Extent* out) {
-    const int64_t n1 = m.shape[1], n2 = m.shape[2];
-    uint8_t plane_or = 0;
-    for (int64_t i1 = 0; i1 < n1; ++i1) {
-        const uint8_t* row = mask + (i0 * n1 + i1) * n2;
-        uint8_t acc = 0;
-        for (int64_t k = 0; k < n2; ++k) acc |= row[k];  // vectorised; most rows are empty
-        plane_or |= acc;
-        if (!acc) {
-            out[i1] = {1, 0};
-            continue;
-        }
-        int64_t lo = 0, hi = n2 - 1;
-        for (; lo + 8 <= n2; lo += 8) {
-            uint64_t w;
-            std::memcpy(&w, row + lo, 8);
-            if (w) break;
-        }
-        while (!row[lo]) ++lo;
-        for (; hi - 7 > lo; hi -= 8) {
-            uint64_t w;
-            std::memcpy(&w, row + hi - 7, 8);
-            if (w) break;
-        }
-        while (!row[hi]) --hi;
-        out[i1] = {lo, hi};
+// Packs a row of n bytes (nonzero = 1) into bits; out has words(n) words.
+inline void pack_row(const uint8_t* row, int64_t n, uint64_t* out, int64_t words) {
+    std::fill(out, out + words, 0ULL);
+    int64_t k = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; k + 16 <= n; k += 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
+        const uint64_t bits = static_cast<uint64_t>(~_mm_movemask_epi8(_mm_cmpeq_epi8(v, zero)) & 0xFFFF);
+        out[k >> 6] |= bits << (k & 63);
+        if ((k & 63) > 48) out[(k >> 6) + 1] |= bits >> (64 - (k & 63));
     }
-    return plane_or;
+#endif
+    for (; k < n; ++k)
+        if (row[k]) out[k >> 6] |= 1ULL << (k & 63);
 }
 
-struct Ring {
-    int64_t p1, p2, r1, r2, slots, stride;  // padded plane dims, margins, ring size, bytes per plane
-    std::vector<uint8_t> codes[2];          // gt, pred
-    std::vector<Extent> written[2];         // per slot and corner row: range that may hold nonzero codes
-    std::vector<int64_t> slot_plane;        // corner plane held by each slot (-1: none)
-};
-
-// Builds corner plane c0 of one mask into its ring slot. lower/upper: voxel row extents of voxel planes
-// c0 - 1 and c0 (nullptr = outside the array); in 2D `upper` holds the image's rows.
-void build_plane(const uint8_t* mask, const MaskPair& m, int64_t c0, const Extent* lower, const Extent* upper,
-                 bool binary, Ring& ring, int which) {
-    const int64_t n1 = m.shape[1], n2 = m.shape[2], m1 = n1 + 1;
-    const int64_t slot = c0 % ring.slots;
-    uint8_t* plane = ring.codes[which].data() + slot * ring.stride;
-    Extent* written = ring.written[which].data() + slot * ring.p1;
-    const int nrows = m.ndim == 3 ? 4 : 2;
-    for (int64_t c1 = 0; c1 < m1; ++c1) {
-        const uint8_t* src[4];
-        int64_t lo = n2, hi = -1;
-        for (int k = 0; k < nrows; ++k) {
-            const int64_t v1 = m.ndim == 3 ? c1 - 1 + (k & 1) : c1 - 1 + k;
-            const int64_t v0 = m.ndim == 3 ? c0 - 1 + (k >> 1) : 0;
-            const Extent* ext = m.ndim == 3 ? ((k >> 1) ? upper : lower) : upper;
-            src[k] = mask + (v0 * n1 + v1) * n2;
-            if (ext == nullptr || v1 < 0 || v1 >= n1 || ext[v1].lo > ext[v1].hi) {
-                src[k] = nullptr;
-                continue;
-            }
-            lo = std::min(lo, ext[v1].lo), hi = std::max(hi, ext[v1].hi);
-        }
-        const int64_t row = c1 + ring.r1;
-        uint8_t* out = plane + row * ring.p2 + ring.r2;
-        Extent& old = written[row];
-        if (old.lo <= old.hi) std::memset(out + old.lo, 0, static_cast<size_t>(old.hi - old.lo + 1));
-        if (hi < 0) {
-            old = {1, 0};
-            continue;
-        }
-        // corner k sits between voxels k - 1 and k: codes can be nonzero on corners lo .. hi + 1
-        old = {lo, hi + 1};
-        auto at = [&](int k, int64_t v) -> uint8_t {
-            return (src[k] == nullptr || v < 0 || v >= n2) ? 0 : src[k][v];
-        };
-        // edge corners with bounds checks, the interior corners vectorised
-        const int64_t first = std::max<int64_t>(lo, 1), last = std::min<int64_t>(hi + 1, n2 - 1);
-        auto edge = [&](int64_t k) {
-            if (m.ndim == 3)
-                out[k] = code_3d(pair_bits(at(0, k - 1), at(0, k)), pair_bits(at(1, k - 1), at(1, k)),
-                                 pair_bits(at(2, k - 1), at(2, k)), pair_bits(at(3, k - 1), at(3, k)));
-            else
-                out[k] = code_2d(pair_bits(at(0, k - 1), at(0, k)), pair_bits(at(1, k - 1), at(1, k)));
-        };
-        if (lo == 0) edge(0);
-        if (hi + 1 == n2) edge(n2);
-        if (first > last) continue;
-        // rows outside the mask read as zeros from a shared zero row of the same length
-        static thread_local std::vector<uint8_t> zeros;
-        if (static_cast<int64_t>(zeros.size()) < n2) zeros.assign(static_cast<size_t>(n2), 0);
-        const uint8_t* r[4];
-        for (int k = 0; k < nrows; ++k) r[k] = src[k] ? src[k] : zeros.data();
-        if (m.ndim == 3 && binary) {
-            // 0/1 voxels: the code is a plain weighted sum, which vectorises to a few shifts and ORs
-            const uint8_t *a = r[0], *b = r[1], *c = r[2], *d = r[3];
-            for (int64_t k = first; k <= last; ++k)
-                out[k] = static_cast<uint8_t>((a[k - 1] << 7) | (a[k] << 6) | (b[k - 1] << 5) | (b[k] << 4) |
-                                              (c[k - 1] << 3) | (c[k] << 2) | (d[k - 1] << 1) | d[k]);
-        } else if (m.ndim == 3) {
-            const uint8_t *a = r[0], *b = r[1], *c = r[2], *d = r[3];
-            for (int64_t k = first; k <= last; ++k)
-                out[k] = code_3d(pair_bits(a[k - 1], a[k]), pair_bits(b[k - 1], b[k]), pair_bits(c[k - 1], c[k]),
-                                 pair_bits(d[k - 1], d[k]));
-        } else {
-            const uint8_t *a = r[0], *b = r[1];
-            for (int64_t k = first; k <= last; ++k) out[k] = code_2d(pair_bits(a[k - 1], a[k]), pair_bits(b[k - 1], b[k]));
-        }
-    }
-    ring.slot_plane[slot] = c0;
+// Bits [64 * w + shift, 64 * w + shift + 64) of a row of `words` words (zeros outside the row).
+inline uint64_t bits_at(const uint64_t* row, int64_t words, int64_t w, int64_t shift) {
+    const int64_t start = 64 * w + shift;
+    const int64_t q = start >= 0 ? start / 64 : -((-start + 63) / 64);
+    const int r = static_cast<int>(start - 64 * q);
+    const uint64_t lo = (q >= 0 && q < words) ? row[q] : 0;
+    const uint64_t hi = (q + 1 >= 0 && q + 1 < words) ? row[q + 1] : 0;
+    return r == 0 ? lo : (lo >> r) | (hi << (64 - r));
 }
 
-// Surfel counts per code for every stencil: hist[t] = [gt total, gt within, pred total, pred within] x 256.
-void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<int64_t, 3>>>& stencils, int threads,
-                    std::vector<std::vector<int64_t>>& hist) {
+// Bit v of a packed row (0 for v = -1, the voxel before the row).
+inline int bit_of(const uint64_t* row, int64_t v) {
+    return v < 0 ? 0 : static_cast<int>((row[v >> 6] >> (v & 63)) & 1);
+}
+
+void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<int64_t, 3>>>& stencils,
+                         int threads, std::vector<std::vector<int64_t>>& hist) {
     const int64_t n0 = m.shape[0], n1 = m.shape[1], n2 = m.shape[2];
     const int64_t m0 = m.ndim == 3 ? n0 + 1 : 1, m1 = n1 + 1, m2 = n2 + 1;
+    const int64_t words = (m2 + 63) / 64;  // per row, voxels and corners alike
     int64_t r[3] = {0, 0, 0};
     for (const auto& st : stencils)
         for (const auto& o : st)
@@ -408,119 +342,180 @@ void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<
     const int nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, m0)));
     const int64_t chunk_planes = nthreads == 1 ? m0 : std::max<int64_t>(8, m0 / (4 * nthreads));
     const int64_t n_chunks = (m0 + chunk_planes - 1) / chunk_planes;
-#pragma omp parallel num_threads(nthreads)
-    {
-        Ring ring;
-        ring.r1 = r[1], ring.r2 = r[2];
-        ring.p1 = m1 + 2 * r[1];
-        ring.p2 = m2 + 2 * r[2] + 8;  // slack so 8-byte loads at the row end stay inside the row
-        ring.slots = 2 * r[0] + 1;
-        ring.stride = ring.p1 * ring.p2;
+    std::atomic<int64_t> next_chunk{0};
+    std::mutex merge;
+    auto worker = [&]() {
+        // rings: surfel bits of corner planes (2 r0 + 1) and packed voxel planes (2 r0 + 2), per mask
+        const int64_t cslots = 2 * r[0] + 1, vslots = 2 * r[0] + 2;
+        const int64_t cplane = m1 * words, vplane = n1 * words;
+        std::vector<uint64_t> surf[2], vox[2];
+        std::vector<uint8_t> vrow_any[2], crow_any[2];
+        std::vector<int64_t> cslot_plane(cslots, -1), vslot_plane[2];
         for (int w = 0; w < 2; ++w) {
-            ring.codes[w].assign(static_cast<size_t>(ring.slots * ring.stride), 0);
-            ring.written[w].assign(static_cast<size_t>(ring.slots * ring.p1), Extent{1, 0});
+            surf[w].assign(static_cast<size_t>(cslots * cplane), 0);
+            vox[w].assign(static_cast<size_t>(vslots * vplane), 0);
+            vrow_any[w].assign(static_cast<size_t>(vslots * n1), 0);
+            crow_any[w].assign(static_cast<size_t>(cslots * m1), 0);
+            vslot_plane[w].assign(static_cast<size_t>(vslots), -1);
         }
-        ring.slot_plane.assign(static_cast<size_t>(ring.slots), -1);
-        const std::vector<uint8_t> zero_plane(static_cast<size_t>(ring.stride), 0);
-        // voxel row extents of the last two voxel planes, per mask
-        std::vector<Extent> ext[2][2];
-        int64_t ext_plane[2][2] = {{-2, -2}, {-2, -2}};
-        uint8_t ext_or[2][2] = {{0, 0}, {0, 0}};
-        for (int w = 0; w < 2; ++w)
-            for (int k = 0; k < 2; ++k) ext[w][k].resize(static_cast<size_t>(n1));
-        auto plane_extents = [&](int w, int64_t i0) -> const Extent* {
+        const std::vector<uint64_t> zero_row(static_cast<size_t>(words), 0);
+        // packed voxel plane i0 of mask w (nullptr outside the array)
+        auto voxels = [&](int w, int64_t i0) -> const uint64_t* {
             if (i0 < 0 || i0 >= n0) return nullptr;
-            for (int k = 0; k < 2; ++k)
-                if (ext_plane[w][k] == i0) return ext[w][k].data();
-            const int k = ext_plane[w][0] < ext_plane[w][1] ? 0 : 1;  // replace the older plane
-            ext_or[w][k] = row_extents(w == 0 ? m.gt : m.pred, m, i0, ext[w][k].data());
-            ext_plane[w][k] = i0;
-            return ext[w][k].data();
-        };
-        auto ensure = [&](int64_t c0) {
-            if (c0 < 0 || c0 >= m0 || ring.slot_plane[c0 % ring.slots] == c0) return;
-            for (int w = 0; w < 2; ++w) {
-                const uint8_t* mask = w == 0 ? m.gt : m.pred;
-                const Extent* lower = ndim == 3 ? plane_extents(w, c0 - 1) : nullptr;
-                const Extent* upper = plane_extents(w, ndim == 3 ? c0 : 0);
-                const bool binary = ((ext_or[w][0] | ext_or[w][1]) & 0xFE) == 0;
-                build_plane(mask, m, c0, lower, upper, binary, ring, w);
+            const int64_t slot = i0 % vslots;
+            uint64_t* plane = vox[w].data() + slot * vplane;
+            if (vslot_plane[w][slot] != i0) {
+                const uint8_t* mask = (w == 0 ? m.gt : m.pred) + i0 * n1 * n2;
+                uint8_t* any = vrow_any[w].data() + slot * n1;
+                for (int64_t i1 = 0; i1 < n1; ++i1) {
+                    uint64_t* out = plane + i1 * words;
+                    pack_row(mask + i1 * n2, n2, out, words);
+                    uint64_t acc = 0;
+                    for (int64_t k = 0; k < words; ++k) acc |= out[k];
+                    any[i1] = acc != 0;
+                }
+                vslot_plane[w][slot] = i0;
             }
+            return plane;
+        };
+        // per-row "has foreground" flags of packed voxel plane i0 (nullptr outside the array)
+        auto plane_any = [&](int w, int64_t i0) -> const uint8_t* {
+            return (i0 < 0 || i0 >= n0) ? nullptr : vrow_any[w].data() + (i0 % vslots) * n1;
+        };
+        // voxel row i1 of a packed plane, or the zero row
+        auto vrow = [&](const uint64_t* plane, const uint8_t* any, int64_t i1) -> const uint64_t* {
+            return (plane != nullptr && i1 >= 0 && i1 < n1 && any[i1]) ? plane + i1 * words : zero_row.data();
+        };
+        auto build = [&](int64_t c0) {
+            if (c0 < 0 || c0 >= m0 || cslot_plane[c0 % cslots] == c0) return;
+            const int64_t slot = c0 % cslots;
+            for (int w = 0; w < 2; ++w) {
+                const int64_t lo0 = ndim == 3 ? c0 - 1 : 0;
+                const uint64_t* pl = voxels(w, lo0);
+                const uint64_t* pu = ndim == 3 ? voxels(w, c0) : nullptr;
+                const uint8_t* al = plane_any(w, lo0);
+                const uint8_t* au = ndim == 3 ? plane_any(w, c0) : nullptr;
+                uint64_t* out = surf[w].data() + slot * cplane;
+                uint8_t* any = crow_any[w].data() + slot * m1;
+                for (int64_t c1 = 0; c1 < m1; ++c1) {
+                    const uint64_t* rows[4];
+                    int nrows;
+                    if (ndim == 3) {
+                        rows[0] = vrow(pl, al, c1 - 1), rows[1] = vrow(pl, al, c1);
+                        rows[2] = vrow(pu, au, c1 - 1), rows[3] = vrow(pu, au, c1);
+                        nrows = 4;
+                    } else {
+                        rows[0] = vrow(pl, al, c1 - 1), rows[1] = vrow(pl, al, c1);
+                        nrows = 2;
+                    }
+                    uint64_t* o = out + c1 * words;
+                    bool empty = true;
+                    for (int k = 0; k < nrows; ++k) empty &= rows[k] == zero_row.data();
+                    if (empty) {
+                        if (any[c1]) std::fill(o, o + words, 0ULL);
+                        any[c1] = 0;
+                        continue;
+                    }
+                    uint64_t acc = 0;
+                    for (int64_t wi = 0; wi < words; ++wi) {
+                        uint64_t all = ~0ULL, one = 0;
+                        for (int k = 0; k < nrows; ++k) {
+                            // corner bit b sees voxels b - 1 (row shifted up by one) and b
+                            const uint64_t upper = rows[k][wi];
+                            const uint64_t lower = (upper << 1) | (wi > 0 ? rows[k][wi - 1] >> 63 : 0);
+                            all &= upper & lower;
+                            one |= upper | lower;
+                        }
+                        o[wi] = one & ~all;
+                        acc |= o[wi];
+                    }
+                    any[c1] = acc != 0;
+                }
+            }
+            cslot_plane[slot] = c0;
         };
         std::vector<int64_t> h(static_cast<size_t>(ntol) * 1024, 0);
-        // per tolerance, per stencil offset: the code plane it lands in, shifted by its in-plane offset
         std::vector<int64_t> first_offset(ntol + 1, 0);
         for (int t = 0; t < ntol; ++t) first_offset[t + 1] = first_offset[t] + static_cast<int64_t>(stencils[t].size());
-        std::vector<const uint8_t*> look_gt(first_offset[ntol]), look_pred(first_offset[ntol]);
-        // contiguous chunks of planes, handed out dynamically (the object rarely fills the array evenly);
-        // each chunk first rebuilds the r0 planes before it
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+        std::vector<const uint64_t*> look[2], look_plane[2];
+        for (int w = 0; w < 2; ++w) look[w].resize(first_offset[ntol]), look_plane[w].resize(first_offset[ntol]);
+        for (int64_t chunk = next_chunk++; chunk < n_chunks; chunk = next_chunk++) {
             const int64_t begin = chunk * chunk_planes, end = std::min(m0, begin + chunk_planes);
-            for (int64_t c0 = std::max<int64_t>(0, begin - r[0]); c0 < std::min(m0, begin + r[0]); ++c0) ensure(c0);
+            for (int64_t c0 = std::max<int64_t>(0, begin - r[0]); c0 < std::min(m0, begin + r[0]); ++c0) build(c0);
             for (int64_t c0 = begin; c0 < end; ++c0) {
-                ensure(c0 + r[0]);
-                const int64_t slot = c0 % ring.slots;
-                for (int t = 0; t < ntol; ++t) {
-                    for (size_t j = 0; j < stencils[t].size(); ++j) {
-                        const auto& o = stencils[t][j];
-                        const int64_t p = c0 + o[0];
-                        const int64_t shift = o[1] * ring.p2 + o[2];
-                        const bool inside = p >= 0 && p < m0;
-                        look_gt[first_offset[t] + j] =
-                            (inside ? ring.codes[0].data() + (p % ring.slots) * ring.stride : zero_plane.data()) + shift;
-                        look_pred[first_offset[t] + j] =
-                            (inside ? ring.codes[1].data() + (p % ring.slots) * ring.stride : zero_plane.data()) + shift;
-                    }
-                }
-                const uint8_t* gplane = ring.codes[0].data() + slot * ring.stride;
-                const uint8_t* pplane = ring.codes[1].data() + slot * ring.stride;
-                const Extent* gw = ring.written[0].data() + slot * ring.p1;
-                const Extent* pw = ring.written[1].data() + slot * ring.p1;
+                build(c0 + r[0]);
+                const int64_t slot = c0 % cslots;
+                const int64_t lo0 = ndim == 3 ? c0 - 1 : 0;
+                const uint64_t* vl[2] = {voxels(0, lo0), voxels(1, lo0)};
+                const uint64_t* vu[2] = {ndim == 3 ? voxels(0, c0) : nullptr, ndim == 3 ? voxels(1, c0) : nullptr};
+                const uint8_t* al[2] = {plane_any(0, lo0), plane_any(1, lo0)};
+                const uint8_t* au[2] = {ndim == 3 ? plane_any(0, c0) : nullptr, ndim == 3 ? plane_any(1, c0) : nullptr};
+                // per stencil offset: the other mask's surfel plane it lands in (nullptr outside the grid)
+                for (int w = 0; w < 2; ++w)
+                    for (int t = 0; t < ntol; ++t)
+                        for (size_t j = 0; j < stencils[t].size(); ++j) {
+                            const int64_t p0 = c0 + stencils[t][j][0];
+                            look_plane[w][first_offset[t] + static_cast<int64_t>(j)] =
+                                (p0 >= 0 && p0 < m0) ? surf[w].data() + (p0 % cslots) * cplane : nullptr;
+                        }
                 for (int64_t c1 = 0; c1 < m1; ++c1) {
-                    const int64_t row = c1 + ring.r1;
-                    const int64_t lo = std::min(gw[row].lo, pw[row].lo), hi = std::max(gw[row].hi, pw[row].hi);
-                    if (lo > hi) continue;
-                    const int64_t row_base = row * ring.p2 + ring.r2;
-                    // bytes past `hi` are zero codes (never surfels), so whole words can be read
-                    for (int64_t k0 = lo; k0 <= hi; k0 += 8) {
-                        uint64_t wg, wp;
-                        std::memcpy(&wg, gplane + row_base + k0, 8);
-                        std::memcpy(&wp, pplane + row_base + k0, 8);
-                        const uint64_t sg = surfel_bytes(wg, ndim), sp = surfel_bytes(wp, ndim);
-                        uint64_t any = sg | sp;
-                        while (any) {
-                            const int shift = __builtin_ctzll(any) & ~7;
-                            any &= ~(0xFFULL << shift);
-                            const int64_t pos = row_base + k0 + (shift >> 3);
-                            const uint8_t gc = static_cast<uint8_t>(wg >> shift), pc = static_cast<uint8_t>(wp >> shift);
-                            const bool gsurf = (sg >> shift) & 0xFF, psurf = (sp >> shift) & 0xFF;
+                    const bool gany = crow_any[0][slot * m1 + c1], pany = crow_any[1][slot * m1 + c1];
+                    if (!gany && !pany) continue;
+                    for (int side = 0; side < 2; ++side) {
+                        if (!(side == 0 ? gany : pany)) continue;
+                        const int other = 1 - side;
+                        const uint64_t* mine = surf[side].data() + slot * cplane + c1 * words;
+                        // the other mask's surfel rows at every stencil offset
+                        for (int t = 0; t < ntol; ++t)
+                            for (size_t j = 0; j < stencils[t].size(); ++j) {
+                                const int64_t jj = first_offset[t] + static_cast<int64_t>(j);
+                                const int64_t p1 = c1 + stencils[t][j][1];
+                                const uint64_t* plane = look_plane[other][jj];
+                                look[other][jj] =
+                                    (plane != nullptr && p1 >= 0 && p1 < m1) ? plane + p1 * words : zero_row.data();
+                            }
+                        const uint64_t* rows[4];
+                        int nrows;
+                        if (ndim == 3) {
+                            rows[0] = vrow(vl[side], al[side], c1 - 1), rows[1] = vrow(vl[side], al[side], c1);
+                            rows[2] = vrow(vu[side], au[side], c1 - 1), rows[3] = vrow(vu[side], au[side], c1);
+                            nrows = 4;
+                        } else {
+                            rows[0] = vrow(vl[side], al[side], c1 - 1), rows[1] = vrow(vl[side], al[side], c1);
+                            nrows = 2;
+                        }
+                        for (int64_t wi = 0; wi < words; ++wi) {
+                            const uint64_t s = mine[wi];
+                            if (!s) continue;
                             for (int t = 0; t < ntol; ++t) {
-                                int64_t* ht = h.data() + 1024 * t;
-                                // a surfel of both masks on the same corner is at distance 0 from the other
-                                if (gsurf && psurf) {
-                                    ++ht[gc], ++ht[256 + gc], ++ht[512 + pc], ++ht[768 + pc];
-                                    continue;
+                                uint64_t hit = 0;
+                                for (int64_t j = first_offset[t]; j < first_offset[t + 1] && (hit & s) != s; ++j) {
+                                    const auto& o = stencils[t][static_cast<size_t>(j - first_offset[t])];
+                                    hit |= bits_at(look[other][j], words, wi, o[2]);
                                 }
-                                const uint8_t* const* look = gsurf ? look_pred.data() : look_gt.data();
-                                const int base = gsurf ? 0 : 512;
-                                const uint8_t code = gsurf ? gc : pc;
-                                ++ht[base + code];
-                                for (int64_t j = first_offset[t]; j < first_offset[t + 1]; ++j)
-                                    if (is_surfel(look[j][pos], ndim)) {
-                                        ++ht[base + 256 + code];
-                                        break;
-                                    }
+                                int64_t* ht = h.data() + 1024 * t + 512 * side;
+                                uint64_t todo = s;
+                                while (todo) {
+                                    const int b = __builtin_ctzll(todo);
+                                    todo &= todo - 1;
+                                    const int64_t k = 64 * wi + b;
+                                    int code = 0;
+                                    for (int q = 0; q < nrows; ++q)
+                                        code = (code << 2) | (bit_of(rows[q], k - 1) << 1) | bit_of(rows[q], k);
+                                    ++ht[code];
+                                    if ((hit >> b) & 1) ++ht[256 + code];
+                                }
                             }
                         }
                     }
                 }
             }
         }
-#pragma omp critical
+        const std::lock_guard<std::mutex> lock(merge);
         for (int t = 0; t < ntol; ++t)
             for (int k = 0; k < 1024; ++k) hist[t][k] += h[1024 * t + k];
-    }
+    };
+    run_threads(nthreads, worker);
 }
 
 }  // namespace
@@ -540,7 +535,7 @@ void surface_dice_areas(const MaskPair& m, const double* tolerances_mm, int n_to
     std::vector<int> stencil_tol, edt_tol;
     for (int t = 0; t < n_tolerances; ++t) {
         if (!(tolerances_mm[t] >= 0)) throw std::invalid_argument("tolerance_mm must be >= 0");
-        auto st = tolerance_stencil(m, tolerances_mm[t]);
+        auto st = corner_stencil(m.ndim, m.spacing_mm, tolerances_mm[t], kMaxStencilOffsets);
         if (st.empty()) edt_tol.push_back(t);
         else stencils.push_back(std::move(st)), stencil_tol.push_back(t);
     }
@@ -581,13 +576,12 @@ SurfaceDistanceArrays distances_impl(const MaskPair& m, int threads, std::vector
                                      std::vector<uint8_t>* pred_codes) {
     SurfaceDistanceArrays res;
     Codes c;
-    const int64_t pad[3] = {0, 0, 0};
-    if (!make_codes(m, pad, threads, &c)) return res;
+    if (!make_codes(m, threads, &c)) return res;
     const Grid& g = c.grid;
     double areas[256];
     area_table(m, areas);
-    const std::vector<double> d_to_gt = squared_edt(c.gt.data(), g, m, threads);
-    const std::vector<double> d_to_pred = squared_edt(c.pred.data(), g, m, threads);
+    const std::vector<double> d_to_gt = squared_edt(c.gt.data(), c.pred.data(), g, m, threads);
+    const std::vector<double> d_to_pred = squared_edt(c.pred.data(), c.gt.data(), g, m, threads);
     const int64_t rows = g.m[0] * g.m[1], m2 = g.m[2];
     // per-row surfel counts, then a prefix sum, so rows fill the outputs in raster order in parallel
     std::vector<int64_t> ng(rows + 1, 0), np(rows + 1, 0);
@@ -642,7 +636,8 @@ void corner_code_map(const MaskPair& m, bool of_pred, uint8_t* out) {
     for (int64_t c0 = 0; c0 < m0; ++c0)
         for (int64_t c1 = 0; c1 < m1; ++c1)
             for (int64_t c2 = 0; c2 < m2; ++c2)
-                out[(c0 * m1 + c1) * m2 + c2] = corner_code(mask, m.shape[0], m.shape[1], m.shape[2], m.ndim, c0, c1, c2);
+                out[(c0 * m1 + c1) * m2 + c2] =
+                    corner_code(mask, m.shape[0], m.shape[1], m.shape[2], m.ndim, c0, c1, c2);
 }
 
 void surface_dice_areas_plain(const MaskPair& m, const double* tolerances_mm, int n_tolerances, double* out) {

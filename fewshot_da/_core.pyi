@@ -17,3 +17,10 @@ def surface_distances(
     spacing_mm: Sequence[float],
     num_threads: int = 0,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+def surface_dice_areas_plain(
+    gt: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    pred: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    spacing_mm: Sequence[float],
+    tolerances_mm: Sequence[float],
+) -> npt.NDArray[np.float64]: ...
+def corner_codes(mask: npt.NDArray[np.uint8] | npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]: ...

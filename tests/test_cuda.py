@@ -1,4 +1,5 @@
 """The CUDA surface-Dice kernel against the CPU core (needs the _cuda extension and a GPU)."""
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -6,8 +7,9 @@ from scipy import ndimage
 from fewshot_da import _backend
 from fewshot_da.metrics import surface_dice_cuda, surface_dice_many
 
-pytestmark = pytest.mark.skipif(not _backend.HAS_CUDA_KERNEL,
-                                reason="built without the CUDA extension (no nvcc, or FEWSHOT_DA_CUDA=0)")
+pytestmark = pytest.mark.skipif(
+    not _backend.HAS_CUDA_KERNEL, reason="built without the CUDA extension (no nvcc, or FEWSHOT_DA_CUDA=0)"
+)
 
 
 def _gpu_count():
@@ -21,6 +23,18 @@ def test_extension_imports_without_gpu():
     assert isinstance(_backend.cuda.device_count(), int)
 
 
+def test_rejects_host_arrays_and_bad_arguments():
+    host = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="CUDA tensor or expose __cuda_array_interface__"):
+        surface_dice_cuda(host, host, spacing_mm=(1, 1, 1), tolerance_mm=1)
+    with pytest.raises(ValueError, match="positive"):
+        _backend.cuda.surface_dice_areas(1, 1, [4, 4, 4], [1.0, 0.0, 1.0], [1.0])
+    if _gpu_count() == 0:
+        # without a GPU the kernel refuses to start instead of dereferencing the pointers
+        with pytest.raises(RuntimeError, match="CUDA"):
+            _backend.cuda.surface_dice_areas(host.ctypes.data, host.ctypes.data, [4, 4, 4], [1.0] * 3, [1.0])
+
+
 def _to_device(array):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
@@ -29,8 +43,10 @@ def _to_device(array):
 
 
 @needs_gpu
-@pytest.mark.parametrize("shape, spacing", [((40, 48, 36), (1.0, 1.0, 1.0)), ((30, 50, 44), (0.9375, 0.9375, 1.2)),
-                                            ((64, 80), (2.0, 1.0))])
+@pytest.mark.parametrize(
+    "shape, spacing",
+    [((40, 48, 36), (1.0, 1.0, 1.0)), ((30, 50, 44), (0.9375, 0.9375, 1.2)), ((64, 80), (2.0, 1.0))],
+)
 def test_gpu_matches_cpu(shape, spacing):
     rng = np.random.default_rng(0)
     gt = ndimage.binary_dilation(rng.random(shape) < 0.01, iterations=3)

@@ -1,4 +1,5 @@
 """`fewshot-da eval` on real IXI masks vs perturbed copies, and its one-line errors for bad input."""
+
 import csv
 import json
 import math
@@ -28,7 +29,10 @@ def ixi_pair(shared_data, tmp_path):
         image = nib.load(str(src))
         mask = np.asanyarray(image.dataobj) > 0
         perturbed = [ndimage.binary_erosion(mask), ndimage.binary_dilation(mask), np.roll(mask, 1, axis=k)][k]
-        nib.save(nib.Nifti1Image(perturbed.astype(np.uint8), image.affine, image.header), pred_dir / f"{case}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(perturbed.astype(np.uint8), image.affine, image.header),
+            pred_dir / f"{case}.nii.gz",
+        )
     return gt_dir, pred_dir
 
 
@@ -38,13 +42,30 @@ def test_case_ids():
     assert case_id("/x/case_017_0000.nii.gz") == "case_017"
     assert case_id("case_017.nii") == "case_017"
     assert case_id("IXI012-HH-1211_brain.nii.gz") == "IXI012-HH-1211"
+    assert case_id("sub_2015.nii.gz") == "sub_2015"  # only the nnU-Net channel suffix _0000 is dropped
 
 
 def test_eval_ixi_folders(cli_runner, cli_app, ixi_pair, tmp_path):
     gt_dir, pred_dir = ixi_pair
     out = tmp_path / "out"
-    result = cli_runner.invoke(cli_app, ["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "--tolerance", "1",
-                                         "--tolerance", "2", "--out", str(out), "--num-threads", "1"])
+    result = cli_runner.invoke(
+        cli_app,
+        [
+            "eval",
+            "--gt",
+            str(gt_dir),
+            "--pred",
+            str(pred_dir),
+            "--tolerance",
+            "1",
+            "--tolerance",
+            "2",
+            "--out",
+            str(out),
+            "--num-threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "mean ± std" in result.output and IXI_CASES[0] in result.output
     with open(out / "metrics.csv") as f:
@@ -73,8 +94,18 @@ def test_eval_single_files_with_label_and_empty(tmp_path, cli_runner, cli_app):
     nib.save(nib.Nifti1Image(np.zeros_like(labels), affine), tmp_path / "b.nii.gz")
     summary = evaluate_paths(tmp_path / "a.nii.gz", tmp_path / "a.nii.gz", tolerances_mm=[1], label=2)
     assert summary["per_case"][0]["surface_dice_1mm"] == 1.0
-    result = cli_runner.invoke(cli_app, ["eval", "--gt", str(tmp_path / "a.nii.gz"), "--pred",
-                                         str(tmp_path / "b.nii.gz"), "--out", str(tmp_path / "o")])
+    result = cli_runner.invoke(
+        cli_app,
+        [
+            "eval",
+            "--gt",
+            str(tmp_path / "a.nii.gz"),
+            "--pred",
+            str(tmp_path / "b.nii.gz"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["per_case"][0]["surface_dice_1mm"] == 0.0  # one empty mask

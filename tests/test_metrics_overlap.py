@@ -1,10 +1,10 @@
 """Dice, pixel error and adjusted Rand index: hand-derived values, conventions and a pair-counting oracle."""
+
 import numpy as np
 import pytest
 
 from fewshot_da.errors import InputError
-from fewshot_da.metrics import adjusted_rand_index, dice, pixel_error, score_case
-from fewshot_da.metrics import reference
+from fewshot_da.metrics import adjusted_rand_index, dice, pixel_error, reference, score_case
 
 
 def test_dice_hand_derived_and_empty():
@@ -29,7 +29,9 @@ def test_adjusted_rand_index_hand_derived():
     # labelings [0,0,1,1] vs [0,0,1,2]: 6 pairs; same-same 1 (0-1), same-diff 1 (2-3), diff-same 0,
     # diff-diff 4 -> ARI = 2 (1*4 - 1*0) / ((1+1)(1+4) + (1+0)(0+4)) = 8 / 14
     assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])) == pytest.approx(8 / 14)
-    assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])) == 1.0  # label names do not matter
+    assert (
+        adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])) == 1.0
+    )  # label names do not matter
     both_empty = np.zeros((4, 4), bool)
     assert adjusted_rand_index(both_empty, both_empty) == 1.0
     one = both_empty.copy()
@@ -43,7 +45,9 @@ def test_adjusted_rand_index_matches_pair_counting():
         shape = (int(rng.integers(2, 9)), int(rng.integers(2, 9)))
         gt = rng.integers(0, rng.integers(1, 4), size=shape)
         pred = rng.random(shape) < rng.random()
-        assert adjusted_rand_index(gt, pred) == pytest.approx(reference.adjusted_rand_index_pairs(gt, pred), abs=1e-12)
+        assert adjusted_rand_index(gt, pred) == pytest.approx(
+            reference.adjusted_rand_index_pairs(gt, pred), abs=1e-12
+        )
 
 
 def test_adjusted_rand_index_large_volume_no_overflow():

@@ -1,4 +1,6 @@
 """Surface metrics: the C++ core against the NumPy/SciPy oracle, hand-derived cases, edge cases, properties."""
+
+import itertools
 import math
 
 import numpy as np
@@ -10,12 +12,12 @@ from fewshot_da.errors import InputError
 from fewshot_da.metrics import (
     assd,
     hd95,
+    reference,
     score_case,
     surface_dice,
     surface_dice_many,
     surface_distances,
 )
-from fewshot_da.metrics import reference
 
 SPACINGS_3D = [(1.0, 1.0, 1.0), (3.0, 0.8, 0.8), (0.9375, 0.9375, 1.2), (1.0, 0.95, 0.95)]
 SPACINGS_2D = [(1.0, 1.0), (2.0, 1.0), (0.5, 1.7)]
@@ -24,9 +26,11 @@ TOLERANCES = [0.0, 0.5, 1.0, 1.2, 2.0, 3.0]
 
 def blob_pair(rng, shape, density=0.08, dilate=1):
     """Two random blobby masks (dilated random seeds), touching the border now and then."""
+
     def blob():
         seeds = rng.random(shape) < density
         return ndimage.binary_dilation(seeds, iterations=dilate) if dilate else seeds
+
     return blob(), blob()
 
 
@@ -43,13 +47,21 @@ def test_3d_matches_oracle(spacing_mm, num_threads):
     rng = np.random.default_rng(hash((spacing_mm, num_threads)) % 2**32)
     for shape, density, dilate in [((9, 11, 13), 0.05, 1), ((6, 7, 5), 0.4, 0), ((12, 4, 10), 0.03, 2)]:
         gt, pred = blob_pair(rng, shape, density, dilate)
-        assert_same_distances(surface_distances(gt, pred, spacing_mm=spacing_mm, num_threads=num_threads),
-                              reference.surface_distances(gt, pred, spacing_mm=spacing_mm))
-        ours = surface_dice_many(gt, pred, spacing_mm=spacing_mm, tolerances_mm=TOLERANCES, num_threads=num_threads)
+        assert_same_distances(
+            surface_distances(gt, pred, spacing_mm=spacing_mm, num_threads=num_threads),
+            reference.surface_distances(gt, pred, spacing_mm=spacing_mm),
+        )
+        ours = surface_dice_many(
+            gt, pred, spacing_mm=spacing_mm, tolerances_mm=TOLERANCES, num_threads=num_threads
+        )
         expected = reference.surface_distances(gt, pred, spacing_mm=spacing_mm)
         for tolerance, value in zip(TOLERANCES, ours):
-            assert value == pytest.approx(reference.surface_dice(
-                gt, pred, spacing_mm=spacing_mm, tolerance_mm=tolerance, distances=expected), abs=1e-9)
+            assert value == pytest.approx(
+                reference.surface_dice(
+                    gt, pred, spacing_mm=spacing_mm, tolerance_mm=tolerance, distances=expected
+                ),
+                abs=1e-9,
+            )
 
 
 @pytest.mark.parametrize("spacing_mm", SPACINGS_2D)
@@ -57,11 +69,14 @@ def test_2d_matches_oracle(spacing_mm):
     rng = np.random.default_rng(7)
     for shape, density, dilate in [((17, 23), 0.05, 1), ((8, 9), 0.5, 0), ((30, 5), 0.02, 2)]:
         gt, pred = blob_pair(rng, shape, density, dilate)
-        assert_same_distances(surface_distances(gt, pred, spacing_mm=spacing_mm),
-                              reference.surface_distances(gt, pred, spacing_mm=spacing_mm))
+        assert_same_distances(
+            surface_distances(gt, pred, spacing_mm=spacing_mm),
+            reference.surface_distances(gt, pred, spacing_mm=spacing_mm),
+        )
         for tolerance in TOLERANCES:
             assert surface_dice(gt, pred, spacing_mm=spacing_mm, tolerance_mm=tolerance) == pytest.approx(
-                reference.surface_dice(gt, pred, spacing_mm=spacing_mm, tolerance_mm=tolerance), abs=1e-9)
+                reference.surface_dice(gt, pred, spacing_mm=spacing_mm, tolerance_mm=tolerance), abs=1e-9
+            )
 
 
 def test_wide_tolerance_uses_exact_distances():
@@ -70,7 +85,8 @@ def test_wide_tolerance_uses_exact_distances():
     gt, pred = blob_pair(rng, (10, 12, 14), 0.03, 1)
     for tolerance in (1.5, 40.0, math.inf):
         assert surface_dice(gt, pred, spacing_mm=(0.5, 0.5, 0.5), tolerance_mm=tolerance) == pytest.approx(
-            reference.surface_dice(gt, pred, spacing_mm=(0.5, 0.5, 0.5), tolerance_mm=tolerance), abs=1e-9)
+            reference.surface_dice(gt, pred, spacing_mm=(0.5, 0.5, 0.5), tolerance_mm=tolerance), abs=1e-9
+        )
 
 
 def test_corner_codes_and_plain_loop_match():
@@ -82,6 +98,27 @@ def test_corner_codes_and_plain_loop_match():
         fast = _backend.core.surface_dice_areas(gt, pred, spacing, [0.0, 1.0, 2.5], 2)
         plain = _backend.core.surface_dice_areas_plain(gt, pred, spacing, [0.0, 1.0, 2.5])
         np.testing.assert_array_equal(fast, plain)
+
+
+@pytest.mark.parametrize("shape", [(6, 9, 150), (3, 70, 129), (200, 131)])
+def test_long_rows_match_oracle_and_plain_loop(shape):
+    # rows longer than 64 corners: the packed-bit rows span several words and stencil shifts cross them
+    rng = np.random.default_rng(len(shape) * 100 + shape[-1])
+    gt, pred = blob_pair(rng, shape, 0.03, 1)
+    gt[..., -1] = True  # touches the far end of every row
+    spacing = (1.2, 0.9, 0.7)[-len(shape) :]
+    tolerances = [0.0, 0.7, 1.0, 2.0, 3.0]
+    ours = surface_dice_many(gt, pred, spacing_mm=spacing, tolerances_mm=tolerances, num_threads=2)
+    expected = reference.surface_distances(gt, pred, spacing_mm=spacing)
+    for tolerance, value in zip(tolerances, ours):
+        assert value == pytest.approx(
+            reference.surface_dice(gt, pred, spacing_mm=spacing, tolerance_mm=tolerance, distances=expected),
+            abs=1e-9,
+        )
+    np.testing.assert_array_equal(
+        _backend.core.surface_dice_areas(gt, pred, list(spacing), tolerances, 1),
+        _backend.core.surface_dice_areas_plain(gt, pred, list(spacing), tolerances),
+    )
 
 
 def test_two_pixels_hand_derived():
@@ -175,8 +212,12 @@ def test_border_full_and_thin_structures(ndim):
             assert_same_distances(surface_distances(gt, pred, spacing_mm=spacing), expected)
             ours = surface_dice_many(gt, pred, spacing_mm=spacing, tolerances_mm=[0.0, 1.0, 2.0])
             for tolerance, value in zip([0.0, 1.0, 2.0], ours):
-                assert value == pytest.approx(reference.surface_dice(
-                    gt, pred, spacing_mm=spacing, tolerance_mm=tolerance, distances=expected), abs=1e-9)
+                assert value == pytest.approx(
+                    reference.surface_dice(
+                        gt, pred, spacing_mm=spacing, tolerance_mm=tolerance, distances=expected
+                    ),
+                    abs=1e-9,
+                )
 
 
 def test_monotone_saturating_symmetric_thread_independent():
@@ -185,7 +226,7 @@ def test_monotone_saturating_symmetric_thread_independent():
     spacing = (1.2, 0.9, 0.9)
     tolerances = np.linspace(0, 30, 31)
     values = surface_dice_many(gt, pred, spacing_mm=spacing, tolerances_mm=tolerances)
-    assert all(a <= b for a, b in zip(values, values[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(values))
     assert values[-1] == 1.0  # farther than any two points of the 16 x 18 x 14 box (about 28 mm)
     swapped = surface_dice_many(pred, gt, spacing_mm=spacing, tolerances_mm=tolerances)
     np.testing.assert_allclose(values, swapped, rtol=0, atol=1e-12)
@@ -198,8 +239,10 @@ def test_same_result_for_any_thread_count():
     rng = np.random.default_rng(4)
     gt, pred = blob_pair(rng, (64, 64, 64), 0.002, 3)
     spacing = (1.2, 0.9, 0.9)
-    by_threads = [surface_dice_many(gt, pred, spacing_mm=spacing, tolerances_mm=[1, 2, 50], num_threads=n)
-                  for n in (1, 2, 3, 4)]
+    by_threads = [
+        surface_dice_many(gt, pred, spacing_mm=spacing, tolerances_mm=[1, 2, 50], num_threads=n)
+        for n in (1, 2, 3, 4)
+    ]
     assert all(v == by_threads[0] for v in by_threads)  # bitwise: integer surfel counts per code
     d1 = surface_distances(gt, pred, spacing_mm=spacing, num_threads=1)
     d4 = surface_distances(gt, pred, spacing_mm=spacing, num_threads=4)
@@ -216,20 +259,49 @@ def test_integer_and_bool_masks_agree():
     assert surface_dice(np.asfortranarray(gt), pred, spacing_mm=(1, 1, 1), tolerance_mm=1) == expected
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: surface_dice(np.zeros((3, 3)), np.zeros((3, 3)), spacing_mm=(1, 1), tolerance_mm=1), "dtype"),
-    (lambda: surface_dice(np.zeros((3, 3), bool), np.zeros((3, 4), bool), spacing_mm=(1, 1), tolerance_mm=1),
-     "shapes differ"),
-    (lambda: surface_dice(np.zeros((3, 3), bool), np.zeros((3, 3), bool), spacing_mm=(1, 0), tolerance_mm=1),
-     "positive"),
-    (lambda: surface_dice(np.zeros((3, 3), bool), np.zeros((3, 3), bool), spacing_mm=(1, 1, 1), tolerance_mm=1),
-     "one value per axis"),
-    (lambda: surface_dice(np.zeros((3, 3), bool), np.zeros((3, 3), bool), spacing_mm=(1, 1), tolerance_mm=-1),
-     "tolerance"),
-    (lambda: surface_dice(np.zeros(3, bool), np.zeros(3, bool), spacing_mm=(1,), tolerance_mm=1), "2D or 3D"),
-    (lambda: surface_distances(np.zeros((2, 2), bool), np.zeros((2, 2), bool), spacing_mm=(1, 1), num_threads=0),
-     "num_threads"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: surface_dice(np.zeros((3, 3)), np.zeros((3, 3)), spacing_mm=(1, 1), tolerance_mm=1),
+            "dtype",
+        ),
+        (
+            lambda: surface_dice(
+                np.zeros((3, 3), bool), np.zeros((3, 4), bool), spacing_mm=(1, 1), tolerance_mm=1
+            ),
+            "shapes differ",
+        ),
+        (
+            lambda: surface_dice(
+                np.zeros((3, 3), bool), np.zeros((3, 3), bool), spacing_mm=(1, 0), tolerance_mm=1
+            ),
+            "positive",
+        ),
+        (
+            lambda: surface_dice(
+                np.zeros((3, 3), bool), np.zeros((3, 3), bool), spacing_mm=(1, 1, 1), tolerance_mm=1
+            ),
+            "one value per axis",
+        ),
+        (
+            lambda: surface_dice(
+                np.zeros((3, 3), bool), np.zeros((3, 3), bool), spacing_mm=(1, 1), tolerance_mm=-1
+            ),
+            "tolerance",
+        ),
+        (
+            lambda: surface_dice(np.zeros(3, bool), np.zeros(3, bool), spacing_mm=(1,), tolerance_mm=1),
+            "2D or 3D",
+        ),
+        (
+            lambda: surface_distances(
+                np.zeros((2, 2), bool), np.zeros((2, 2), bool), spacing_mm=(1, 1), num_threads=0
+            ),
+            "num_threads",
+        ),
+    ],
+)
 def test_bad_input_raises_one_line_error(call, message):
     with pytest.raises(InputError, match=message) as info:
         call()

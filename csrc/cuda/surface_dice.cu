@@ -81,6 +81,15 @@ std::string surface_dice_areas_cuda(const MaskPair& m, const double* tolerances_
         if (stencils.back().empty()) return "tolerance_mm too large for the CUDA stencil (use the CPU path)";
         max_offsets = std::max(max_offsets, stencils.back().size());
     }
+    for (const uint8_t* p : {m.gt, m.pred}) {
+        cudaPointerAttributes attr;
+        if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+            cudaGetLastError();
+            return "could not query the mask pointers (is a CUDA device present?)";
+        }
+        if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+            return "mask pointers must point to device (or managed) memory";
+    }
     DeviceBuffers buf;
     cudaError_t err = cudaMalloc(&buf.codes, 2 * corners);
     if (err == cudaSuccess) err = cudaMalloc(&buf.offsets, sizeof(CornerOffset) * std::max<size_t>(1, max_offsets));

@@ -1,4 +1,5 @@
 """Segmentation metrics: surface Dice at a tolerance (mm), HD95, ASSD, Dice, pixel error, adjusted Rand index."""
+
 from fewshot_da.metrics.overlap import adjusted_rand_index, dice, pixel_error
 from fewshot_da.metrics.scoring import score_case, surface_dice_key
 from fewshot_da.metrics.surface import (

@@ -1,4 +1,5 @@
 """Score predicted NIfTI masks against ground truth: files or folders matched by case id -> metrics.csv, summary.json."""
+
 from __future__ import annotations
 
 import csv
@@ -6,8 +7,8 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -16,8 +17,8 @@ from fewshot_da.metrics.scoring import score_case, surface_dice_key
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Mask-name suffixes dropped to get the case id: CC359 brain masks (`CC0001_philips_15_55_M_ss`), IXI-style
-# `_brain` / `_mask`, and nnU-Net's 4-digit channel suffix (`case_0000`).
-_ID_SUFFIX = re.compile(r"(_ss|_brain|_mask|_\d{4})$")
+# `_brain` / `_mask`, and nnU-Net's first-channel suffix (`case_0000`).
+_ID_SUFFIX = re.compile(r"(_ss|_brain|_mask|_0000)$")
 
 
 def case_id(path: str | os.PathLike) -> str:
@@ -36,7 +37,9 @@ def _index_folder(folder: Path, option: str) -> dict[str, Path]:
     for path in files:
         cid = case_id(path)
         if cid in cases:
-            raise InputError(f"{option} {folder}: {cases[cid].name} and {path.name} both map to case id {cid!r}")
+            raise InputError(
+                f"{option} {folder}: {cases[cid].name} and {path.name} both map to case id {cid!r}"
+            )
         cases[cid] = path
     return cases
 
@@ -56,23 +59,30 @@ def match_cases(gt: str | os.PathLike, pred: str | os.PathLike) -> list[tuple[st
         raise InputError(f"--gt {gt}: no NIfTI files (.nii / .nii.gz)")
     common = sorted(set(gt_cases) & set(pred_cases))
     if not common:
-        raise InputError(f"no matching case ids between --gt {gt} ({len(gt_cases)} cases, e.g. "
-                         f"{next(iter(gt_cases))!r}) and --pred {pred} ({len(pred_cases)} cases)")
+        raise InputError(
+            f"no matching case ids between --gt {gt} ({len(gt_cases)} cases, e.g. "
+            f"{next(iter(gt_cases))!r}) and --pred {pred} ({len(pred_cases)} cases)"
+        )
     missing = sorted(set(gt_cases) - set(pred_cases))
     if missing:
-        raise InputError(f"--pred {pred}: {len(missing)} ground-truth case(s) have no prediction, "
-                         f"first {missing[0]!r} ({gt_cases[missing[0]].name})")
+        raise InputError(
+            f"--pred {pred}: {len(missing)} ground-truth case(s) have no prediction, "
+            f"first {missing[0]!r} ({gt_cases[missing[0]].name})"
+        )
     return [(cid, gt_cases[cid], pred_cases[cid]) for cid in common]
 
 
 def load_mask(path: Path, label: int | None = None):
     """(binary mask, spacing_mm, affine, shape) of a 2D/3D NIfTI; foreground = value > 0, or == `label`."""
+    import zlib
+
     import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
 
     try:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
-    except Exception as exc:  # nibabel raises several types for unreadable files
+    except (ImageFileError, OSError, ValueError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: cannot read NIfTI ({exc})".splitlines()[0]) from None
     if data.ndim not in (2, 3):
         raise InputError(f"{path}: expected a 2D or 3D mask, got shape {data.shape}")
@@ -87,8 +97,15 @@ def load_mask(path: Path, label: int | None = None):
 
 def _summary(rows: list[dict], metrics: list[str], tolerances: list[float]) -> dict:
     """Per-case records plus mean/std over finite values; NaN and inf are counted, never averaged away."""
-    summary = {"per_case": [], "mean": {}, "std": {}, "n": {}, "n_nan": {}, "n_inf": {},
-               "tolerances_mm": tolerances}
+    summary = {
+        "per_case": [],
+        "mean": {},
+        "std": {},
+        "n": {},
+        "n_nan": {},
+        "n_inf": {},
+        "tolerances_mm": tolerances,
+    }
     summary["per_case"] = [dict(row) for row in rows]
     for metric in metrics:
         values = np.array([row[metric] for row in rows], dtype=float)
@@ -101,9 +118,16 @@ def _summary(rows: list[dict], metrics: list[str], tolerances: list[float]) -> d
     return summary
 
 
-def evaluate_paths(gt: str | os.PathLike, pred: str | os.PathLike, *, tolerances_mm: Sequence[float] = (1.0,),
-                   out_dir: str | os.PathLike | None = None, label: int | None = None,
-                   num_threads: int | None = None, progress: bool = True) -> dict:
+def evaluate_paths(
+    gt: str | os.PathLike,
+    pred: str | os.PathLike,
+    *,
+    tolerances_mm: Sequence[float] = (1.0,),
+    out_dir: str | os.PathLike | None = None,
+    label: int | None = None,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Score every prediction against its ground truth and return the summary (also written to `out_dir`).
 
     `gt` / `pred` are NIfTI files or folders whose files are matched by case id (`case_id`: CC359 `_ss`,
@@ -131,7 +155,9 @@ def evaluate_paths(gt: str | os.PathLike, pred: str | os.PathLike, *, tolerances
             raise InputError(f"{gt_path} and {pred_path}: shapes differ {gt_shape} vs {pred_shape}")
         if not np.allclose(gt_affine, pred_affine, rtol=1e-5, atol=1e-5):
             raise InputError(f"{gt_path} and {pred_path}: affines differ (not on the same grid)")
-        scores = score_case(gt_mask, pred_mask, spacing_mm=spacing, tolerances_mm=tolerances, num_threads=num_threads)
+        scores = score_case(
+            gt_mask, pred_mask, spacing_mm=spacing, tolerances_mm=tolerances, num_threads=num_threads
+        )
         rows.append({"case": cid, **{m: float(scores[m]) for m in metrics}})
     summary = _summary(rows, metrics, tolerances)
     if out_dir is not None:
@@ -179,7 +205,9 @@ def format_table(summary: dict, max_rows: int = 20) -> str:
     lines.append("mean ± std".ljust(width) + "".join(cells))
     notes = []
     for m in metrics:
-        bad = [f"{summary[k][m]} {label}" for k, label in (("n_nan", "NaN"), ("n_inf", "inf")) if summary[k][m]]
+        bad = [
+            f"{summary[k][m]} {label}" for k, label in (("n_nan", "NaN"), ("n_inf", "inf")) if summary[k][m]
+        ]
         if bad:
             notes.append(f"{m}: n={summary['n'][m]}, " + ", ".join(bad))
     lines.append(f"n = {len(cases)} case(s)" + ("; " + "; ".join(notes) if notes else ""))

@@ -1,4 +1,5 @@
 """Voxel-overlap metrics for binary masks (Dice, pixel error) and label maps (adjusted Rand index)."""
+
 from __future__ import annotations
 
 import numpy as np

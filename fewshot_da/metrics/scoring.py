@@ -1,7 +1,8 @@
 """Per-case scores: Dice, surface Dice at each tolerance, HD95 and ASSD from one distance computation."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from fewshot_da.metrics.overlap import dice
 from fewshot_da.metrics.surface import assd_from, hd_from, surface_dice_from, surface_distances
@@ -12,8 +13,14 @@ def surface_dice_key(tolerance_mm: float) -> str:
     return f"surface_dice_{float(tolerance_mm):g}mm"
 
 
-def score_case(gt, pred, *, spacing_mm: Sequence[float], tolerances_mm: Sequence[float] = (1.0,),
-               num_threads: int | None = None) -> dict:
+def score_case(
+    gt,
+    pred,
+    *,
+    spacing_mm: Sequence[float],
+    tolerances_mm: Sequence[float] = (1.0,),
+    num_threads: int | None = None,
+) -> dict:
     """{'dice', 'surface_dice_<tol>mm' per tolerance, 'hd95_mm', 'assd_mm'} for one gt/pred pair.
 
     Definitions and edge cases as in `dice`, `surface_dice`, `hd95`, `assd`; the surface distances are

@@ -10,15 +10,18 @@ Definitions shared by every function here:
   table scaled by the spacing.
 - Distance of a surfel: Euclidean distance in mm to the nearest surfel of the other mask.
 
-How this differs from MONAI's default: MONAI's `compute_surface_dice` (use_subvoxels=False) counts edge
-*voxels* of each mask with unit weight and measures voxel-centre distances, which scores lower (typically
-by a few hundredths at 1 mm on brain masks) and is a different metric; its `use_subvoxels=True` mode
-follows the same corner-grid idea as here. Results from this module equal DeepMind's surface-distance.
+How this differs from MONAI's default: MONAI's `compute_surface_dice(use_subvoxels=False)` counts the
+edge *voxels* of each mask with unit weight and measures voxel-centre distances. That is a different
+metric, and on brain masks it scores systematically lower than DeepMind's. Its `use_subvoxels=True` mode
+uses DeepMind's corner-grid surfels and gives the same values as this module.
+Results from this module equal those of DeepMind's surface-distance.
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,7 +76,9 @@ def _tolerances(tolerances_mm) -> list[float]:
     return tolerances
 
 
-def surface_distances(gt, pred, *, spacing_mm: Sequence[float], num_threads: int | None = None) -> SurfaceDistances:
+def surface_distances(
+    gt, pred, *, spacing_mm: Sequence[float], num_threads: int | None = None
+) -> SurfaceDistances:
     """Distance (mm) from every surfel of each mask to the other surface, and every surfel's area, computed once.
 
     Exact (linear-time separable EDT on the union bounding box). Reduce it with `surface_dice_from`,
@@ -114,8 +119,10 @@ def hd_from(distances: SurfaceDistances, percent: float = 95.0) -> float:
         return float("nan")
     if len(d.gt_to_pred_mm) == 0 or len(d.pred_to_gt_mm) == 0:
         return float("inf")
-    return max(_percentile_distance(d.gt_to_pred_mm, d.gt_areas_mm2, percent),
-               _percentile_distance(d.pred_to_gt_mm, d.pred_areas_mm2, percent))
+    return max(
+        _percentile_distance(d.gt_to_pred_mm, d.gt_areas_mm2, percent),
+        _percentile_distance(d.pred_to_gt_mm, d.pred_areas_mm2, percent),
+    )
 
 
 def assd_from(distances: SurfaceDistances) -> float:
@@ -133,8 +140,9 @@ def assd_from(distances: SurfaceDistances) -> float:
     return float(weighted / total)
 
 
-def surface_dice_many(gt, pred, *, spacing_mm: Sequence[float], tolerances_mm: Sequence[float],
-                      num_threads: int | None = None) -> list[float]:
+def surface_dice_many(
+    gt, pred, *, spacing_mm: Sequence[float], tolerances_mm: Sequence[float], num_threads: int | None = None
+) -> list[float]:
     """`surface_dice` for several tolerances with one pass over the masks (same definitions and edge cases)."""
     gt_u8, pred_u8, spacing = _prepare(gt, pred, spacing_mm)
     tolerances = _tolerances(tolerances_mm)
@@ -148,8 +156,9 @@ def _ratio(row) -> float:
     return float("nan") if total == 0 else (gt_within + pred_within) / total
 
 
-def surface_dice(gt, pred, *, spacing_mm: Sequence[float], tolerance_mm: float,
-                 num_threads: int | None = None) -> float:
+def surface_dice(
+    gt, pred, *, spacing_mm: Sequence[float], tolerance_mm: float, num_threads: int | None = None
+) -> float:
     """Fraction of the surface area of both masks lying within `tolerance_mm` of the other surface, in [0, 1].
 
     Surfel areas and corner-grid surfaces as in Nikolov et al. / DeepMind's surface-distance (values agree
@@ -162,10 +171,14 @@ def surface_dice(gt, pred, *, spacing_mm: Sequence[float], tolerance_mm: float,
     tolerances (more than 4096 offsets) fall back to exact distances. `num_threads=None` uses the OpenMP
     default; the result is the same for any thread count.
     """
-    return surface_dice_many(gt, pred, spacing_mm=spacing_mm, tolerances_mm=[tolerance_mm], num_threads=num_threads)[0]
+    return surface_dice_many(
+        gt, pred, spacing_mm=spacing_mm, tolerances_mm=[tolerance_mm], num_threads=num_threads
+    )[0]
 
 
-def hd95(gt, pred, *, spacing_mm: Sequence[float], percent: float = 95.0, num_threads: int | None = None) -> float:
+def hd95(
+    gt, pred, *, spacing_mm: Sequence[float], percent: float = 95.0, num_threads: int | None = None
+) -> float:
     """Robust (95th percentile, area-weighted) Hausdorff distance in mm, DeepMind's `compute_robust_hausdorff`.
 
     Edge cases: both masks empty -> NaN (DeepMind: inf); exactly one empty -> inf.
@@ -196,7 +209,9 @@ def surface_dice_cuda(gt, pred, *, spacing_mm: Sequence[float], tolerance_mm: fl
     if len(shape) not in (2, 3):
         raise InputError(f"masks must be 2D or 3D, got shape {shape}")
     spacing = [float(s) for s in np.atleast_1d(np.asarray(spacing_mm, dtype=float))]
-    areas = _backend.cuda.surface_dice_areas(gt_ptr, pred_ptr, list(shape), spacing, _tolerances([tolerance_mm]))
+    areas = _backend.cuda.surface_dice_areas(
+        gt_ptr, pred_ptr, list(shape), spacing, _tolerances([tolerance_mm])
+    )
     return _ratio(areas[0])
 
 
@@ -216,7 +231,7 @@ def _device_buffer(name: str, x) -> tuple[int, tuple[int, ...]]:
     if np.dtype(iface["typestr"]).itemsize != 1 or np.dtype(iface["typestr"]).kind not in "ub":
         raise InputError(f"{name} must be uint8 or bool, got {iface['typestr']}")
     if iface.get("strides") not in (None,):
-        expected = tuple(int(np.prod(iface["shape"][k + 1:])) for k in range(len(iface["shape"])))
+        expected = tuple(int(np.prod(iface["shape"][k + 1 :])) for k in range(len(iface["shape"])))
         if tuple(iface["strides"]) != expected:
             raise InputError(f"{name} must be C-contiguous")
     return int(iface["data"][0]), tuple(int(n) for n in iface["shape"])
