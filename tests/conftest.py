@@ -45,3 +45,14 @@ def cli_app():
     from fewshot_da_cli.main import cli
 
     return cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tests run tiny tensors: one torch thread avoids OpenMP spin-waits on busy shared cores (10x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

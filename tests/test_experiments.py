@@ -157,3 +157,26 @@ def test_data_merge_and_shift_verbs(tmp_path, cli_runner, cli_app):
     too_many = _invoke(cli_runner, cli_app, ["data", "shift", tmp_path / "ab.csv", "--domain", "ge3", "--n", 2,
                                              "--out-dir", tmp_path / "s2", "--out", tmp_path / "y.csv"])
     assert too_many.exit_code != 0 and "would leave none" in too_many.output
+
+
+@pytest.mark.slow
+def test_real_data_ixi_shift_small(shared_data, tmp_path, cli_runner, cli_app):
+    """A tiny version of README's real-data check: IXI subjects -> simulated scanner, first/last/all."""
+    from fewshot_da.data.datasets import index_folder
+
+    records = index_folder(shared_data / "ixi-hh", domain="ixi")[:12]
+    write_manifest(records, tmp_path / "ixi.csv")
+    steps = ["--epochs", "2", "--iters-per-epoch", "10", "--batch-size", "4", "--crop", "128", "--quiet"]
+    for args in (["data", "shift", tmp_path / "ixi.csv", "--domain", "ixi", "--n", 5, "--out-dir", tmp_path / "s",
+                  "--out", tmp_path / "all.csv"],
+                 ["data", "split", tmp_path / "all.csv", "--out", tmp_path / "splits.json"],
+                 ["train", "--data", tmp_path / "all.csv", "--splits", tmp_path / "splits.json", "--source", "ixi",
+                  "--reorient-ras", "--spacing-mm", 2, 2, 2, "--out", tmp_path / "src", *steps]):
+        result = _invoke(cli_runner, cli_app, args)
+        assert result.exit_code == 0, result.output
+    for layers in ("first", "last", "all"):
+        result = _invoke(cli_runner, cli_app, ["adapt", "--model", tmp_path / "src", "--target", "ixi-shift",
+                                               "--layers", layers, "--out", tmp_path / layers, *steps])
+        assert result.exit_code == 0, result.output
+        summary = json.loads((tmp_path / layers / "summary.json").read_text())
+        assert len(summary["scores"]) == 4 and 0 <= summary["mean"]["surface_dice_1mm"] <= 1

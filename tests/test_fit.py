@@ -14,14 +14,6 @@ from fewshot_da.training.config import (TrainConfig, load_config, lr_at, preset_
 from fewshot_da.training.fit import fit, load_checkpoint, load_pretrained
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on shared cores: OpenMP spin-waiting across 2 busy threads costs 10x, one thread does not."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SIZE = 16
 

@@ -9,14 +9,6 @@ from fewshot_da.training.fit import fit
 from fewshot_da.training.groups import freeze, layer_groups, set_train_mode, trainable_names
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on shared cores: OpenMP spin-waiting across 2 busy threads costs 10x, one thread does not."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # the reference's `exclude_layers` / unfreeze lists, matched as substrings of named_parameters() (REFERENCE 1.5)
 REFERENCE_SETS = {

@@ -7,14 +7,6 @@ from fewshot_da.models import ARCHS, PreActivation2d, ResBlock2d, build_model, c
 from fewshot_da.training.fit import load_pretrained
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on shared cores: OpenMP spin-waiting across 2 busy threads costs 10x, one thread does not."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # totals from REFERENCE.md section 1 (the papers' code)
 PARAMS = {"dart20": 2_434_771, "dsa": 1_561_491, "vanilla": 31_035_522}

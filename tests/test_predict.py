@@ -8,13 +8,6 @@ from fewshot_da.models import UNet2dDart20, UNet2dVanilla
 from fewshot_da.predict import _pad_widths, predict_volume, predict_volume_reference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model():
