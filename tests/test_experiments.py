@@ -180,3 +180,21 @@ def test_real_data_ixi_shift_small(shared_data, tmp_path, cli_runner, cli_app):
         assert result.exit_code == 0, result.output
         summary = json.loads((tmp_path / layers / "summary.json").read_text())
         assert len(summary["scores"]) == 4 and 0 <= summary["mean"]["surface_dice_1mm"] <= 1
+
+
+def test_predict_original_grid_then_eval_against_the_cc359_mask_folder(project, cli_runner, cli_app, tmp_path):
+    out = tmp_path / "pred"
+    result = _invoke(cli_runner, cli_app, ["predict", "--model", project / "source", "--ids", "ge3", "--out", out,
+                                           "--original-grid", "--quiet"])
+    assert result.exit_code == 0, result.output
+    predicted = json.loads((out / "summary.json").read_text())["mean"]["surface_dice_1mm"]
+    # CC0300.nii.gz predictions match CC0300_ge_3_.._ss.nii.gz masks; the 6 siemens15 masks are reported unscored
+    result = _invoke(cli_runner, cli_app, ["eval", "--gt", project / "data" / "masks", "--pred", out / "predictions",
+                                           "--out", tmp_path / "eval"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["n_gt_unscored"] == 6 and len(summary["per_case"]) == 6
+    assert summary["mean"]["surface_dice_1mm"] == pytest.approx(predicted, abs=1e-6)  # phantoms: 1 mm grid kept
+    (out / "predictions" / "CC9999.nii.gz").write_bytes((out / "predictions" / "CC0300.nii.gz").read_bytes())
+    result = _invoke(cli_runner, cli_app, ["eval", "--gt", project / "data" / "masks", "--pred", out / "predictions"])
+    assert result.exit_code != 0 and "no ground truth" in result.output

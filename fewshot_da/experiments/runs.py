@@ -234,7 +234,10 @@ def resolve_ids(split: dict, run: dict, which: str, records: Sequence) -> list:
         return manifest_ids
     if which == "test":
         if run.get("kind") == "adapt":
-            return list(run["test_ids"])
+            return splits_mod.pair_test_ids(split, run["target"], int(run["scans"]))
+        if not run.get("source"):
+            raise InputError("--ids test: this run was trained on explicit ids, not a source domain; "
+                             "use val, all, a domain or ids")
         return splits_mod.source_test_ids(split, run["source"])
     if which == "val":
         return list(run.get("eval_ids") or [])

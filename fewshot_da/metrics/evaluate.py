@@ -19,6 +19,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Mask-name suffixes dropped to get the case id: CC359 brain masks (`CC0001_philips_15_55_M_ss`), IXI-style
 # `_brain` / `_mask`, and nnU-Net's first-channel suffix (`case_0000`).
 _ID_SUFFIX = re.compile(r"(_ss|_brain|_mask|_0000)$")
+# CC359 names carry vendor, field, age and sex after the id; the manifest (and `predict`) use the id alone.
+_CC359_STEM = re.compile(r"^(CC\d{4})_(siemens|ge|philips)_(15|3)_\d+_[MF]$")
 
 
 def case_id(path: str | os.PathLike) -> str:
@@ -28,7 +30,9 @@ def case_id(path: str | os.PathLike) -> str:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return _ID_SUFFIX.sub("", name)
+    name = _ID_SUFFIX.sub("", name)
+    cc359 = _CC359_STEM.match(name)
+    return cc359.group(1) if cc359 else name
 
 
 def _index_folder(folder: Path, option: str) -> dict[str, Path]:
@@ -63,11 +67,13 @@ def match_cases(gt: str | os.PathLike, pred: str | os.PathLike) -> list[tuple[st
             f"no matching case ids between --gt {gt} ({len(gt_cases)} cases, e.g. "
             f"{next(iter(gt_cases))!r}) and --pred {pred} ({len(pred_cases)} cases)"
         )
-    missing = sorted(set(gt_cases) - set(pred_cases))
-    if missing:
+    # A prediction without ground truth is a mistake; ground truth without prediction is the usual case of a
+    # test subset scored against a dataset's full mask folder (the count is reported, never hidden).
+    orphans = sorted(set(pred_cases) - set(gt_cases))
+    if orphans:
         raise InputError(
-            f"--pred {pred}: {len(missing)} ground-truth case(s) have no prediction, "
-            f"first {missing[0]!r} ({gt_cases[missing[0]].name})"
+            f"--pred {pred}: {len(orphans)} prediction(s) have no ground truth in --gt {gt}, "
+            f"first {orphans[0]!r} ({pred_cases[orphans[0]].name})"
         )
     return [(cid, gt_cases[cid], pred_cases[cid]) for cid in common]
 
@@ -160,6 +166,8 @@ def evaluate_paths(
         )
         rows.append({"case": cid, **{m: float(scores[m]) for m in metrics}})
     summary = _summary(rows, metrics, tolerances)
+    gt_path = Path(gt)
+    summary["n_gt_unscored"] = (len(_index_folder(gt_path, "--gt")) - len(rows)) if gt_path.is_dir() else 0
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +218,8 @@ def format_table(summary: dict, max_rows: int = 20) -> str:
         ]
         if bad:
             notes.append(f"{m}: n={summary['n'][m]}, " + ", ".join(bad))
+    if summary.get("n_gt_unscored"):
+        notes.append(f"{summary['n_gt_unscored']} ground-truth case(s) without a prediction not scored")
     lines.append(f"n = {len(cases)} case(s)" + ("; " + "; ".join(notes) if notes else ""))
     return "\n".join(lines)
 
