@@ -37,7 +37,7 @@ def main():
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=272)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: predict_volume's (2 on CPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=16, help="slices per timed chunk")
     parser.add_argument("--threads", type=int, default=2)
@@ -79,7 +79,7 @@ def main():
     foreground = np.concatenate(masks["batched"]).mean()
     print(f"machine: {platform.processor() or platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(f"volume {vol.shape} float32, {args.arch}, batch {args.batch_size}, foreground {foreground:.3f}, "
+    print(f"volume {vol.shape} float32, {args.arch}, batch {args.batch_size or 'default (2 on CPU)'}, foreground {foreground:.3f}, "
           f"{args.repeats} repeats of {len(chunks)} alternating chunks")
     for name in methods:
         print(f"{name:>15}: wall {best_wall[name]:7.2f} s ({1000 * best_wall[name] / args.slices:6.1f} ms/slice), "

@@ -105,7 +105,7 @@ def adapt(model, target, layers, scans, slices, bn_stats, no_eval, out, config, 
               help="test (the run's test scans), val, all, a domain name, or comma-separated ids.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (predictions/, scores.csv).")
 @click.option("--original-grid", is_flag=True, help="Resample masks back onto each input's grid (default: preprocessed grid).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Slices per forward pass.")
+@click.option("--batch-size", type=int, default=None, help="Slices per forward pass (default: 32 on a GPU, 2 on a CPU).")
 @click.option("--tolerance", "tolerances", type=float, multiple=True, default=(1.0,), show_default=True,
               help="Surface Dice tolerance in mm; repeat for several.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

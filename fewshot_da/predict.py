@@ -26,9 +26,16 @@ def _model_device(model: nn.Module, device) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_size: int = 32, device=None,
+def default_batch_size(device: torch.device) -> int:
+    """Slices per forward pass: 32 on a GPU; 2 on a CPU, where a 256x272 slice's activations already
+    overflow the caches and larger batches measured slower (benchmarks/README.md)."""
+    return 32 if device.type == "cuda" else 2
+
+
+def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_size=None, device=None,
                    return_probs: bool = False, channels_last: bool = True):
-    """Binary mask (S, H, W) uint8 of a slice-major volume (S, H, W), predicted `batch_size` slices at a time.
+    """Binary mask (S, H, W) uint8 of a slice-major volume (S, H, W), predicted `batch_size` slices at a time
+    (None: `default_batch_size`).
 
     Each slice is padded to a multiple of `pad_multiple` with its own minimum (split half before / half after),
     run through `model` in eval mode without gradients, passed through a sigmoid, cropped back and thresholded at
@@ -38,11 +45,12 @@ def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_s
     result differs from NCHW only by float rounding). The model's train/eval mode and memory format are restored.
     """
     images = _check_slices(image_slices)
+    device = _model_device(model, device)
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     n_slices, height, width = images.shape
     (top, bottom), (left, right) = _pad_widths(height, pad_multiple), _pad_widths(width, pad_multiple)
-    device = _model_device(model, device)
     model.to(device)
     mask = np.empty((n_slices, height, width), dtype=np.uint8)
     probs = np.empty((n_slices, height, width), dtype=np.float32) if return_probs else None

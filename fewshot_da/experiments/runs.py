@@ -251,7 +251,7 @@ def resolve_ids(split: dict, run: dict, which: str, records: Sequence) -> list:
 
 
 def predict(*, model, out, manifest=None, ids: str = "test", tolerances_mm=(1.0,), original_grid: bool = False,
-            batch_size: int = 32, progress: bool = True) -> dict:
+            batch_size=None, progress: bool = True) -> dict:
     """Predict volumes with a trained run's model, write NIfTI masks to `out/predictions/` and score them.
 
     Masks are written in the preprocessed grid with its affine (or resampled back onto each input's grid with

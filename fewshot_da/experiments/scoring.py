@@ -13,7 +13,7 @@ from ..models import pad_multiple
 from ..predict import predict_volume
 
 
-def score_volumes(model, arch: str, volumes: Sequence, *, tolerances_mm=(1.0,), batch_size: int = 32,
+def score_volumes(model, arch: str, volumes: Sequence, *, tolerances_mm=(1.0,), batch_size=None,
                   on_prediction: Optional[Callable] = None, progress: bool = True) -> list:
     """Rows {id, domain, dice, surface_dice_<tol>mm, hd95_mm, assd_mm} scored in each volume's cached grid.
 
