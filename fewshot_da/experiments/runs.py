@@ -118,11 +118,11 @@ def _train_config(preset, stage, arch, config_path, overrides):
     return with_overrides(base, dict(overrides or {}))
 
 
-def _batches(volumes, slices, config, num_threads):
-    loader = SliceLoader([v.image for v in volumes], [v.mask for v in volumes], slices,
-                         batch_size=config.batch_size, crop=(config.crop, config.crop), seed=config.seed,
-                         num_threads=num_threads)
-    return loader
+def _batches(volumes, slices, config, num_threads) -> SliceLoader:
+    """The slice loader of a run: the config's batch size, square crop and seed; per-volume allowed slices."""
+    return SliceLoader([v.image for v in volumes], [v.mask for v in volumes], slices,
+                       batch_size=config.batch_size, crop=(config.crop, config.crop), seed=config.seed,
+                       num_threads=num_threads)
 
 
 def _finish(run_dir: Path, model, arch, eval_volumes, summary: dict, *, tolerances_mm, progress) -> dict:
@@ -167,9 +167,10 @@ def train(*, manifest, splits, out, source: Optional[str] = None, ids: Optional[
     train_vols, eval_vols = volumes[:len(ids)], volumes[len(ids):]
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run
     model = build_model(arch)
-    loader = _batches(train_vols, None, cfg, num_threads)
+    with _batches(train_vols, None, cfg, num_threads) as loader:
+        trained = fit(model, loader.batch, cfg, run_dir, progress=progress)
     summary = {"kind": "train", "arch": arch, "source": source, "train_ids": ids, "eval_ids": eval_ids,
-               "fit": fit(model, loader.batch, cfg, run_dir, progress=progress)}
+               "fit": trained}
     return _finish(run_dir, model, arch, eval_vols, summary, tolerances_mm=tolerances_mm, progress=progress)
 
 
@@ -218,11 +219,12 @@ def adapt(*, model, target: str, out, layers: str = "first", scans: int = 1, sli
     net = build_model(arch)
     load_pretrained(net, parent_dir / "checkpoint.pt", arch=arch)
     trainable = trainable_names(net, arch, layers)
-    loader = _batches(tune_vols, comb, cfg, num_threads)
+    with _batches(tune_vols, comb, cfg, num_threads) as loader:
+        trained = fit(net, loader.batch, cfg, run_dir, trainable=trainable, progress=progress)
     summary = {"kind": "adapt", "arch": arch, "source": parent.get("source"), "target": target, "layers": layers,
                "scans": int(scans), "slices": f"1/{k}" if k > 1 else "all", "finetune_ids": list(ids),
                "n_slices_available": int(sum(len(c) for c in comb)) if comb else int(sum(v.n_slices for v in tune_vols)),
-               "fit": fit(net, loader.batch, cfg, run_dir, trainable=trainable, progress=progress)}
+               "fit": trained}
     return _finish(run_dir, net, arch, test_vols, summary, tolerances_mm=tolerances_mm, progress=progress)
 
 
