@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from fewshot_da.atomic import atomic_path
 from fewshot_da.errors import InputError
 
 COLUMNS = ("id", "image", "mask", "domain")
@@ -47,7 +47,6 @@ def _parse_spacing(text: str, where: str):
 def write_manifest(records: Iterable[Record], path) -> Path:
     """Write `records` as CSV; paths are written relative to the manifest's folder when inside it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
     records = list(records)
     with_spacing = any(r.spacing_mm is not None for r in records)
@@ -59,8 +58,7 @@ def write_manifest(records: Iterable[Record], path) -> Path:
         except ValueError:
             return str(absolute)
 
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS + (("spacing",) if with_spacing else ()))
         for r in records:
@@ -68,7 +66,6 @@ def write_manifest(records: Iterable[Record], path) -> Path:
             if with_spacing:
                 row.append(_format_spacing(r.spacing_mm))
             writer.writerow(row)
-    os.replace(tmp, path)
     return path
 
 

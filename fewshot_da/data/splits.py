@@ -21,6 +21,7 @@ import numpy as np
 
 from fewshot_da.data.budgets import REFERENCE_BUDGETS
 from fewshot_da.data.manifest import Record, check_unique_ids, domain_counts
+from fewshot_da.atomic import write_text_atomic
 from fewshot_da.errors import InputError
 
 REFERENCE_SEED = 0xBadCafe  # 195939070
@@ -194,15 +195,9 @@ def oracle_fold_of(splits: dict, domain: str, scan_id: str) -> int:
 def write_splits(records: Sequence[Record], out, seed: int = REFERENCE_SEED, **options) -> dict:
     """make_splits + write it as JSON (sorted keys) to `out`; returns the dict."""
     import json
-    import os
-    from pathlib import Path
 
     splits = make_splits(records, seed, **options)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(splits, indent=1, sort_keys=True))
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(splits, indent=1, sort_keys=True))
     return splits
 
 

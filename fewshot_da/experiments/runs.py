@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +23,7 @@ from ..data.manifest import read_manifest
 from ..data.preprocess import PRESETS as PREPROCESS_PRESETS
 from ..data.preprocess import PreprocessOptions
 from ..data.preprocess import preprocess_manifest
+from ..atomic import write_text_atomic
 from ..errors import InputError
 from ..models import build_model, check_arch
 from ..training.config import load_config, preset_config, with_overrides
@@ -37,12 +37,7 @@ RUN_FILE = "run.yaml"
 
 def write_json_atomic(data, path) -> Path:
     """JSON with sorted keys, written to a temporary file and renamed (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
 def _json_default(value):
@@ -72,10 +67,7 @@ def read_run(run_dir) -> dict:
 
 
 def _write_run(run_dir: Path, info: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(yaml.safe_dump(info, sort_keys=False))
-    os.replace(tmp, run_dir / RUN_FILE)
+    write_text_atomic(run_dir / RUN_FILE, yaml.safe_dump(info, sort_keys=False))
 
 
 def preprocess_options(spec, **changes) -> PreprocessOptions:

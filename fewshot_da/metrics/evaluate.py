@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fewshot_da.atomic import write_text_atomic
 from fewshot_da.errors import InputError
 from fewshot_da.metrics.scoring import score_case, surface_dice_key
 
@@ -176,9 +177,8 @@ def evaluate_paths(
             writer.writerow(["case"] + metrics)
             for row in rows:
                 writer.writerow([row["case"]] + [repr(row[m]) for m in metrics])
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=True, allow_nan=False) + "\n")
-        os.replace(tmp, out / "summary.json")
+        write_text_atomic(out / "summary.json",
+                          json.dumps(_json_safe(summary), indent=2, sort_keys=True, allow_nan=False) + "\n")
     return summary
 
 

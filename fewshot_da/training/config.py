@@ -1,11 +1,11 @@
 """Training configuration: a frozen dataclass, named presets (paper, dart20-code, dsa-code) and YAML round trip."""
 import dataclasses
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from ..atomic import write_text_atomic
 from ..errors import InputError
 from ..models import check_arch
 from .groups import check_bn_stats
@@ -163,7 +163,4 @@ def load_config(path, base: TrainConfig = None) -> TrainConfig:
 
 def save_config(config: TrainConfig, path) -> None:
     """Write `config.resolved()` as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(config.resolved(), sort_keys=False))

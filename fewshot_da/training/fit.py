@@ -1,6 +1,5 @@
 """One training loop for source training and few-shot adaptation, with per-epoch checkpoints and exact resume."""
 import csv
-import os
 import random
 import time
 from pathlib import Path
@@ -9,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
 from ..errors import InputError
 from .config import TrainConfig, lr_at, save_config
 from .groups import freeze, set_train_mode
@@ -52,11 +52,9 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(state: dict, path) -> None:
-    """torch.save to a temporary file, then os.replace: a kill at any moment leaves the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save atomically: a kill at any moment leaves the old or the new file."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path) -> dict:
@@ -110,12 +108,10 @@ def load_pretrained(model: nn.Module, path, *, arch: str = None, skip=()) -> dic
 
 def _write_csv(rows, path) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _plot_progress(rows, path) -> None:
@@ -138,10 +134,9 @@ def _plot_progress(rows, path) -> None:
         ax2.set_ylabel("validation")
         ax2.legend(loc="center right", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
-    tmp = Path(str(path) + ".tmp")
-    fig.savefig(tmp, format="png", dpi=72)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=72)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _log(run_dir: Path, message: str) -> None:
