@@ -1,4 +1,6 @@
 """CLI verbs that run experiments: train, adapt, predict, demo. Each parses options and calls one library function."""
+import sys
+
 import click
 
 from fewshot_da_cli.errors import one_line_errors
@@ -18,7 +20,7 @@ _OVERRIDES = [
     click.option("--num-threads", type=int, default=None, help="Slice-loader threads (default: all cores)."),
     click.option("--tolerance", "tolerances", type=float, multiple=True, default=(1.0,), show_default=True,
                  help="Surface Dice tolerance in mm for the final scores; repeat for several."),
-    click.option("--quiet", is_flag=True, help="No progress bars."),
+    click.option("--quiet", is_flag=True, help="No progress bars (shown only on a terminal)."),
 ]
 
 
@@ -31,6 +33,11 @@ def _with_overrides(func):
 def _overrides(kwargs):
     keys = ("epochs", "iters_per_epoch", "batch_size", "lr", "lr_steps", "crop", "seed", "device")
     return {k: kwargs.pop(k) for k in keys if kwargs.get(k) is not None}
+
+
+def _progress(quiet: bool) -> bool:
+    """Progress bars on an interactive terminal only (CI logs and batch jobs get the per-epoch log lines)."""
+    return not quiet and sys.stderr.isatty()
 
 
 def _print_summary(summary):
@@ -63,7 +70,7 @@ def train(manifest, splits, source, arch, out, preprocess, spacing_mm, reorient_
     options = preprocess_options(preprocess, target_spacing_mm=spacing_mm or None, reorient_ras=reorient_ras)
     summary = train_run(manifest=manifest, splits=splits, source=source, arch=arch, out=out, preset=preset or "paper",
                         preprocess=options, cache=cache, config=config, overrides=_overrides(kwargs),
-                        tolerances_mm=tolerances, num_threads=num_threads, progress=not quiet)
+                        tolerances_mm=tolerances, num_threads=num_threads, progress=_progress(quiet))
     click.echo(f"trained {arch} on {source}: {out}")
     _print_summary(summary)
 
@@ -92,7 +99,7 @@ def adapt(model, target, layers, scans, slices, bn_stats, no_eval, out, config, 
         overrides["bn_stats"] = bn_stats
     summary = adapt_run(model=model, target=target, out=out, layers=layers, scans=scans, slices=slices,
                         preset=preset, config=config, overrides=overrides, tolerances_mm=tolerances,
-                        evaluate=not no_eval, num_threads=num_threads, progress=not quiet)
+                        evaluate=not no_eval, num_threads=num_threads, progress=_progress(quiet))
     click.echo(f"adapted {layers} layers to {target} with {scans} scan(s), slices {summary['slices']}: {out}")
     _print_summary(summary)
 
@@ -108,14 +115,14 @@ def adapt(model, target, layers, scans, slices, bn_stats, no_eval, out, config, 
 @click.option("--batch-size", type=int, default=None, help="Slices per forward pass (default: 32 on a GPU, 2 on a CPU).")
 @click.option("--tolerance", "tolerances", type=float, multiple=True, default=(1.0,), show_default=True,
               help="Surface Dice tolerance in mm; repeat for several.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars (shown only on a terminal).")
 @one_line_errors
 def predict(model, manifest, ids, out, original_grid, batch_size, tolerances, quiet):
     """Predict whole volumes (batched slices), write NIfTI masks and score them where masks exist."""
     from fewshot_da.experiments.runs import predict as predict_run
 
     summary = predict_run(model=model, manifest=manifest, ids=ids, out=out, tolerances_mm=tolerances,
-                          original_grid=original_grid, batch_size=batch_size, progress=not quiet)
+                          original_grid=original_grid, batch_size=batch_size, progress=_progress(quiet))
     click.echo(f"predicted {len(summary['ids'])} scans into {summary['predictions']}")
     _print_summary(summary)
 
@@ -126,13 +133,13 @@ def predict(model, manifest, ids, out, original_grid, batch_size, tolerances, qu
 @click.option("--arch", default="dart20", show_default=True, help="dart20, dsa or vanilla.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the phantoms and the training.")
 @click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny schedules; numbers are not meaningful).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars (shown only on a terminal).")
 @one_line_errors
 def demo(out, arch, seed, quick, quiet):
     """The main job on built-in synthetic data: train, adapt first/last/all layers, score, report D_R."""
     from fewshot_da.experiments.demo import run_demo
 
-    run_demo(out, arch=arch, seed=seed, quick=quick, progress=not quiet, log=click.echo)
+    run_demo(out, arch=arch, seed=seed, quick=quick, progress=_progress(quiet), log=click.echo)
 
 
 COMMANDS = [train, adapt, predict, demo]
