@@ -65,7 +65,8 @@ def _print_summary(summary):
 def train(manifest, splits, source, arch, out, preprocess, spacing_mm, reorient_ras, cache, config, preset,
           num_threads, tolerances, quiet, **kwargs):
     """Train a 2D U-Net from scratch on one source domain."""
-    from fewshot_da.experiments.runs import preprocess_options, train as train_run
+    from fewshot_da.data.preprocess import preprocess_options
+    from fewshot_da.experiments.runs import train as train_run
 
     options = preprocess_options(preprocess, target_spacing_mm=spacing_mm or None, reorient_ras=reorient_ras)
     summary = train_run(manifest=manifest, splits=splits, source=source, arch=arch, out=out, preset=preset or "paper",

@@ -84,6 +84,24 @@ PRESETS = {
 }
 
 
+def preprocess_options(spec, **changes) -> PreprocessOptions:
+    """PreprocessOptions from a preset name, a dict of fields (as run.yaml stores it) or options themselves,
+    with `changes` (None values ignored) applied on top."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if isinstance(spec, PreprocessOptions):
+        return spec.replace(**changes) if changes else spec
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise InputError(f"--preprocess {spec!r}: choose from {', '.join(PRESETS)}")
+        return PRESETS[spec].replace(**changes) if changes else PRESETS[spec]
+    fields = {**dict(spec), **changes}
+    if fields.get("target_spacing_mm") is not None:
+        fields["target_spacing_mm"] = tuple(fields["target_spacing_mm"])
+    if fields.get("clip_percentiles") is not None:
+        fields["clip_percentiles"] = tuple(fields["clip_percentiles"])
+    return PreprocessOptions(**fields)
+
+
 @dataclass(frozen=True)
 class CachedVolume:
     """A preprocessed scan. `image` (S, H, W) float32/float16 and `mask` (S, H, W) uint8 0/1 are slice-major

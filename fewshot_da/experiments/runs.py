@@ -20,9 +20,7 @@ from ..data import splits as splits_mod
 from ..data.budgets import comb_slices, parse_slices
 from ..data.loader import SliceLoader
 from ..data.manifest import read_manifest
-from ..data.preprocess import PRESETS as PREPROCESS_PRESETS
-from ..data.preprocess import PreprocessOptions
-from ..data.preprocess import preprocess_manifest
+from ..data.preprocess import PreprocessOptions, preprocess_manifest, preprocess_options
 from ..atomic import write_text_atomic
 from ..errors import InputError
 from ..models import build_model, check_arch
@@ -68,24 +66,6 @@ def read_run(run_dir) -> dict:
 
 def _write_run(run_dir: Path, info: dict) -> None:
     write_text_atomic(run_dir / RUN_FILE, yaml.safe_dump(info, sort_keys=False))
-
-
-def preprocess_options(spec, **changes) -> PreprocessOptions:
-    """PreprocessOptions from a preset name, a dict of fields (as run.yaml stores it) or options themselves,
-    with `changes` (None values ignored) applied on top."""
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if isinstance(spec, PreprocessOptions):
-        return spec.replace(**changes) if changes else spec
-    if isinstance(spec, str):
-        if spec not in PREPROCESS_PRESETS:
-            raise InputError(f"--preprocess {spec!r}: choose from {', '.join(PREPROCESS_PRESETS)}")
-        return PREPROCESS_PRESETS[spec].replace(**changes) if changes else PREPROCESS_PRESETS[spec]
-    fields = {**dict(spec), **changes}
-    if fields.get("target_spacing_mm") is not None:
-        fields["target_spacing_mm"] = tuple(fields["target_spacing_mm"])
-    if fields.get("clip_percentiles") is not None:
-        fields["clip_percentiles"] = tuple(fields["clip_percentiles"])
-    return PreprocessOptions(**fields)
 
 
 def _options_dict(options: PreprocessOptions) -> dict:
