@@ -99,6 +99,7 @@ class PreprocessOptions:
 
 def parse_resize(value) -> Optional[tuple]:
     """`--resize`: 256, '256', '256,256', '256x192' or (256, 192) -> (H, W) pixels; 'none' -> None."""
+    shown = value
     if isinstance(value, str):
         if value.strip().lower() == "none":
             return None
@@ -113,7 +114,7 @@ def parse_resize(value) -> Optional[tuple]:
     if len(size) == 1:
         size = size * 2
     if len(size) != 2 or min(size) < 1:
-        raise InputError(f"--resize {value!r}: need one or two positive whole numbers of pixels (e.g. 256 or 256,192)")
+        raise InputError(f"--resize {shown!r}: need one or two positive whole numbers of pixels (e.g. 256 or 256,192)")
     return size
 
 
