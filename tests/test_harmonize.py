@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from fewshot_da.data import preprocess as pp
-from fewshot_da.data.harmonize import (DEFAULT_PERCENTILES, fit_histogram_reference, histogram_digest,
-                                       load_histogram_reference, match_histogram, save_histogram_reference)
+from fewshot_da.data.harmonize import (
+    DEFAULT_PERCENTILES,
+    fit_histogram_reference,
+    histogram_digest,
+    load_histogram_reference,
+    match_histogram,
+    save_histogram_reference,
+)
 from fewshot_da.errors import InputError
 
 

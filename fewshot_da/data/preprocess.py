@@ -68,8 +68,8 @@ class PreprocessOptions:
     dtype: str = "float32"
     spline_order: int = 3
     cache_key: str = "stat"
-    resize: Optional[tuple] = None
-    histogram: Optional[str] = None
+    resize: tuple | None = None
+    histogram: str | None = None
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float16"):
@@ -97,7 +97,7 @@ class PreprocessOptions:
         return dataclasses.replace(self, **changes)
 
 
-def parse_resize(value) -> Optional[tuple]:
+def parse_resize(value) -> tuple | None:
     """`--resize`: 256, '256', '256,256', '256x192' or (256, 192) -> (H, W) pixels; 'none' -> None."""
     shown = value
     if isinstance(value, str):

@@ -22,7 +22,7 @@ target (`check_finetune_ids`) and tested on the rest (`remaining_test_ids`).
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -89,7 +89,7 @@ def _domain_dims(records: Iterable[Record]) -> dict[str, int]:
 
 
 def make_splits(records: Sequence[Record], seed: int = REFERENCE_SEED, *, val_scans: int = 4,
-                oracle_folds: int = 3, oracle_val_scans: int = 2, finetune_scans: Optional[Sequence[int]] = None,
+                oracle_folds: int = 3, oracle_val_scans: int = 2, finetune_scans: Sequence[int] | None = None,
                 pair_val_scans: int = 2, cv_folds: int = 5) -> dict:
     """All reference splits as a JSON-able dict (ids in sklearn's output order).
 
@@ -282,8 +282,8 @@ def cv_folds_of(ids: Sequence[str], n_folds: int, seed: int = REFERENCE_SEED) ->
     return folds
 
 
-def cv_fold_ids(source, n_folds: int, fold: int, *, domain: Optional[str] = None, seed: Optional[int] = None,
-                n_finetune: Optional[int] = None) -> tuple[list[str], list[str]]:
+def cv_fold_ids(source, n_folds: int, fold: int, *, domain: str | None = None, seed: int | None = None,
+                n_finetune: int | None = None) -> tuple[list[str], list[str]]:
     """(fine-tune ids, test ids) of `--folds n_folds --fold fold` (fold counts from 0) over one domain.
 
     `source`: a splits dict (with `domain`; seed defaults to the splits' seed), Records (of `domain`, or of
