@@ -54,14 +54,21 @@ def _parse_spacing(text):
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None, help="Storage type (default: preset).")
 @click.option("--cache-key", type=click.Choice(["stat", "content"]), default=None,
               help="Identify files by path+size+mtime (stat, default) or by a hash of their bytes (content).")
+@click.option("--resize", default=None,
+              help="In-plane size of every slice in pixels, '256' or 'H,W' (the ultrasound protocol: 256); "
+                   "linear, aspect ratio not kept, spacing grows to match. Default: keep the grid.")
+@click.option("--histogram", type=click.Path(dir_okay=False), default=None,
+              help="Histogram reference JSON: map intensities onto it after scaling (label-free matching).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Parallel processes.")
 @one_line_errors
-def preprocess_command(manifest, cache_dir, preset, spacing_mm, reorient_ras, slice_axis, dtype, cache_key, workers):
+def preprocess_command(manifest, cache_dir, preset, spacing_mm, reorient_ras, slice_axis, dtype, cache_key,
+                       resize, histogram, workers):
     """Resample, clip and scale every scan of MANIFEST into slice-major .npy files under --cache (resumable)."""
     from fewshot_da.data.manifest import read_manifest
-    from fewshot_da.data.preprocess import PRESETS, preprocess_manifest
+    from fewshot_da.data.preprocess import PRESETS, parse_resize, preprocess_manifest
 
-    changes = {"reorient_ras": reorient_ras, "slice_axis": slice_axis, "dtype": dtype, "cache_key": cache_key}
+    changes = {"reorient_ras": reorient_ras, "slice_axis": slice_axis, "dtype": dtype, "cache_key": cache_key,
+               "resize": parse_resize(resize) if resize is not None else None, "histogram": histogram}
     if spacing_mm is not None:
         changes["target_spacing_mm"] = None if spacing_mm.strip().lower() == "none" else _parse_spacing(spacing_mm)
     options = PRESETS[preset].replace(**{k: v for k, v in changes.items() if v is not None or k == "target_spacing_mm"})
@@ -73,15 +80,19 @@ def preprocess_command(manifest, cache_dir, preset, spacing_mm, reorient_ras, sl
 @click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Splits JSON to write.")
 @click.option("--seed", default=0xBadCafe, show_default=True, type=int, help="Seed of all splits (0xBadCafe).")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(0),
+              help="k of the k-fold cross-validation written per domain (0: none).")
 @one_line_errors
-def split_command(manifest, out, seed):
-    """Write the reference splits of MANIFEST (one2all, oracle CV, nested one2one, budgets) as JSON."""
+def split_command(manifest, out, seed, folds):
+    """Write the reference splits of MANIFEST (one2all, oracle CV, nested one2one, k-fold CV, budgets) as JSON."""
     from fewshot_da.data.manifest import read_manifest
     from fewshot_da.data.splits import write_splits
 
-    splits = write_splits(read_manifest(manifest), out, seed)
+    splits = write_splits(read_manifest(manifest), out, seed, cv_folds=folds)
     click.echo(f"{len(splits['domains'])} domains, {len(splits['one2all'])} one2all sources, "
-               f"{sum(len(f) for f in splits['oracle'].values())} oracle folds, {len(splits['pairs'])} pairs -> {out}")
+               f"{sum(len(f) for f in splits['oracle'].values())} oracle folds, {len(splits['pairs'])} pairs, "
+               f"{folds}-fold CV of {len(splits['cv'])} domains -> {out}")
+    click.echo("budgets: " + ", ".join(b["name"] for b in splits["budgets"]))
     for note in splits["notes"]:
         click.echo(f"note: {note}")
 

@@ -15,8 +15,9 @@ IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 class Volume(NamedTuple):
     """A 3D array in file order with its 4x4 voxel-to-world affine and spacing_mm in the same axis order.
 
-    2D images are volumes of shape (H, W, 1) with an identity affine and spacing (1, 1, 1), so slicing
-    along the last axis gives the image back.
+    2D images are volumes of shape (H, W, 1), so slicing along the last axis gives the image back; their
+    spacing_mm is (row, column, 1) from the manifest's `spacing` column (1 mm pixels when it is empty) and
+    their affine is diag(spacing_mm).
     """
 
     data: np.ndarray
@@ -58,9 +59,24 @@ def _load_nifti(path: Path) -> Volume:
     return Volume(data, np.asarray(img.affine, dtype=np.float64), zooms)
 
 
-def _load_image2d(path: Path) -> Volume:
+def pixel_spacing_mm(spacing_mm, path) -> tuple:
+    """(row, column, slice) mm of a 2D image from the manifest's spacing: None -> (1, 1, 1); one number ->
+    square pixels; two -> (row, column); three -> as given. The slice thickness defaults to 1 mm."""
+    if spacing_mm is None:
+        return (1.0, 1.0, 1.0)
+    values = tuple(float(s) for s in spacing_mm)
+    if not 1 <= len(values) <= 3 or not all(np.isfinite(values)) or min(values) <= 0:
+        raise InputError(f"{path}: pixel spacing {' '.join(f'{v:g}' for v in values) or '(empty)'} mm must be "
+                         "1-3 positive numbers (row, column[, slice])")
+    if len(values) == 1:
+        values = values * 2
+    return values + (1.0,) if len(values) == 2 else values
+
+
+def _load_image2d(path: Path, spacing_mm=None) -> Volume:
     from PIL import Image, UnidentifiedImageError
 
+    spacing = pixel_spacing_mm(spacing_mm, path)
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "I", "I;16", "F", "1"):
@@ -68,11 +84,14 @@ def _load_image2d(path: Path) -> Volume:
             data = np.asarray(img, dtype=np.float64)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    return Volume(data[:, :, None], np.eye(4), (1.0, 1.0, 1.0))
+    return Volume(data[:, :, None], np.diag([*spacing, 1.0]), spacing)
 
 
-def load_volume(path, *, check_finite: bool = True) -> Volume:
+def load_volume(path, *, check_finite: bool = True, spacing_mm=None) -> Volume:
     """Load a NIfTI (.nii/.nii.gz) or 2D image (PNG/JPEG/...) as a float64 3D Volume.
+
+    `spacing_mm` (the manifest's `spacing`) sets a 2D image's pixel size (see `pixel_spacing_mm`); a NIfTI
+    file's own header counts and `spacing_mm` is ignored for it.
 
     Raises InputError (one line naming the file) when it is missing, unreadable, not 3D, or has NaN/inf.
     """
@@ -82,7 +101,7 @@ def load_volume(path, *, check_finite: bool = True) -> Volume:
     if is_nifti(path):
         volume = _load_nifti(path)
     elif is_image2d(path):
-        volume = _load_image2d(path)
+        volume = _load_image2d(path, spacing_mm)
     else:
         raise InputError(f"{path}: unknown image format (expected .nii, .nii.gz, .png, .jpg)")
     if check_finite and not np.isfinite(volume.data).all():
@@ -91,13 +110,13 @@ def load_volume(path, *, check_finite: bool = True) -> Volume:
     return volume
 
 
-def load_mask(path) -> Volume:
+def load_mask(path, *, spacing_mm=None) -> Volume:
     """Load a binary mask as uint8 0/1. Accepts {0,1}, and {0,255} for 8-bit 2D images.
 
     Raises InputError naming the file when it holds other values (label maps must be binarised first;
-    JPEG masks are rarely binary after compression, so keep masks as PNG).
+    JPEG masks are rarely binary after compression, so keep masks as PNG). `spacing_mm` as in load_volume.
     """
-    volume = load_volume(path)
+    volume = load_volume(path, spacing_mm=spacing_mm)
     values = np.unique(volume.data)
     if is_image2d(path) and set(values.tolist()) <= {0.0, 255.0}:
         values = values / 255.0

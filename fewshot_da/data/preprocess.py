@@ -8,6 +8,10 @@ max; no reorientation; slices along the last array axis. "dart20-code" is the co
 (`zoom_cubic`), equal to scipy's to ~1e-12 and 5-10x faster; both run in float64 as the reference
 (nibabel get_fdata).
 
+Two optional steps (off in both presets): `resize` brings every slice to one in-plane size (the ultrasound
+protocol's 256 x 256, REFERENCE.md §7) and records the grown pixel spacing; `histogram` maps intensities
+onto a source reference (`fewshot_da.data.harmonize`, the SpotTUnet `hm` baseline) after scaling.
+
 Cache: one folder per (scan, options, file identity) under `cache_dir`, named `<id>-<key>`, holding
 `image.npy` and `mask.npy` (S, H, W) and `meta.json`. The file identity is, by default, the absolute
 path + size + modification time (`cache_key="stat"`: free to compute, and a rewritten file gets a new
@@ -30,7 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fewshot_da.data.io import load_mask, load_volume
+from fewshot_da.data.io import is_image2d, load_mask, load_volume
 from fewshot_da.data.manifest import Record
 from fewshot_da.errors import InputError
 
@@ -49,6 +53,12 @@ class PreprocessOptions:
     dtype: "float32" or "float16" (the reference code caches float16).
     spline_order: resampling order for image and mask (reference: 3 for both; mask thresholded >= 0.5).
     cache_key: "stat" (path, size, mtime) or "content" (SHA-1 of the bytes); see the module docstring.
+    resize: in-plane size (H, W) in pixels of every slice (one number: square), e.g. 256; None keeps the grid.
+        Linear interpolation with half-pixel centres (the mask: linear, then >= 0.5); the aspect ratio is not
+        kept, the field of view is, so spacing_mm grows by old/new size per axis. It replaces
+        `target_spacing_mm` in-plane; that then resamples only the slice axis of 3D volumes.
+    histogram: path of a histogram reference JSON (`harmonize.save_histogram_reference`); intensities are
+        mapped onto it after scaling. The cache key includes the reference's content, not only its path.
     """
 
     target_spacing_mm: Optional[tuple] = (1.0, 1.0, 1.0)
@@ -58,6 +68,8 @@ class PreprocessOptions:
     dtype: str = "float32"
     spline_order: int = 3
     cache_key: str = "stat"
+    resize: tuple | None = None
+    histogram: str | None = None
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float16"):
@@ -73,9 +85,37 @@ class PreprocessOptions:
             object.__setattr__(self, "target_spacing_mm", spacing)
         if self.cache_key not in ("stat", "content"):
             raise InputError(f"cache_key {self.cache_key!r}: choose stat or content")
+        if self.resize is not None:
+            object.__setattr__(self, "resize", parse_resize(self.resize))
+        if self.histogram is not None:
+            path = Path(self.histogram).expanduser()
+            if not path.is_file():
+                raise InputError(f"--histogram {self.histogram}: reference file not found")
+            object.__setattr__(self, "histogram", str(path.resolve()))
 
     def replace(self, **changes) -> "PreprocessOptions":
         return dataclasses.replace(self, **changes)
+
+
+def parse_resize(value) -> tuple | None:
+    """`--resize`: 256, '256', '256,256', '256x192' or (256, 192) -> (H, W) pixels; 'none' -> None."""
+    shown = value
+    if isinstance(value, str):
+        if value.strip().lower() == "none":
+            return None
+        value = value.lower().replace("x", " ").replace(",", " ").split()
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    try:
+        size = tuple(int(v) for v in values)
+        if any(float(v) != int(v) for v in values):
+            raise ValueError
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise InputError(f"--resize {shown!r}: need one or two positive whole numbers of pixels (e.g. 256 or 256,192)")
+    return size
 
 
 PRESETS = {
@@ -151,8 +191,16 @@ def cache_key(record: Record, options: PreprocessOptions) -> str:
     for path in (record.image, record.mask):
         if not Path(path).is_file():
             raise InputError(f"{path}: file not found (scan {record.id})")
-    parts = [json.dumps(dataclasses.asdict(options), sort_keys=True), str(CACHE_VERSION),
+    # resize/histogram are left out while unset, so entries cached before they existed keep their keys
+    fields = {k: v for k, v in dataclasses.asdict(options).items() if v is not None or k not in ("resize", "histogram")}
+    parts = [json.dumps(fields, sort_keys=True), str(CACHE_VERSION),
              _file_identity(record.image, options.cache_key), _file_identity(record.mask, options.cache_key)]
+    if record.spacing_mm is not None and is_image2d(record.image):
+        parts.append(f"pixel spacing {record.spacing_mm}")  # the manifest sets a 2D image's geometry
+    if options.histogram is not None:
+        from fewshot_da.data.harmonize import histogram_digest
+
+        parts.append(f"histogram {histogram_digest(options.histogram)}")
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -210,6 +258,39 @@ def resample(data: np.ndarray, spacing_mm, target_spacing_mm, order: int) -> tup
     return out, scale
 
 
+def _linear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of linear interpolation with half-pixel centres: output pixel o samples input
+    position (o + 0.5) n_in / n_out - 0.5, clamped to the edge pixels (as cv2.resize / PIL bilinear, no
+    anti-aliasing; scipy `zoom(order=1, grid_mode=True, mode="nearest")`)."""
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1.0)
+    base = np.minimum(np.floor(x).astype(np.int64), max(n_in - 2, 0))
+    t = x - base
+    matrix = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(matrix, (rows, base), 1.0 - t)
+    if n_in > 1:
+        np.add.at(matrix, (rows, base + 1), t)
+    return matrix
+
+
+def resize_inplane(data: np.ndarray, size, slice_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize the two axes other than `slice_axis` to `size` = (H, W) pixels, in float64, by linear
+    interpolation with half-pixel centres (the field of view is kept). Returns (array, index_map) where the
+    4x4 `index_map` takes output voxel indices to input ones (compose: affine_out = affine_in @ index_map;
+    its diagonal is the spacing factor n_in / n_out)."""
+    out = np.asarray(data, dtype=np.float64)
+    index_map = np.eye(4)
+    inplane = [a for a in range(3) if a != slice_axis]
+    for axis, n_out in zip(inplane, size):
+        n_in = out.shape[axis]
+        if n_in == n_out:
+            continue
+        out = np.moveaxis(np.tensordot(_linear_resize_matrix(n_in, int(n_out)), out, axes=([1], [axis])), 0, axis)
+        index_map[axis, axis] = n_in / n_out
+        index_map[axis, 3] = 0.5 * n_in / n_out - 0.5
+    return np.ascontiguousarray(out), index_map
+
+
 def scale_intensities(image: np.ndarray, clip_percentiles) -> np.ndarray:
     """Clip to the given percentiles of the whole volume, then min-max to [0, 1] (constant -> all 0)."""
     if clip_percentiles is not None:
@@ -221,8 +302,8 @@ def scale_intensities(image: np.ndarray, clip_percentiles) -> np.ndarray:
 
 
 def _load_pair(record: Record):
-    image = load_volume(record.image)
-    mask = load_mask(record.mask)
+    image = load_volume(record.image, spacing_mm=record.spacing_mm)
+    mask = load_mask(record.mask, spacing_mm=record.spacing_mm)
     if image.data.shape != mask.data.shape:
         raise InputError(f"{record.mask}: mask shape {mask.data.shape} differs from image shape "
                          f"{image.data.shape} ({record.image})")
@@ -245,14 +326,27 @@ def preprocess_record(record: Record, options: PreprocessOptions):
         affine = affine @ nib.orientations.inv_ornt_aff(ornt, original_shape)
         spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(0)))
     if options.target_spacing_mm is not None:
-        data, scale = resample(data, spacing, options.target_spacing_mm, options.spline_order)
-        mask_float, _ = resample(mask_data.astype(np.float64), spacing, options.target_spacing_mm,
-                                 options.spline_order)
+        # A one-slice axis (a 2D image) is never resampled; with `resize`, the in-plane axes are left to it.
+        target = tuple(float(s) if n == 1 or (options.resize is not None and i != options.slice_axis) else float(t)
+                       for i, (n, s, t) in enumerate(zip(data.shape, spacing, options.target_spacing_mm)))
+        data, scale = resample(data, spacing, target, options.spline_order)
+        mask_float, _ = resample(mask_data.astype(np.float64), spacing, target, options.spline_order)
         mask_data = (mask_float >= 0.5).astype(np.uint8)
         affine = affine @ np.diag([*scale, 1.0])
         # The grid the reference reports (and scores sDSC on) is the target spacing itself.
-        spacing = tuple(options.target_spacing_mm)
-    data = scale_intensities(data, options.clip_percentiles).astype(options.dtype)
+        spacing = target
+    if options.resize is not None:
+        data, index_map = resize_inplane(data, options.resize, options.slice_axis)
+        mask_float, _ = resize_inplane(mask_data, options.resize, options.slice_axis)
+        mask_data = (mask_float >= 0.5).astype(np.uint8)
+        affine = affine @ index_map
+        spacing = tuple(float(s) * index_map[i, i] for i, s in enumerate(spacing))
+    data = scale_intensities(data, options.clip_percentiles)
+    if options.histogram is not None:
+        from fewshot_da.data.harmonize import load_histogram_reference, match_histogram
+
+        data = match_histogram(data, load_histogram_reference(options.histogram))
+    data = data.astype(options.dtype)
     axis = options.slice_axis
     meta = {
         "id": record.id, "domain": record.domain, "image": str(record.image), "mask": str(record.mask),
