@@ -184,3 +184,37 @@ def test_learning_signal_first_layers_beat_no_adaptation(tmp_path):
     assert [r["id"] for r in base["scores"]] == [r["id"] for r in first["scores"]]
     gain = first["mean"]["surface_dice_1mm"] - base["mean"]["surface_dice_1mm"]
     assert gain >= 0.1, (base["mean"], first["mean"])
+
+
+def test_histogram_strategy_maps_target_onto_source_reference(tmp_path):
+    """`--strategy histogram` fits the reference on the source run's train scans once, and the target's test
+    volumes are cached with matched intensities (their quantiles on the reference's landmarks)."""
+    import json
+
+    from fewshot_da.data.datasets import index_cc359
+    from fewshot_da.data.harmonize import load_histogram_reference
+    from fewshot_da.data.manifest import write_manifest
+    from fewshot_da.data.phantoms import write_phantom_dataset
+    from fewshot_da.data.splits import write_splits
+    from fewshot_da.experiments import stages
+
+    write_phantom_dataset(tmp_path / "data", domains=("siemens3", "ge15"), scans_per_domain=5, shape=(24, 24, 8))
+    records = index_cc359(tmp_path / "data")
+    manifest = write_manifest(records, tmp_path / "m.csv")
+    write_splits(records, tmp_path / "s.json")
+    tiny = dict(epochs=1, iters_per_epoch=1, batch_size=2, crop=24, lr_steps={})
+    stages.train(manifest=manifest, splits=tmp_path / "s.json", source="siemens3", out=tmp_path / "src",
+                 overrides=tiny, progress=False)
+    summary = stages.adapt(model=tmp_path / "src", target="ge15", out=tmp_path / "hm", strategy="histogram",
+                           overrides=tiny, progress=False)
+    assert summary["fit"] is None and summary["spec"]["budget"] == "" and len(summary["scores"]) == 4
+    reference = load_histogram_reference(tmp_path / "src" / "histogram_reference.json")
+    spec = json.loads((tmp_path / "hm" / "summary.json").read_text())["spec"]
+    assert spec["strategy"] == "histogram"
+    run = stages.read_run(tmp_path / "hm")["spec"]
+    assert run["preprocess"]["histogram"].endswith("histogram_reference.json")
+    (volume,) = stages.open_volumes(manifest, run["eval_ids"][:1], cache=run["cache"], preprocess=run["preprocess"],
+                                    progress=False)
+    quantiles = np.percentile(np.asarray(volume.image, dtype=np.float64), [10, 50, 90])
+    expected = np.interp([10, 50, 90], reference.percentiles, reference.landmarks)
+    assert np.allclose(quantiles, expected, atol=0.02)

@@ -36,7 +36,7 @@ CC359_HINT = """To run the real study on CC359 (359 T1 scans, 6 scanner domains)
   fewshot-da predict --model runs/ge15-s3-first-1 --ids test --out preds/ge15-s3-first-1"""
 
 # Small enough for 2 CPU cores in a few minutes, large enough that the domain gap and its closing show.
-LABEL_FREE = ("adabn",)
+LABEL_FREE = ("adabn", "histogram")
 DEMO = dict(source="siemens3", target="ge15", scans_per_domain=12, n_test=6, shape=(48, 48, 40),
             source_steps=(8, 20), finetune_steps=(4, 10), batch_size=8, slices_k=8)
 

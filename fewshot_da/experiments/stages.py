@@ -16,7 +16,7 @@ import torch
 
 from ..atomic import write_csv_atomic
 from ..data import splits as splits_mod
-from ..data.budgets import comb_slices, parse_slices
+from ..data.budgets import comb_slices, make_budget
 from ..data.loader import SliceLoader
 from ..data.manifest import read_manifest
 from ..data.preprocess import PreprocessOptions, preprocess_manifest, preprocess_options
@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..models import build_model, check_arch
 from ..training.config import load_config, preset_config, with_overrides
 from ..training.fit import fit, load_checkpoint, load_pretrained
-from ..training.strategies import make_strategy
+from ..training.strategies import LABEL_FREE, make_strategy
 from .results import budget_label
 from .run_folder import claim, finished_summary, identity_of, locked, read_run, write_summary
 from .scoring import aggregate_scores, score_volumes
@@ -59,7 +59,7 @@ class RunSpec:
     @property
     def budget(self) -> str:
         """'3', '1', '1/48' (target labels used) or '' (none)."""
-        if self.kind != "adapt" or self.strategy in ("none",):
+        if self.kind != "adapt" or self.strategy in LABEL_FREE:
             return ""
         return budget_label(self.scans, self.slices_k)
 
@@ -182,25 +182,13 @@ def train(*, manifest, splits, out, source: Optional[str] = None, ids: Optional[
                        tolerances_mm=tolerances_mm, progress=progress)
 
 
-def _finetune_and_test_ids(split: dict, records, target: str, scans: int, finetune_ids, folds, fold, seed):
+def _finetune_and_test_ids(split: dict, target: str, scans, finetune_ids, folds, fold):
     """(fine-tune ids, test ids) of an adaptation: the split's nested sets, explicit ids, or a CV fold."""
-    domain_ids = [r.id for r in records if r.domain == target]
-    if not domain_ids:
-        raise InputError(f"--target {target!r} has no scan in the manifest")
     if finetune_ids:
-        unknown = [i for i in finetune_ids if i not in set(domain_ids)]
-        if unknown:
-            raise InputError(f"--finetune-ids: {unknown[0]!r} is not a {target} scan of the manifest")
-        return list(finetune_ids), [i for i in domain_ids if i not in set(finetune_ids)]
+        return (splits_mod.check_finetune_ids(split, target, finetune_ids),
+                splits_mod.remaining_test_ids(split, target, finetune_ids))
     if folds is not None:
-        folds, fold = int(folds), int(fold or 0)
-        if not 2 <= folds <= len(domain_ids) or not 0 <= fold < folds:
-            raise InputError(f"--folds {folds} --fold {fold}: need 2 <= folds <= {len(domain_ids)} scans of "
-                             f"{target} and 0 <= fold < folds")
-        train_ids, test_ids = splits_mod.kfold_shuffled(domain_ids, folds, seed)[fold]
-        if scans is not None and scans > len(train_ids):
-            raise InputError(f"--scans {scans}: fold {fold} has {len(train_ids)} fine-tune scans of {target}")
-        return list(train_ids)[:scans] if scans else list(train_ids), list(test_ids)
+        return splits_mod.cv_fold_ids(split, int(folds), int(fold or 0), domain=target, n_finetune=scans)
     return splits_mod.finetune_ids(split, target, int(scans)), splits_mod.pair_test_ids(split, target, int(scans))
 
 
@@ -227,22 +215,20 @@ def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options
     arch = parent["arch"]
     parent_cfg = load_checkpoint(parent_dir / "checkpoint.pt")["config"]
     split = splits_mod.read_splits(parent["splits"])
-    records = read_manifest(parent["manifest"])
-    k = parse_slices(slices) if slices else 1
+    k = make_budget(scans or 1, slices or "all", images2d=splits_mod.domain_is_2d(split, target)).slice_interval
     options = dict(strategy_options or {})
     if layers is not None and strategy == "freeze":
         options.setdefault("layers", layers)
     overrides = dict(overrides or {})
     overrides.setdefault("base_filters", parent_cfg.get("base_filters", 0))
     cfg = _train_config(preset or parent_cfg.get("preset", "paper"), "finetune", arch, config, overrides)
-    ids, test_ids = _finetune_and_test_ids(split, records, target, scans, finetune_ids, folds, fold,
-                                           split.get("seed", splits_mod.REFERENCE_SEED))
+    ids, test_ids = _finetune_and_test_ids(split, target, scans, finetune_ids, folds, fold)
     test_ids = test_ids if evaluate else []
     net = build_model(arch, base_filters=cfg.base_filters)
     load_pretrained(net, parent_dir / "checkpoint.pt", arch=arch)
     chosen = make_strategy(strategy, net, arch, options)
     tune_options = preprocess_options(parent["preprocess"])
-    test_options = chosen.preprocess(tune_options, parent) if chosen.preprocess else tune_options
+    test_options = chosen.preprocess(tune_options, parent_dir) if chosen.preprocess else tune_options
     spec = RunSpec(kind="adapt", arch=arch, manifest=parent["manifest"], splits=parent["splits"],
                    cache=parent["cache"], preprocess=_options_dict(test_options), source=parent.get("source"),
                    target=target, strategy=strategy, strategy_options=chosen.options,

@@ -53,6 +53,8 @@ STRATEGIES = {
     "histogram": histogram.build,
     "none": none.build,
 }
+# strategies that never read a target mask: their runs have no label budget
+LABEL_FREE = ("none", "adabn", "histogram")
 
 
 def make_strategy(name: str, model, arch: str, options: Optional[dict] = None) -> Strategy:
