@@ -229,3 +229,14 @@ def spottune_tests(scores: Mapping, candidate: str = "spottune", competitors: Se
         out.append({"arch": arch, "budget": budget, "budget_scans": budget_scans(budget), "candidate": candidate,
                     **result, "alpha": alpha})
     return sorted(out, key=lambda r: (r["arch"], r["budget_scans"]))
+
+
+def score_by_budget(scores: Mapping, confidence: float = 0.95) -> list:
+    """Mean score per (arch, method, budget) over pairs with a Student-t interval (`scores` from `pair_scores`);
+    rows arch, method, budget, budget_scans, n_pairs, mean, ci_low, ci_high."""
+    out = []
+    for (arch, method, budget), pairs in scores.items():
+        interval = t_interval(list(pairs.values()), confidence)
+        out.append({"arch": arch, "method": method, "budget": budget, "budget_scans": budget_scans(budget),
+                    "n_pairs": interval.n, "mean": interval.mean, "ci_low": interval.low, "ci_high": interval.high})
+    return sorted(out, key=lambda r: (r["arch"], r["method"], r["budget_scans"]))
