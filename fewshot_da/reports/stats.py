@@ -57,10 +57,16 @@ def cluster_bootstrap_interval(groups: Sequence[Sequence[float]], confidence: fl
     if len(groups) < 2:
         return Interval(mean, float("nan"), float("nan"), 1)
     rng = np.random.default_rng(seed)
+    sizes = np.array([g.size for g in groups])
+    padded = np.zeros((len(groups), sizes.max()))
+    for i, g in enumerate(groups):
+        padded[i, :g.size] = g
     picks = rng.integers(0, len(groups), size=(n_resamples, len(groups)))
-    means = np.empty(n_resamples)
-    for i, pick in enumerate(picks):
-        means[i] = np.mean([groups[j][rng.integers(0, groups[j].size, groups[j].size)].mean() for j in pick])
+    n = sizes[picks][..., None]
+    draws = np.minimum((rng.random((n_resamples, len(groups), sizes.max())) * n).astype(int), n - 1)
+    used = np.arange(sizes.max()) < n
+    group_means = (padded[picks[..., None], draws] * used).sum(axis=-1) / n[..., 0]
+    means = group_means.mean(axis=1)
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return Interval(mean, float(low), float(high), len(groups))
 
