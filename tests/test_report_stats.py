@@ -6,8 +6,17 @@ import pytest
 from scipy import stats as sps
 
 from fewshot_da.reports.gap import pair_gaps, run_gaps
-from fewshot_da.reports.stats import (cluster_bootstrap_interval, compare_with_best, gap_by_budget, pair_scores,
-                                      spottune_tests, t_interval, tost_ind, wilcoxon_greater, winners)
+from fewshot_da.reports.stats import (
+    cluster_bootstrap_interval,
+    compare_with_best,
+    gap_by_budget,
+    pair_scores,
+    spottune_tests,
+    t_interval,
+    tost_ind,
+    wilcoxon_greater,
+    winners,
+)
 from tests.test_report_data import BUDGETS, TRUE_GAP, synthetic_rows
 
 

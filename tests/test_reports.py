@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fewshot_da.reports.gap import (format_mean_std, gap_closed, method_label, pair_gap_closed, pair_gaps,
-                                   run_gaps, scan_gap_closed, sign_test)
+from fewshot_da.reports.gap import (
+    format_mean_std,
+    gap_closed,
+    method_label,
+    pair_gap_closed,
+    pair_gaps,
+    run_gaps,
+    scan_gap_closed,
+    sign_test,
+)
 from fewshot_da.reports.stats import winners
 
 
