@@ -115,7 +115,9 @@ def plot_winners(counts: Sequence[dict], path, *, title: str = "", series=lambda
     ax.set_xlabel("target labels for fine-tuning (scans)")
     ax.set_ylabel("# source-target pairs won")
     ax.set_title(title or f"Winners per budget (solid: sign test p < {alpha:g}; pale: not significant)")
-    ax.legend(loc="upper left", fontsize=9)
+    top = max([r["wins"] for r in counts] + [1])
+    ax.set_ylim(0, top * 1.12 + 0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
