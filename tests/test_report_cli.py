@@ -151,3 +151,23 @@ def test_bad_input_is_one_line(tmp_path, cli_runner, cli_app):
     result = cli_runner.invoke(cli_app, ["report", str(tmp_path / "grid"), str(tmp_path / "broken"),
                                          "--out", str(tmp_path / "r")])
     assert result.exit_code != 0 and "reported alone" in result.output
+
+
+def test_label_free_strategy_and_missing_oracle(tmp_path):
+    from fewshot_da.experiments.results import read_results, write_results
+    from fewshot_da.reports.report import write_report
+    from tests.test_report_data import synthetic_rows
+
+    write_synthetic(tmp_path / "grid", adabn=True)
+    out = write_report([tmp_path / "grid"], tmp_path / "r")
+    adabn = [r for r in _read(out["gap_by_budget"]) if r["method"] == "adabn"]
+    assert len(adabn) == 1 and adabn[0]["budget"] == "" and float(adabn[0]["mean"]) == pytest.approx(0.2, abs=0.02)
+    assert "| 0 (no labels) |" in out["gap_by_budget_md"].read_text()
+    assert {r["method"] for r in _read(out["winners"])} == {"all", "first", "last"}
+    # without oracle rows there is no D_R; the page says so and still renders the transfer matrix
+    rows = [r for r in synthetic_rows() if r["strategy"] != "oracle"]
+    write_results(tmp_path / "no_oracle" / "results.csv", rows)
+    out = write_report([tmp_path / "no_oracle" / "results.csv"], tmp_path / "r2")
+    assert "gap_by_budget" not in out and "transfer_heatmap" in out
+    assert "no case with both a baseline and an oracle score" in out["index"].read_text()
+    assert len(read_results(tmp_path / "no_oracle" / "results.csv")) == len(rows)

@@ -14,8 +14,10 @@ TRUE_GAP = {"first": (0.55, 0.6, 0.65), "last": (0.3, 0.32, 0.35), "all": (0.1, 
 N_CASES = 6
 
 
-def synthetic_rows(seed: int = 0, strategies=TRUE_GAP, noise: float = 0.01, spottune: bool = False) -> list:
-    """Results rows (dicts with the results.csv columns) of the synthetic study."""
+def synthetic_rows(seed: int = 0, strategies=TRUE_GAP, noise: float = 0.01, spottune: bool = False,
+                   adabn: bool = False) -> list:
+    """Results rows (dicts with the results.csv columns) of the synthetic study; `spottune` adds a SpotTUnet
+    strategy (true D_R 0.05 above 'first'), `adabn` a label-free one (budget '', true D_R 0.2)."""
     rng = np.random.default_rng(seed)
     cases = {d: [f"{d}_{i:02d}" for i in range(N_CASES)] for d in DOMAINS}
     oracle = {c: 0.86 + 0.03 * rng.standard_normal() for d in DOMAINS for c in cases[d]}
@@ -54,6 +56,11 @@ def synthetic_rows(seed: int = 0, strategies=TRUE_GAP, noise: float = 0.01, spot
                             d_b, d_o = baseline[source, target, case], oracle[case]
                             score = d_b + gaps[b] * (d_o - d_b) + noise * rng.standard_normal()
                             rows.append(row(run, source, target, strategy, layers, budget, seed_, "", case, score))
+            if adabn:
+                for case in cases[target]:
+                    d_b, d_o = baseline[source, target, case], oracle[case]
+                    rows.append(row(f"adabn-{source}-{target}", source, target, "adabn", "", "", 0, "", case,
+                                    d_b + 0.2 * (d_o - d_b) + noise * rng.standard_normal()))
     return rows
 
 

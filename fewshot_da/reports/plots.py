@@ -17,6 +17,11 @@ from ..atomic import atomic_path
 _COLORS = ("#E83F6F", "#2274A5", "#FFBF00", "#32936F", "#7B2D8B", "#F46036", "#5B5F97", "#8C8C8C")
 
 
+def palette(labels: Sequence[str]) -> dict:
+    """A fixed colour per series label, so one method has one colour in every figure of a report."""
+    return {label: _COLORS[k % len(_COLORS)] for k, label in enumerate(dict.fromkeys(labels))}
+
+
 def _save(fig: Figure, path) -> Path:
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
@@ -56,29 +61,38 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], path, 
 
 
 def plot_gap_vs_budget(summary: Sequence[dict], pair_points: Sequence[dict], path, *, title: str = "",
-                       series=lambda r: r["method"]) -> Path:
+                       series=lambda r: r["method"], colors: dict | None = None) -> Path:
     """Mean D_R against budget (log axis in scans): one line per series with its 95% CI band, and each pair's
     D_R (seeds averaged) as faint lines. `summary` rows from `stats.gap_by_budget`; `pair_points` rows with
     the series' keys, source, target, budget_scans and gap."""
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.add_subplot()
     labels = list(dict.fromkeys(series(r) for r in summary))
-    for k, label in enumerate(labels):
-        color = _COLORS[k % len(_COLORS)]
+    colors = colors or palette(labels)
+    for label in labels:
+        color = colors[label]
         pairs = {}
         for p in pair_points:
-            if series(p) == label and math.isfinite(p["gap"]):
+            if series(p) == label and math.isfinite(p["gap"]) and p["budget_scans"] > 0:
                 pairs.setdefault((p["source"], p["target"]), []).append((p["budget_scans"], p["gap"]))
         for points in pairs.values():
             xs, ys = zip(*sorted(points))
             ax.plot(xs, ys, color=color, alpha=0.18, linewidth=0.8, marker=".", markersize=3)
         rows = sorted((r for r in summary if series(r) == label), key=lambda r: r["budget_scans"])
-        xs = np.array([r["budget_scans"] for r in rows])
-        ax.plot(xs, [r["mean"] for r in rows], color=color, linewidth=2.2, marker="o", label=label)
-        ax.fill_between(xs, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], color=color, alpha=0.2,
-                        linewidth=0)
-    budgets = sorted({(r["budget_scans"], r["budget"]) for r in summary})
-    ax.set_xscale("log")
+        for r in (r for r in rows if r["budget_scans"] <= 0):
+            # a label-free method (AdaBN, histogram matching) is a level, not a point on the log budget axis
+            ax.axhline(r["mean"], color=color, linewidth=2.0, linestyle=":", label=f"{label} (no labels)")
+            if math.isfinite(r["ci_low"]):
+                ax.axhspan(r["ci_low"], r["ci_high"], color=color, alpha=0.12, linewidth=0)
+        rows = [r for r in rows if r["budget_scans"] > 0]
+        if rows:
+            xs = np.array([r["budget_scans"] for r in rows])
+            ax.plot(xs, [r["mean"] for r in rows], color=color, linewidth=2.2, marker="o", label=label)
+            ax.fill_between(xs, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], color=color, alpha=0.2,
+                            linewidth=0)
+    budgets = sorted({(r["budget_scans"], r["budget"]) for r in summary if r["budget_scans"] > 0})
+    if budgets:
+        ax.set_xscale("log")
     ax.set_xticks([b for b, _ in budgets], [label for _, label in budgets])
     ax.minorticks_off()
     ax.axhline(0, color="black", linewidth=0.6)
@@ -91,7 +105,8 @@ def plot_gap_vs_budget(summary: Sequence[dict], pair_points: Sequence[dict], pat
     return _save(fig, path)
 
 
-def plot_winners(counts: Sequence[dict], path, *, title: str = "", series=lambda r: r["method"]) -> Path:
+def plot_winners(counts: Sequence[dict], path, *, title: str = "", series=lambda r: r["method"],
+                 colors: dict | None = None) -> Path:
     """Winner bars per budget as the first paper's Fig. 3: pale bars all wins, solid bars significant wins."""
     budgets = sorted({(r["budget_scans"], r["budget"]) for r in counts})
     labels = list(dict.fromkeys(series(r) for r in counts))
@@ -100,8 +115,9 @@ def plot_winners(counts: Sequence[dict], path, *, title: str = "", series=lambda
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(labels))
     xs = np.arange(len(budgets))
+    colors = colors or palette(labels)
     for k, label in enumerate(labels):
-        color = _COLORS[k % len(_COLORS)]
+        color = colors[label]
         wins = [lookup.get((b, label), {}).get("wins", 0) for _, b in budgets]
         strong = [lookup.get((b, label), {}).get("significant_wins", 0) for _, b in budgets]
         offset = xs + (k - (len(labels) - 1) / 2) * width

@@ -107,8 +107,9 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
         put(tables.gap_budget_table(summary, multi_arch), section)
         points = [{"arch": p.arch, "method": p.method, "source": p.source, "target": p.target,
                    "budget_scans": budget_scans(p.budget), "gap": p.gap} for p in pairs]
+        colors = plots.palette(sorted({series(r) for r in summary}))
         written["gap_vs_budget"] = plots.plot_gap_vs_budget(summary, points, out / "gap_vs_budget.png",
-                                                            series=series)
+                                                            series=series, colors=colors)
         section.images.insert(0, ("gap_vs_budget.png", "D_R against budget"))
         sections.append(section)
 
@@ -122,7 +123,8 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
             section = Section("Winners per budget", f"Among the fixed-layer strategies {', '.join(methods)}.")
             put(tables.winner_table(counts, multi_arch), section)
             put(tables.decisions_table(decisions), section)
-            written["winners_plot"] = plots.plot_winners(counts, out / "winners.png", series=series)
+            written["winners_plot"] = plots.plot_winners(counts, out / "winners.png", series=series,
+                                                           colors=colors)
             section.images.insert(0, ("winners.png", "winner bars"))
             sections.append(section)
     elif any(r["strategy"] not in ("baseline", "oracle") for r in rows):

@@ -11,6 +11,8 @@ import numpy as np
 from ..atomic import write_csv_atomic, write_text_atomic
 from .gap import BASELINE, ORACLE
 
+NO_LABELS = "0 (no labels)"
+
 
 @dataclass
 class Table:
@@ -129,7 +131,7 @@ def _budget_grid(rows: Sequence[dict], series: Callable, cell: Callable) -> tupl
                                                                          if r["budget"] == b))
     labels = list(dict.fromkeys(series(r) for r in rows))
     lookup = {(r["budget"], series(r)): r for r in rows}
-    cells = [[b] + [cell(lookup[(b, s)]) if (b, s) in lookup else "–" for s in labels] for b in budgets]
+    cells = [[b or NO_LABELS] + [cell(lookup[(b, s)]) if (b, s) in lookup else "–" for s in labels] for b in budgets]
     return ["budget (scans)"] + labels, cells
 
 
@@ -171,7 +173,7 @@ def winner_table(counts: Sequence[dict], multi_arch: bool = False) -> Table:
 
     columns, cells = _budget_grid(counts, series_label(multi_arch), cell)
     for row in cells:
-        n = next((r["n_pairs"] for r in counts if r["budget"] == row[0]), 0)
+        n = next((r["n_pairs"] for r in counts if (r["budget"] or NO_LABELS) == row[0]), 0)
         row.append(str(n))
     alpha = counts[0]["alpha"] if counts else float("nan")
     caption = (f"Wins / significant wins (two-sided sign test on scan-level D_R against the runner-up, p < {alpha:g}) "
