@@ -112,16 +112,18 @@ class PairGap:
     scan_gaps: dict
 
 
+def _finite_mean(values) -> float:
+    """Mean of the finite values (NaN when none); plain Python, as it runs once per case of a large grid."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
 def _case_means(rows, metric, key):
     """{key(row) + (case,): mean of the finite `metric` values of the rows with that key} (replicates averaged)."""
     values = {}
     for row in rows:
         values.setdefault(key(row) + (row["case"],), []).append(float(row.get(metric, float("nan"))))
-    out = {}
-    for k, v in values.items():
-        finite = [x for x in v if math.isfinite(x)]
-        out[k] = float(np.mean(finite)) if finite else float("nan")
-    return out
+    return {k: _finite_mean(v) for k, v in values.items()}
 
 
 def run_gaps(rows: Sequence[dict], metric: str) -> list:
@@ -175,7 +177,7 @@ def pair_gaps(gaps: Sequence[RunGap]) -> list:
         for g in members:
             for case, value in zip(g.cases, g.scan_gaps):
                 per_case.setdefault(case, []).append(value)
-        scan = {c: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for c, v in per_case.items()}
+        scan = {c: _finite_mean(v) for c, v in per_case.items()}
         out.append(PairGap(*key, gap=float(np.mean(finite)) if finite else float("nan"),
                            replicate_gaps=tuple(g.gap for g in members), scan_gaps=scan))
     return out
