@@ -116,19 +116,31 @@ def test_hand_made_runs_are_collected_and_labelled(tmp_path, cli_runner, cli_app
                       {"kind": "adapt", "arch": "dart20", "source": "A", "target": "B", "layers": "last", "scans": 1,
                        "slices": "all", "scores": _scores("B", [.6, .65, .5], "b")})
     (tmp_path / "last" / "config.yaml").write_text("seed: 0\nepochs: 2\n")
+    # summaries with specs as stages.py writes them: a source model on B and its prediction on A -> baseline B->A
+    write_json_atomic(tmp_path / "train_B" / "summary.json",
+                      {"spec": {"kind": "train", "arch": "dart20", "source": "B", "target": None, "strategy": "all",
+                                "layers": "", "budget": "", "seed": 0, "fold": None},
+                       "scores": _scores("B", [0.9], "bv")})
+    write_json_atomic(tmp_path / "pred_B_on_A" / "summary.json",
+                      {"spec": {"kind": "predict", "arch": "dart20", "source": "B", "target": None, "strategy": "all",
+                                "layers": "", "budget": "", "seed": 0, "fold": None},
+                       "kind": "predict", "model": str(tmp_path / "train_B"), "scores": _scores("A", [.3, .4], "a")})
     out = tmp_path / "report"
     result = cli_runner.invoke(cli_app, ["report", str(tmp_path / "train_A"), str(tmp_path / "pred_A_on_B"),
+                                         str(tmp_path / "pred_B_on_A"), str(tmp_path / "train_B"),
                                          str(tmp_path / "first"), str(tmp_path / "last"),
                                          "--oracle", str(tmp_path / "oracle_B"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = _read(out / "results.csv")
-    assert {(r["run"], r["strategy"]) for r in rows} == {("pred_A_on_B", "baseline"), ("oracle_B", "oracle"),
-                                                          ("first", "freeze"), ("last", "freeze")}
-    assert {r["target"] for r in rows} == {"B"} and {r["seed"] for r in rows if r["run"] != "oracle_B"} <= {"0", ""}
+    labels = {(r["run"], r["strategy"], r["source"], r["target"]) for r in rows}
+    assert labels == {("pred_A_on_B", "baseline", "A", "B"), ("oracle_B", "oracle", "B", "B"),
+                      ("first", "freeze", "A", "B"), ("last", "freeze", "A", "B"), ("pred_B_on_A", "baseline", "B", "A")}
+    assert {r["seed"] for r in rows if r["run"] in ("first", "last", "pred_B_on_A")} == {"0"}
     # the same numbers as the hand-derived two-pair table in test_reports: D_R .5 (first) and .25 (last)
     gaps = {r["method"]: float(r["mean"]) for r in _read(out / "gap_by_budget.csv")}
     assert gaps == pytest.approx({"first": 0.5, "last": 0.25})
-    assert "train_A: a train scored on its own domain" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert "train_A: a train scored on its own domain" in page and "train_B: a train scored" in page
     assert REPORT_FILES <= {p.name for p in out.iterdir()}
 
 

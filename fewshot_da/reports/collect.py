@@ -54,15 +54,28 @@ def _legacy_spec(run_dir: Path, summary: dict) -> dict:
                     budget=budget_label(summary.get("scans"), k))
     elif kind == "train":
         spec.update(target=summary.get("source"))
-    elif kind == "predict":
-        model_dir = Path(summary.get("model") or "")
-        model = _summary(model_dir) if (model_dir / "summary.json").is_file() else {}
-        spec = {**(model.get("spec") or _legacy_spec(model_dir, model)), "kind": "predict"} if model else spec
+    return spec
+
+
+def _run_spec(run_dir: Path, summary: dict) -> dict:
+    """What a finished run is. A predict run takes its model's identity (arch, source, target, strategy, budget,
+    seed); a predict run of a source model (a train run) on another domain is a baseline, on its own domain
+    neither (strategy None)."""
+    spec = dict(summary.get("spec") or _legacy_spec(run_dir, summary))
+    if spec.get("kind") != "predict":
+        return spec
+    model_dir = Path(summary.get("model") or "")
+    model = _summary(model_dir) if summary.get("model") and (model_dir / "summary.json").is_file() else {}
+    model_spec = dict(model.get("spec") or _legacy_spec(model_dir, model)) if model else {}
+    if model_spec:
+        spec = {**model_spec, "kind": "predict"}
+    source_model = model_spec.get("kind") == "train" if model_spec else not spec.get("target")
+    if source_model:
         domains = _score_domains(summary)
-        if len(domains) == 1 and spec.get("strategy") is None and domains[0] != spec.get("source"):
+        if len(domains) == 1 and domains[0] != spec.get("source"):
             spec.update(target=domains[0], strategy=BASELINE, layers="", budget="")
-        elif spec.get("strategy") is None:
-            spec.update(target=domains[0] if len(domains) == 1 else spec.get("source"))
+        else:
+            spec.update(target=spec.get("source"), strategy=None)
     return spec
 
 
@@ -78,10 +91,11 @@ def collect_hand_runs(run_dirs: Sequence, baseline: Sequence = (), oracle: Seque
     rows, notes = [], []
     for run_dir, role in roles.values():
         summary = _summary(run_dir)
-        spec = dict(summary.get("spec") or _legacy_spec(run_dir, summary))
+        spec = _run_spec(run_dir, summary)
         domains = _score_domains(summary)
         if role == BASELINE:
-            target = spec.get("target") if spec.get("kind") not in ("train",) else None
+            target = spec.get("target") if spec.get("kind") != "train" and spec.get("target") != spec.get("source") \
+                else None
             target = target or (domains[0] if len(domains) == 1 else None)
             if not target:
                 raise InputError(f"{run_dir}: --baseline needs a run scored on one target domain, found {domains}")
