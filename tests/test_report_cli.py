@@ -139,6 +139,17 @@ def test_hand_made_runs_are_collected_and_labelled(tmp_path, cli_runner, cli_app
     # the same numbers as the hand-derived two-pair table in test_reports: D_R .5 (first) and .25 (last)
     gaps = {r["method"]: float(r["mean"]) for r in _read(out / "gap_by_budget.csv")}
     assert gaps == pytest.approx({"first": 0.5, "last": 0.25})
+    # two folders of one name keep apart as parent/name
+    write_json_atomic(tmp_path / "more" / "first" / "summary.json",
+                      {"spec": {"kind": "adapt", "arch": "dart20", "source": "A", "target": "B", "strategy": "freeze",
+                                "layers": "first", "budget": "1", "seed": 1},
+                       "scores": _scores("B", [.7, .7, .6], "b")})
+    result = cli_runner.invoke(cli_app, ["report", str(tmp_path / "pred_A_on_B"), str(tmp_path / "first"),
+                                         str(tmp_path / "more" / "first"), "--oracle", str(tmp_path / "oracle_B"),
+                                         "--out", str(tmp_path / "report2")])
+    assert result.exit_code == 0, result.output
+    runs = {r["run"] for r in _read(tmp_path / "report2" / "results.csv")}
+    assert runs == {"pred_A_on_B", "oracle_B", f"{tmp_path.name}/first", "more/first"}
     page = (out / "index.html").read_text()
     assert "train_A: a train scored on its own domain" in page and "train_B: a train scored" in page
     assert REPORT_FILES <= {p.name for p in out.iterdir()}

@@ -8,6 +8,7 @@ scored on its own domain's validation scans is neither and is left out with a no
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def collect_hand_runs(run_dirs: Sequence, baseline: Sequence = (), oracle: Seque
             if role or key not in roles:
                 roles[key] = (Path(d), role)
     rows, notes = [], []
+    names = Counter(d.name for d, _ in roles.values())  # folders of one name (runs/x, preds/x) get parent/name
     for run_dir, role in roles.values():
         summary = _summary(run_dir)
         spec = _run_spec(run_dir, summary)
@@ -113,5 +115,6 @@ def collect_hand_runs(run_dirs: Sequence, baseline: Sequence = (), oracle: Seque
             notes.append(f"{run_dir.name}: no scored cases; left out")
             continue
         fields = {k: spec.get(k) for k in ("arch", "source", "target", "strategy", "layers", "budget", "seed", "fold")}
-        rows.extend(collect_runs([run_dir], **fields))
+        name = run_dir.name if names[run_dir.name] == 1 else f"{run_dir.resolve().parent.name}/{run_dir.name}"
+        rows.extend({**row, "run": name} for row in collect_runs([run_dir], **fields))
     return rows, notes
