@@ -194,3 +194,13 @@ def test_label_free_strategy_and_missing_oracle(tmp_path):
     assert "gap_by_budget" not in out and "transfer_heatmap" in out
     assert "no case with both a baseline and an oracle score" in out["index"].read_text()
     assert len(read_results(tmp_path / "no_oracle" / "results.csv")) == len(rows)
+
+
+def test_empty_or_foreign_tables_are_refused(tmp_path, cli_runner, cli_app):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.csv").write_text("run,arch,source,target,strategy,layers,budget,seed,fold,case\n")
+    result = cli_runner.invoke(cli_app, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "results.csv: no result rows yet" in result.output
+    (tmp_path / "other.csv").write_text("case,dice\na,0.5\n")
+    result = cli_runner.invoke(cli_app, ["report", str(tmp_path / "other.csv"), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "other.csv: not a results table (no column 'run')" in result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..atomic import write_csv_atomic, write_text_atomic
 from ..errors import InputError
-from ..experiments.results import budget_scans, read_results, write_results
+from ..experiments.results import ID_COLUMNS, budget_scans, read_results, write_results
 from ..metrics.scoring import surface_dice_key
 from . import plots, stats, tables
 from .collect import collect_hand_runs
@@ -30,7 +30,13 @@ def _load_rows(paths: Sequence, out: Path, baseline: Sequence, oracle: Sequence)
             raise InputError(f"{grid[0]}: a grid folder (results.csv) is reported alone; --baseline/--oracle and "
                              "more paths are for run folders made by hand")
         results = grid[0] if grid[0].is_file() else grid[0] / RESULTS
-        return read_results(results), [], (grid[0] if grid[0].is_dir() else grid[0].parent)
+        rows = read_results(results)
+        if not rows:
+            raise InputError(f"{results}: no result rows yet")
+        missing = [c for c in ID_COLUMNS if c not in rows[0]]
+        if missing:
+            raise InputError(f"{results}: not a results table (no column {missing[0]!r})")
+        return rows, [], (grid[0] if grid[0].is_dir() else grid[0].parent)
     for p in list(paths) + list(baseline) + list(oracle):
         if not Path(p).is_dir():
             raise InputError(f"{p}: not a grid folder (with {RESULTS}) nor a run folder")
