@@ -204,3 +204,18 @@ def test_empty_or_foreign_tables_are_refused(tmp_path, cli_runner, cli_app):
     (tmp_path / "other.csv").write_text("case,dice\na,0.5\n")
     result = cli_runner.invoke(cli_app, ["report", str(tmp_path / "other.csv"), "--out", str(tmp_path / "r")])
     assert result.exit_code != 0 and "other.csv: not a results table (no column 'run')" in result.output
+
+
+def test_policy_files_of_unknown_runs(tmp_path):
+    from fewshot_da.reports.report import write_report
+
+    write_synthetic(tmp_path / "grid")
+    own = tmp_path / "grid" / "elsewhere" / "a"
+    own.mkdir(parents=True)
+    (own / "policy_test.csv").write_text("unit,budget,fraction_finetuned\n1,1/48,0.25\n2,1/48,1.0\n")
+    lost = tmp_path / "grid" / "elsewhere" / "b"
+    lost.mkdir()
+    (lost / "policy_test.csv").write_text("unit,fraction_finetuned\n1,0.5\n")
+    out = write_report([tmp_path / "grid"], tmp_path / "r")
+    assert [(r["unit"], r["budget"]) for r in _read(out["policy_fractions"])] == [("1", "1/48"), ("2", "1/48")]
+    assert "b/policy_test.csv: no budget column and no budget given" in out["index"].read_text()

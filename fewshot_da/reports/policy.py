@@ -62,7 +62,7 @@ def policy_matrix(rows: Sequence[dict]) -> tuple:
 def find_policy_files(folder, results_rows: Sequence[dict]) -> list:
     """(path, budget) of every `policy_test.csv` under `folder`; the budget is that of the run named by the
     file's folder in results.csv, else the `spec.budget` of the folder's summary.json. Files of unknown
-    budget are skipped (returned with budget None)."""
+    budget come with None (their own budget column, if any, then applies)."""
     by_run = {r["run"]: r["budget"] for r in results_rows}
     found = []
     for path in sorted(Path(folder).rglob(POLICY_FILE)):

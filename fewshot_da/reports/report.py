@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -153,10 +154,10 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
     search = [grid_dir] if grid_dir is not None else [Path(p) for p in list(paths) + list(baseline) + list(oracle)]
     for folder in search:
         for path, budget in find_policy_files(folder, rows):
-            if budget is None:
-                notes.append(f"{path}: policy file of a run with unknown budget; left out of the policy map")
-                continue
-            policy_rows += read_policy_csv(path, budget)
+            try:
+                policy_rows += read_policy_csv(path, budget)
+            except InputError as exc:
+                notes.append(f"{exc}; left out of the policy map")
     if policy_rows:
         units, budgets, fractions = policy_matrix(policy_rows)
         written["policy_map"] = plots.plot_policy_map(fractions, units, budgets, out / "policy_map.png")
@@ -171,9 +172,9 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
     runs = len({r["run"] for r in rows})
     intro = (f"{len(rows)} case scores of {runs} runs; score {metric}; winners: sign test p < {alpha:g}; "
              f"D_R intervals: {'Student-t' if ci == 't' else 'bootstrap'} 95%.")
-    results_link = [RESULTS] if grid_dir is None else []
-    if results_link:
-        sections.append(Section("Data", files=results_link))
+    source = out / RESULTS if grid_dir is None else (grid_dir / RESULTS if grid_dir.joinpath(RESULTS).is_file()
+                                                      else Path(paths[0]))
+    sections.append(Section("Data", files=[os.path.relpath(source, out)]))
     written["index"] = write_text_atomic(out / "index.html", render_page("fewshot-da study report", sections,
                                                                         notes, intro))
     markdown = [f"# fewshot-da study report\n\n{intro}\n"] + [f"- {n}" for n in notes]
