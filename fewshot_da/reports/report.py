@@ -62,6 +62,12 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
     `tolerance_mm`; winners use the sign test at `alpha`; D_R intervals are `ci` ('t' or 'bootstrap', 95%).
     `policy`: extra SpotTUnet policy CSVs (unit, budget, fraction_finetuned); a grid folder's per-run
     policy_test.csv files are found by themselves.
+
+    Files (each written atomically; a part without data is left out and the page says why): results.csv (run
+    folders only), transfer_matrix.{csv,md} + transfer_heatmap.png, gap_by_budget.{csv,md} + gap_vs_budget.png,
+    winners.{csv,md} + winner_decisions.{csv,md} + winners.png, score_by_budget.{csv,md},
+    spottune_tests.{csv,md} (with spottune rows), policy_fractions.csv + policy_map.png (with policy CSVs),
+    index.html (all of them, relative links, no scripts) and report.md.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
