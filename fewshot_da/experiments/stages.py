@@ -135,7 +135,7 @@ def _finish(run_dir: Path, spec: RunSpec, model, eval_volumes, summary: dict, *,
 
 
 def _plot_curve(run_dir: Path) -> None:
-    from ..reports.curves import plot_training_curve
+    from ..reports.plots import plot_training_curve
 
     plot_training_curve(run_dir)
 

@@ -147,3 +147,28 @@ def plot_policy_map(fractions, units: Sequence[str], budgets: Sequence[str], pat
                    title=title or "SpotTUnet policy: fraction of slices using the fine-tuned unit",
                    colorbar_label="fraction fine-tuned", annotate=len(units) * len(budgets) <= 120, fmt="{:.2f}",
                    xlabel="budget (scans)", ylabel="unit")
+
+
+def plot_training_curve(run_dir) -> Path:
+    """A run folder's metrics.csv as progress.png: train loss (log scale) and any `val_*` columns per epoch."""
+    import csv
+
+    run_dir = Path(run_dir)
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(epochs, [float(r["train_loss"]) for r in rows], label="train loss", color="tab:blue")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss")
+    ax.set_yscale("log")
+    extra = [k for k in rows[-1] if k.startswith("val_")] if rows else []
+    if extra:
+        ax2 = ax.twinx()
+        for key in extra:
+            ax2.plot(epochs, [float(r.get(key) or "nan") for r in rows], label=key, linestyle="--")
+        ax2.set_ylabel("validation")
+        ax2.legend(loc="center right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, run_dir / "progress.png")
