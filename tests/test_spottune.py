@@ -9,8 +9,14 @@ import torch.nn.functional as F
 from fewshot_da.errors import InputError
 from fewshot_da.models import build_model
 from fewshot_da.models.policy_net import PolicyNet, sample_policy
-from fewshot_da.models.spottune import (SpotTUnet, decision_units, param_groups, policy_penalty,
-                                        unassigned_parameters, units_table)
+from fewshot_da.models.spottune import (
+    SpotTUnet,
+    decision_units,
+    param_groups,
+    policy_penalty,
+    unassigned_parameters,
+    units_table,
+)
 
 # REFERENCE.md §6, in index order; shortcut0's 272 + 2 for the final BN(1) (out_path.4) that shares its decision
 DSA_UNIT_PARAMS = [144, 4672, 4672, 4672, 2080, 18560, 18560, 18560, 8256, 73984, 73984, 73984, 32896, 295424,
@@ -175,8 +181,8 @@ def test_one_unit_fine_tuned_equals_a_hybrid_network(arch):
     source.eval(), model.eval()
     x = torch.randn(1, 1, 16, 16)
     ft_state = model.finetuned.state_dict()
+    hybrid = copy.deepcopy(source)
     for unit in model.units:
-        hybrid = copy.deepcopy(source)
         prefixes = tuple(p + "." for p in unit.modules)
         hybrid.load_state_dict({k: ft_state[k] if k.startswith(prefixes) else v
                                 for k, v in source.state_dict().items()})
@@ -220,7 +226,7 @@ def test_test_time_decisions_are_deterministic_and_training_ones_are_sampled():
         out1, p1 = model(x), model.last_policy.clone()
         torch.manual_seed(123)  # the RNG state must not matter at test time
         out2, p2 = model(x), model.last_policy.clone()
-        out3, p3 = model(x[2:3]), model.last_policy.clone()  # a slice's decisions do not depend on its batch
+        _, p3 = model(x[2:3]), model.last_policy.clone()  # a slice's decisions do not depend on its batch
     assert torch.equal(p1, p2) and torch.equal(out1, out2)
     assert torch.equal(p3, p1[2:3])
     model.train()
@@ -363,3 +369,39 @@ def test_penalty_moves_the_policy_toward_the_frozen_units():
     assert final_0 > early_0 and final_0 > 0.55
     assert final_pen < early_pen and final_pen < 0.3
     assert final_0 - final_pen > 0.3
+
+
+def test_state_dict_and_rng_are_all_a_resume_needs():
+    """2 + 2 steps in one go equal 2 steps, a save (model, optimizer, torch RNG) into fresh objects, and 2 more."""
+    _, base = _perturbed_pair("dsa")
+
+    def steps(model, optimizer, first, n):
+        model.train()
+        for step in range(first, first + n):
+            x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(step))
+            loss = F.binary_cross_entropy_with_logits(model(x), (x > 0).float())
+            loss = loss + policy_penalty(model.last_policy, 0.01)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    straight = copy.deepcopy(base)
+    opt = torch.optim.SGD(param_groups(straight), momentum=0.9, nesterov=True)
+    torch.manual_seed(7)
+    steps(straight, opt, 0, 4)
+
+    first = copy.deepcopy(base)
+    opt = torch.optim.SGD(param_groups(first), momentum=0.9, nesterov=True)
+    torch.manual_seed(7)
+    steps(first, opt, 0, 2)
+    saved = copy.deepcopy({"model": first.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()})
+    resumed = SpotTUnet("dsa")
+    resumed.load_state_dict(saved["model"])
+    opt = torch.optim.SGD(param_groups(resumed), momentum=0.9, nesterov=True)
+    opt.load_state_dict(saved["optimizer"])
+    torch.manual_seed(999)
+    torch.set_rng_state(saved["rng"])
+    steps(resumed, opt, 2, 2)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert int(resumed.record_slices) == 8

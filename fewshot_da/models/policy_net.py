@@ -4,6 +4,8 @@ Layout as the DSA code's `resnet(num_class=64)` (REFERENCE.md §6), which follow
 (Guo et al., CVPR 2019): stem conv3x3 1->32 + BN (no ReLU); three stages of one BasicBlock each (64, 128, 256
 channels, stride 2) with an avg-pool + zero-channel shortcut; head BN, ReLU, global average pool, Linear.
 """
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,7 +60,7 @@ class PolicyNet(nn.Module):
         super().__init__()
         self.n_units = n_units
         self.stem = nn.Sequential(_conv3x3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]))
-        self.blocks = nn.ModuleList(_BasicBlock(c_in, c_out, 2) for c_in, c_out in zip(widths[:-1], widths[1:]))
+        self.blocks = nn.ModuleList(_BasicBlock(c_in, c_out, 2) for c_in, c_out in itertools.pairwise(widths))
         self.shortcuts = nn.ModuleList(_ZeroPadShortcut(2) for _ in self.blocks)
         self.head_bn = nn.BatchNorm2d(widths[-1])
         self.linear = nn.Linear(widths[-1], 2 * n_units)
@@ -85,7 +87,7 @@ def gumbel_noise(shape, *, device=None, generator=None) -> torch.Tensor:
 
 
 def sample_policy(logits: torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE, hard_gumbel: bool = True,
-                  noise: torch.Tensor = None) -> torch.Tensor:
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
     """Decisions p in {0, 1} of shape (B, n_units) from logits (B, n_units, 2); p = 1 means reuse the frozen unit.
 
     hard_gumbel=True (training): Gumbel straight-through at fixed `temperature` T: y = softmax((logits + g) / T),

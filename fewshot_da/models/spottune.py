@@ -142,7 +142,7 @@ class SpotTUnet(nn.Module):
     H and W divisible by 8 (16 for vanilla): the U-Net's and the policy network's requirement.
     """
 
-    def __init__(self, arch: str, source_state: dict = None, *, unit_map: str = "reference",
+    def __init__(self, arch: str, source_state: dict | None = None, *, unit_map: str = "reference",
                  temperature: float = DEFAULT_TEMPERATURE, in_channels: int = 1, out_channels: int = 1):
         super().__init__()
         if not temperature > 0:
@@ -192,7 +192,7 @@ class SpotTUnet(nn.Module):
             x = ft[j](x)
         return x
 
-    def forward(self, x: torch.Tensor, policy: torch.Tensor = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for x (B, C, H, W). `policy` (B, n_units) in [0, 1] overrides the policy network (tests, analysis)."""
         if policy is None:
             policy = sample_policy(self.policy(x), temperature=self.temperature, hard_gumbel=self.training)
