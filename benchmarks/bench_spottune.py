@@ -11,6 +11,10 @@ thread, CPU time is the figure that other jobs disturb least; on a GPU only wall
     python benchmarks/bench_spottune.py                      # dsa, batch 16, 256 x 256, 1 thread, 3 rounds
     python benchmarks/bench_spottune.py --size 128 --rounds 5
     python benchmarks/bench_spottune.py --device cuda --threads 16 --rounds 20
+    python benchmarks/bench_spottune.py --flops-only                 # the FLOP ratio (the prediction), ~1 min
+
+--flops-only counts the convolution / matmul FLOPs of one step per contender (torch.utils.flop_counter): the
+compute ratio that the timed ratio should approach when convolutions dominate.
 """
 import argparse
 import platform
@@ -67,6 +71,22 @@ def make_steps(arch, batch, size, device):
     return {"fine-tune all": step_finetune, "SpotTUnet": step_spottune, "policy net alone": step_policy_only}
 
 
+def print_flops(steps, args):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for name, step in steps.items():
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops[name] = counter.get_total_flops()
+    print(f"# {args.arch}, batch {args.batch}, {args.size}x{args.size}: FLOPs of one training step "
+          "(forward + backward, convolutions and matmuls)")
+    print("| step | GFLOP/step | x fine-tune all |")
+    print("|---|---:|---:|")
+    for name, n in flops.items():
+        print(f"| {name} | {n / 1e9:.1f} | {n / flops['fine-tune all']:.3f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="dsa")
@@ -75,10 +95,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--flops-only", action="store_true", help="count FLOPs of one step each, no timing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     steps = make_steps(args.arch, args.batch, args.size, device)
+    if args.flops_only:
+        print_flops(steps, args)
+        return
     for step in steps.values():  # warm-up (allocator, kernels)
         step()
     _sync(device)

@@ -12,6 +12,7 @@ from fewshot_da.models.policy_net import PolicyNet, sample_policy
 from fewshot_da.models.spottune import (
     SpotTUnet,
     decision_units,
+    mix,
     param_groups,
     policy_penalty,
     unassigned_parameters,
@@ -287,14 +288,23 @@ def test_policy_penalty_is_lambda_times_the_fine_tuned_fraction():
     assert policy_penalty(p, 0.0).item() == 0.0
 
 
-def test_lerp_mixing_has_the_reference_formula_gradients():
+def test_mix_has_the_reference_formula_value_and_gradients():
+    torch.manual_seed(0)
     a, b = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 3, 4, 4, requires_grad=True)
-    w = torch.tensor([0.3, 0.9]).view(2, 1, 1, 1).requires_grad_()
+    w = torch.tensor([0.3, 0.9], requires_grad=True)
     g = torch.randn(2, 3, 4, 4)
-    grads_lerp = torch.autograd.grad((torch.lerp(a, b, w) * g).sum(), (a, b, w))
-    grads_ref = torch.autograd.grad(((a * (1 - w) + b * w) * g).sum(), (a, b, w))
-    for got, want in zip(grads_lerp, grads_ref):
-        torch.testing.assert_close(got, want)
+    out = mix(a, b, w)
+    w4 = w.view(2, 1, 1, 1)
+    want = a * (1 - w4) + b * w4
+    torch.testing.assert_close(out, want)
+    for got, expected in zip(torch.autograd.grad((out * g).sum(), (a, b, w)),
+                             torch.autograd.grad((want * g).sum(), (a, b, w))):
+        torch.testing.assert_close(got, expected)
+    hard = torch.tensor([0.0, 1.0])
+    assert torch.equal(mix(a, b, hard), torch.stack([a[0], b[1]]))  # exact at p = 0 and p = 1
+    assert torch.autograd.gradcheck(mix, (a.double()[:, :1, :2, :2].detach().requires_grad_(),
+                                          b.double()[:, :1, :2, :2].detach().requires_grad_(),
+                                          w.double().detach().requires_grad_()))
 
 
 def _train_steps(model, make_optimizers, steps=3):
