@@ -12,6 +12,7 @@ thread, CPU time is the figure that other jobs disturb least; on a GPU only wall
     python benchmarks/bench_spottune.py --size 128 --rounds 5
     python benchmarks/bench_spottune.py --device cuda --threads 16 --rounds 20
     python benchmarks/bench_spottune.py --flops-only                 # the FLOP ratio (the prediction), ~1 min
+    python benchmarks/bench_spottune.py --mix-only                   # one mixing site, 3 implementations
 
 --flops-only counts the convolution / matmul FLOPs of one step per contender (torch.utils.flop_counter): the
 compute ratio that the timed ratio should approach when convolutions dominate.
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_da.models import build_model
-from fewshot_da.models.spottune import SpotTUnet, param_groups, policy_penalty
+from fewshot_da.models.spottune import SpotTUnet, mix, param_groups, policy_penalty
 
 
 def _sync(device):
@@ -87,6 +88,47 @@ def print_flops(steps, args):
         print(f"| {name} | {n / 1e9:.1f} | {n / flops['fine-tune all']:.3f} |")
 
 
+class _MixDot(torch.autograd.Function):
+    """The alternative measured (and rejected): lerp forward; backward g(1-p), g p and <g, b> - <g, a> by bmm."""
+
+    @staticmethod
+    def forward(ctx, a, b, p):
+        ctx.save_for_backward(a, b, p)
+        return torch.lerp(a, b, p.view(-1, 1, 1, 1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, p = ctx.saved_tensors
+        w = p.view(-1, 1, 1, 1)
+        g = grad.reshape(grad.shape[0], 1, -1)
+        grad_p = torch.bmm(g, b.reshape(g.shape[0], -1, 1)) - torch.bmm(g, a.reshape(g.shape[0], -1, 1))
+        return grad * (1 - w), grad * w, grad_p.view_as(p)
+
+
+def print_mix(args, repeats=40):
+    """Forward + backward of one mixing site on a (batch, 16, size, size) unit output (the level-0 width of dsa)."""
+    shape = (args.batch, 16, args.size, args.size)
+    contenders = {
+        "formula a * (1 - p) + b * p": lambda a, b, p: a * (1 - p.view(-1, 1, 1, 1)) + b * p.view(-1, 1, 1, 1),
+        "fewshot_da mix = torch.lerp(a, b, p)": mix,
+        "lerp forward, hand-written backward (dot products for p)": _MixDot.apply,
+    }
+    torch.manual_seed(0)
+    a, b = torch.randn(shape, requires_grad=True), torch.randn(shape, requires_grad=True)
+    p, g = torch.rand(args.batch, requires_grad=True), torch.randn(shape)
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            c0 = time.process_time()
+            fn(a, b, p).backward(g)
+            times[name].append(time.process_time() - c0)
+    print(f"# one mixing site {shape}, forward + backward, CPU ms (median of {repeats})")
+    print("| implementation | CPU ms |")
+    print("|---|---:|")
+    for name, values in times.items():
+        print(f"| {name} | {1e3 * statistics.median(values):.1f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="dsa")
@@ -96,8 +138,12 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--flops-only", action="store_true", help="count FLOPs of one step each, no timing")
+    parser.add_argument("--mix-only", action="store_true", help="time one mixing site's implementations")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mix_only:
+        print_mix(args)
+        return
     device = torch.device(args.device)
     steps = make_steps(args.arch, args.batch, args.size, device)
     if args.flops_only:
