@@ -52,7 +52,7 @@ def train(manifest, splits, source, arch, out, preprocess, spacing_mm, reorient_
               help="Source run folder (the --out of fewshot-da train).")
 @click.option("--target", required=True, help="Target domain of the split file.")
 @click.option("--strategy", default="freeze", show_default=True,
-              help="freeze (train --layers), gradual, auto-rgn, adabn, histogram or none (the baseline).")
+              help="freeze (train --layers), gradual, auto-rgn, spottune, adabn, histogram or none (the baseline).")
 @click.option("--layers", default=None,
               help="freeze: first (default), last, all, contracting, expanding, bn, regex:PATTERN or module paths.")
 @click.option("--order", type=click.Choice(["shallow-deep", "deep-shallow"]), default=None,
@@ -60,6 +60,11 @@ def train(manifest, splits, source, arch, out, preprocess, spacing_mm, reorient_
 @click.option("--unfreeze-every", type=int, default=None, help="gradual: add one block every E epochs (default 1).")
 @click.option("--blocks-trained", type=int, default=None,
               help="gradual: train the K first blocks of --order for the whole run (the paper's Fig. 4 series).")
+@click.option("--lam", type=float, default=None,
+              help="spottune: weight of the fine-tuned-fraction penalty (default: the paper's lambda for the budget).")
+@click.option("--temperature", type=float, default=None, help="spottune: Gumbel-softmax temperature (default 0.1).")
+@click.option("--unit-map", type=click.Choice(["reference", "own"]), default=None,
+              help="spottune: the final BN shares shortcut0's decision (reference, default) or has its own.")
 @click.option("--scans", type=int, default=None,
               help="Number of target fine-tune scans or images (nested 1 < 2 < 3 ...; default 1, or the whole "
                    "training part of a --fold).")
@@ -74,7 +79,8 @@ def train(manifest, splits, source, arch, out, preprocess, spacing_mm, reorient_
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (resumes if interrupted).")
 @options.training
 @one_line_errors
-def adapt(model, target, strategy, layers, order, unfreeze_every, blocks_trained, scans, slices, finetune_ids,
+def adapt(model, target, strategy, layers, order, unfreeze_every, blocks_trained, lam, temperature, unit_map,
+          scans, slices, finetune_ids,
           folds, fold, bn_stats, no_eval, save_predictions, out, config, preset, num_threads, tolerances, quiet,
           wait, **kwargs):
     """Adapt a source model to a target domain with a strategy; score the target's other scans."""
@@ -84,7 +90,8 @@ def adapt(model, target, strategy, layers, order, unfreeze_every, blocks_trained
     if bn_stats:
         overrides["bn_stats"] = bn_stats
     strategy_options = {"layers": layers, "order": order, "unfreeze_every": unfreeze_every,
-                        "blocks_trained": blocks_trained}
+                        "blocks_trained": blocks_trained, "lam": lam, "temperature": temperature,
+                        "unit_map": unit_map}
     if scans is None and folds is None:
         scans = 1
     ids = [i.strip() for i in finetune_ids.split(",") if i.strip()] if finetune_ids else None

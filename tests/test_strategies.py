@@ -218,3 +218,84 @@ def test_histogram_strategy_maps_target_onto_source_reference(tmp_path):
     quantiles = np.percentile(np.asarray(volume.image, dtype=np.float64), [10, 50, 90])
     expected = np.interp([10, 50, 90], reference.percentiles, reference.landmarks)
     assert np.allclose(quantiles, expected, atol=0.02)
+
+
+def _dsa_source(tmp_path, domains=("siemens3", "ge15"), scans=5, shape=(24, 24, 8)):
+    from fewshot_da.data.datasets import index_cc359
+    from fewshot_da.data.manifest import write_manifest
+    from fewshot_da.data.phantoms import write_phantom_dataset
+    from fewshot_da.data.splits import write_splits
+    from fewshot_da.experiments import stages
+
+    write_phantom_dataset(tmp_path / "data", domains=domains, scans_per_domain=scans, shape=shape)
+    records = index_cc359(tmp_path / "data")
+    manifest = write_manifest(records, tmp_path / "m.csv")
+    write_splits(records, tmp_path / "s.json")
+    stages.train(manifest=manifest, splits=tmp_path / "s.json", source=domains[0], out=tmp_path / "src", arch="dsa",
+                 overrides=dict(epochs=1, iters_per_epoch=2, batch_size=2, crop=shape[0], lr_steps={}),
+                 progress=False)
+    return tmp_path / "src"
+
+
+def test_spottune_adapt_records_policy_and_predict_applies_it(tmp_path, cli_runner, cli_app):
+    import json
+
+    from fewshot_da.experiments import stages
+
+    source = _dsa_source(tmp_path)
+    tiny = ["--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "2", "--crop", "24", "--lr-steps", "0:0.1",
+            "--quiet"]
+    result = cli_runner.invoke(cli_app, ["adapt", "--model", str(source), "--target", "ge15", "--strategy",
+                                         "spottune", "--slices", "1/2", "--out", str(tmp_path / "spot"), *tiny])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "spot" / "summary.json").read_text())
+    assert summary["spec"]["options"] == {"lam": 0.005, "temperature": 0.1, "unit_map": "reference"}
+    train_rows = list(csv.DictReader(open(tmp_path / "spot" / "policy_train.csv")))
+    assert len(train_rows) == 2 * 32 and {r["epoch"] for r in train_rows} == {"0", "1"}
+    test_rows = list(csv.DictReader(open(tmp_path / "spot" / "policy_test.csv")))
+    scans = [r["id"] for r in summary["scores"]]
+    assert len(test_rows) == 32 * len(scans) and [r["scan"] for r in test_rows[::32]] == scans
+    assert all(0.0 <= float(r["fraction_finetuned"]) <= 1.0 for r in test_rows)
+    # predict re-applies the policy slice by slice: the same masks, so the same scores and records
+    again = stages.predict(model=tmp_path / "spot", out=tmp_path / "pred", progress=False)
+    assert [r["dice"] for r in again["scores"]] == [r["dice"] for r in summary["scores"]]
+    assert list(csv.DictReader(open(tmp_path / "pred" / "policy_test.csv"))) == test_rows
+    units = cli_runner.invoke(cli_app, ["layers", "--arch", "dsa", "--units"])
+    assert units.exit_code == 0 and "32 decisions, 32 units" in units.output
+
+
+def test_spottune_resume_after_kill_9_equals_uninterrupted(tmp_path):
+    """kill -9 during epoch 2, then the same command: weights, optimizer and policy records as uninterrupted."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    source = _dsa_source(tmp_path)
+    args = dict(model=str(source), target="ge15", strategy="spottune", slices="1/2", progress=False,
+                overrides=dict(epochs=3, iters_per_epoch=2, batch_size=2, crop=24, lr_steps={1: 0.1}))
+    script = textwrap.dedent(f"""
+        import importlib, os, signal
+        from fewshot_da.experiments import stages
+        fit_module = importlib.import_module("fewshot_da.training.fit")
+        original = fit_module.save_checkpoint
+        def save_then_die(state, path):
+            original(state, path)
+            if state["epoch"] == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        fit_module.save_checkpoint = save_then_die
+        stages.adapt(out={str(tmp_path / 'killed')!r}, **{args!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == -9 and not (tmp_path / "killed" / "summary.json").exists()
+    from fewshot_da.experiments import stages
+
+    resumed = stages.adapt(out=tmp_path / "killed", **args)
+    straight = stages.adapt(out=tmp_path / "straight", **args)
+    assert resumed["fit"]["resumed_from_epoch"] == 2
+    a = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    records = [(tmp_path / run / "policy_train.csv").read_text() for run in ("killed", "straight")]
+    assert records[0] == records[1]
+    assert [r["dice"] for r in resumed["scores"]] == [r["dice"] for r in straight["scores"]]

@@ -23,7 +23,7 @@ from ..data.preprocess import PreprocessOptions, preprocess_manifest, preprocess
 from ..errors import InputError
 from ..models import build_model, check_arch
 from ..training.config import load_config, preset_config, with_overrides
-from ..training.fit import fit, load_checkpoint, load_pretrained
+from ..training.fit import fit, load_checkpoint, load_pretrained, save_checkpoint
 from ..training.strategies import LABEL_FREE, make_strategy
 from .results import budget_label
 from .run_folder import claim, finished_summary, identity_of, locked, read_run, write_summary
@@ -120,13 +120,30 @@ def _batches(volumes, slices, config, num_threads) -> SliceLoader:
                        num_threads=num_threads)
 
 
+def _score(model, arch, volumes, *, tolerances_mm, progress, on_prediction=None, strategy=None, records=None,
+           batch_size=None) -> list:
+    """score_volumes; with a strategy that records per test scan (SpotTUnet), one scan at a time and its record
+    rows written to `records` (a CSV path)."""
+    if strategy is None or strategy.scan_record is None:
+        return score_volumes(model, arch, volumes, tolerances_mm=tolerances_mm, progress=progress,
+                             on_prediction=on_prediction, batch_size=batch_size)
+    rows, record = [], []
+    strategy.scan_record(model, None)
+    for volume in volumes:
+        rows += score_volumes(model, arch, [volume], tolerances_mm=tolerances_mm, progress=False,
+                              on_prediction=on_prediction, batch_size=batch_size)
+        record += strategy.scan_record(model, volume.id)
+    write_csv_atomic(records, record)
+    return rows
+
+
 def _finish(run_dir: Path, spec: RunSpec, model, eval_volumes, summary: dict, *, tolerances_mm,
-            progress, on_prediction=None) -> dict:
+            progress, on_prediction=None, strategy=None) -> dict:
     """Score `eval_volumes`, write scores.csv and summary.json (last, atomically); return the summary."""
     summary = {"spec": spec.result_fields(), **summary}
     if eval_volumes:
-        rows = score_volumes(model, spec.arch, eval_volumes, tolerances_mm=tolerances_mm, progress=progress,
-                             on_prediction=on_prediction)
+        rows = _score(model, spec.arch, eval_volumes, tolerances_mm=tolerances_mm, progress=progress,
+                      on_prediction=on_prediction, strategy=strategy, records=run_dir / "policy_test.csv")
         write_csv_atomic(run_dir / "scores.csv", rows)
         aggregate = aggregate_scores(rows)
         summary.update(scores=rows, aggregate=aggregate,
@@ -226,7 +243,10 @@ def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options
     test_ids = test_ids if evaluate else []
     net = build_model(arch, base_filters=cfg.base_filters)
     load_pretrained(net, parent_dir / "checkpoint.pt", arch=arch)
-    chosen = make_strategy(strategy, net, arch, options)
+    torch.manual_seed(cfg.seed)  # a strategy's new weights (SpotTUnet's policy network) are part of the run
+    chosen = make_strategy(strategy, net, arch, options, budget=(scans or len(ids), k))
+    if chosen.wrap is not None:
+        net = chosen.wrap(net)
     tune_options = preprocess_options(parent["preprocess"])
     test_options = chosen.preprocess(tune_options, parent_dir) if chosen.preprocess else tune_options
     spec = RunSpec(kind="adapt", arch=arch, manifest=parent["manifest"], splits=parent["splits"],
@@ -259,13 +279,14 @@ def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options
         elif chosen.prepare is not None:
             images = [v.image if c is None else v.image[c] for v, c in zip(tune_vols, comb or [None] * len(ids))]
             summary["prepare"] = chosen.prepare(net, images, cfg.batch_size)
-            torch.save({"model": net.state_dict(), "config": cfg.resolved()}, run_dir / "checkpoint.pt")
+            save_checkpoint({"model": net.state_dict(), "config": cfg.resolved()}, run_dir / "checkpoint.pt")
         else:
-            torch.save({"model": net.state_dict(), "config": cfg.resolved()}, run_dir / "checkpoint.pt")
+            save_checkpoint({"model": net.state_dict(), "config": cfg.resolved()}, run_dir / "checkpoint.pt")
         test_vols = open_volumes(spec.manifest, test_ids, cache=spec.cache, preprocess=test_options,
                                  progress=progress) if test_ids else []
         return _finish(run_dir, spec, net, test_vols, summary, tolerances_mm=tolerances_mm, progress=progress,
-                       on_prediction=_prediction_writer(run_dir / "predictions") if save_predictions else None)
+                       on_prediction=_prediction_writer(run_dir / "predictions") if save_predictions else None,
+                       strategy=chosen)
 
 
 def _prediction_writer(folder: Path):
@@ -275,6 +296,21 @@ def _prediction_writer(folder: Path):
         save_prediction_nifti(volume, mask, folder / f"{volume.id}.nii.gz", original_grid=False)
 
     return save
+
+
+def run_model(run_dir):
+    """(model, strategy) of a finished train or adapt run folder, with its weights: the U-Net, or the module its
+    strategy trained (SpotTUnet's wrapper, which then decides per slice at test time); strategy None for train."""
+    run_dir = Path(run_dir)
+    spec = read_run(run_dir).get("spec") or {}
+    cfg = load_checkpoint(run_dir / "checkpoint.pt")["config"]
+    net = build_model(spec["arch"], base_filters=cfg.get("base_filters", 0))
+    strategy = None
+    if spec.get("kind") == "adapt":
+        strategy = make_strategy(spec["strategy"], net, spec["arch"], spec.get("strategy_options"))
+        net = strategy.wrap(net) if strategy.wrap is not None else net
+    load_pretrained(net, run_dir / "checkpoint.pt", arch=spec["arch"])
+    return net, strategy
 
 
 def resolve_ids(split: dict, run: dict, which: str, records: Sequence) -> list:
@@ -320,9 +356,7 @@ def predict(*, model, out, manifest=None, ids: str = "test", tolerances_mm=(1.0,
     chosen = resolve_ids(split, run, ids, read_manifest(manifest))
     if not chosen:
         raise InputError(f"--ids {ids!r} selects no scan")
-    cfg = load_checkpoint(run_dir / "checkpoint.pt")["config"]
-    net = build_model(arch, base_filters=cfg.get("base_filters", 0))
-    load_pretrained(net, run_dir / "checkpoint.pt", arch=arch)
+    net, strategy = run_model(run_dir)
     out = Path(out)
     pred_dir = out / "predictions"
 
@@ -331,8 +365,8 @@ def predict(*, model, out, manifest=None, ids: str = "test", tolerances_mm=(1.0,
 
     with locked(out):
         volumes = open_volumes(manifest, chosen, cache=run["cache"], preprocess=run["preprocess"], progress=progress)
-        rows = score_volumes(net, arch, volumes, tolerances_mm=tolerances_mm, batch_size=batch_size,
-                             on_prediction=save, progress=progress)
+        rows = _score(net, arch, volumes, tolerances_mm=tolerances_mm, batch_size=batch_size, on_prediction=save,
+                      progress=progress, strategy=strategy, records=out / "policy_test.csv")
         write_csv_atomic(out / "scores.csv", rows)
         summary = {"spec": {**{k: run.get(k) for k in ("arch", "source", "target", "strategy", "seed", "fold")},
                             "kind": "predict", "layers": (run.get("strategy_options") or {}).get("layers", ""),

@@ -32,7 +32,9 @@ def build_model(arch: str, *, in_channels: int = 1, out_channels: int = 1, base_
     width = {"n_filters": int(base_filters)} if base_filters else {}
     if base_filters and int(base_filters) < 1:
         raise InputError(f"--base-filters must be >= 1, got {base_filters}")
-    return model_class(arch)(in_channels=in_channels, out_channels=out_channels, **width)
+    model = model_class(arch)(in_channels=in_channels, out_channels=out_channels, **width)
+    model.base_filters = int(base_filters)  # recorded so wrappers (SpotTUnet) can build the same width
+    return model
 
 
 def pad_multiple(arch: str) -> int:

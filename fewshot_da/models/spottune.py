@@ -153,12 +153,14 @@ class SpotTUnet(nn.Module):
     """
 
     def __init__(self, arch: str, source_state: dict | None = None, *, unit_map: str = "reference",
-                 temperature: float = DEFAULT_TEMPERATURE, in_channels: int = 1, out_channels: int = 1):
+                 temperature: float = DEFAULT_TEMPERATURE, in_channels: int = 1, out_channels: int = 1,
+                 base_filters: int = 0):
         super().__init__()
         if not temperature > 0:
             raise InputError(f"--temperature must be > 0, got {temperature}")
         self.arch, self.unit_map, self.temperature = arch, unit_map, float(temperature)
-        self.finetuned = build_model(arch, in_channels=in_channels, out_channels=out_channels)
+        self.finetuned = build_model(arch, in_channels=in_channels, out_channels=out_channels,
+                                     base_filters=base_filters)
         if source_state is not None:
             self.finetuned.load_state_dict(source_state)
         self.frozen = copy.deepcopy(self.finetuned).requires_grad_(False)
@@ -181,13 +183,14 @@ class SpotTUnet(nn.Module):
         return cls(arch, base.state_dict(), **kwargs)
 
     # --- forward -------------------------------------------------------------------------------------------------
-    def _run_top(self, name, x, weights):
+    def _run_top(self, name, *inputs, weights):
         ft, fr = getattr(self.finetuned, name), getattr(self.frozen, name)
-        if name in self._whole:
-            return mix(ft(x), fr(x), weights[self._whole[name]])
+        if name in self._whole:  # a whole top-level module is one unit (it may take several inputs: classic)
+            return mix(ft(*inputs), fr(*inputs), weights[self._whole[name]])
         segments = self._ranges.get(name)
         if not segments:
-            return ft(x)
+            return ft(*inputs)
+        (x,) = inputs
         i, n = 0, len(ft)
         for start, stop, unit in sorted(segments):
             for j in range(i, start):

@@ -143,7 +143,7 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
     config.amp.
 
     run_dir receives config.yaml, log.txt, metrics.csv, checkpoint.pt (each epoch, atomic) and, when the strategy
-    records per-epoch scales, strategy.csv. If run_dir already holds a checkpoint of the same config and strategy,
+    keeps per-epoch records (Auto-RGN's scales, SpotTUnet's policy), its record file. If run_dir already holds a checkpoint of the same config and strategy,
     training resumes after its last finished epoch. Returns a summary dict (final loss and lr, trainable parameter
     count, timings in seconds).
     """
@@ -242,6 +242,8 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
             row.update({f"val_{k}": float(v) for k, v in validate(model, epoch).items()})
             timings["validate_s"] += time.perf_counter() - t0
         history.append(row)
+        if strategy.epoch_end is not None:
+            strategy_rows.extend(strategy.epoch_end(model, epoch))
 
         t0 = time.perf_counter()
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -250,7 +252,7 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
                          "rng": _rng_state()}, checkpoint_path)
         write_csv_atomic(run_dir / "metrics.csv", history)
         if strategy_rows:
-            write_csv_atomic(run_dir / "strategy.csv", strategy_rows)
+            write_csv_atomic(run_dir / strategy.record_file, strategy_rows)
         _log(run_dir, " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         timings["bookkeeping_s"] += time.perf_counter() - t0
         if bar is not None:

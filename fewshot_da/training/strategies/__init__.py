@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from ...errors import InputError
-from . import adabn, auto_rgn, freeze, gradual, histogram, none
+import inspect
+
+from . import adabn, auto_rgn, freeze, gradual, histogram, none, spottune
 
 
 @dataclass
@@ -34,7 +36,13 @@ class Strategy:
     prepare: Optional[Callable] = None
     # (preprocess options, parent run info) -> options for the target's volumes
     preprocess: Optional[Callable] = None
-    n_epochs: Optional[Callable[[int], int]] = None
+    # (model) -> the module that trains and predicts instead of `model` (SpotTUnet's two-copy wrapper)
+    wrap: Optional[Callable] = None
+    # (model, epoch) -> rows for the record file, after each epoch
+    epoch_end: Optional[Callable] = None
+    record_file: str = "strategy.csv"
+    # (model, scan id or None) -> rows for <record stem>_test.csv after a test scan (None: reset only)
+    scan_record: Optional[Callable] = None
 
     @property
     def trains(self) -> bool:
@@ -52,17 +60,21 @@ STRATEGIES = {
     "auto-rgn": auto_rgn.build,
     "histogram": histogram.build,
     "none": none.build,
+    "spottune": spottune.build,
 }
 # strategies that never read a target mask: their runs have no label budget
 LABEL_FREE = ("none", "adabn", "histogram")
 
 
-def make_strategy(name: str, model, arch: str, options: Optional[dict] = None) -> Strategy:
-    """The strategy `name` for `model` with `options` (dict of strategy options, None values dropped)."""
+def make_strategy(name: str, model, arch: str, options: Optional[dict] = None, *, budget=None) -> Strategy:
+    """The strategy `name` for `model` with `options` (dict of strategy options, None values dropped); `budget`
+    (scans, 1/k) lets a strategy pick budget-dependent defaults (SpotTUnet's lambda)."""
     if name not in STRATEGIES:
         raise InputError(f"--strategy {name!r} is not valid; valid: {', '.join(STRATEGIES)}")
     options = {k: v for k, v in dict(options or {}).items() if v is not None}
-    return STRATEGIES[name](model, arch, options, Strategy)
+    build = STRATEGIES[name]
+    extra = {"budget": budget} if "budget" in inspect.signature(build).parameters else {}
+    return build(model, arch, options, Strategy, **extra)
 
 
 def train_all(model) -> Strategy:
