@@ -27,18 +27,20 @@ def _print_summary(summary):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (resumes if interrupted).")
 @click.option("--preprocess", default="paper", show_default=True, help="Preprocessing preset: paper or dart20-code.")
 @options.spacing_mm
+@options.resize
 @click.option("--reorient-ras", is_flag=True, default=None, help="Reorient scans to RAS before slicing (default off).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Preprocessing cache folder (default: cache/ beside the manifest).")
 @options.training
 @one_line_errors
-def train(manifest, splits, source, arch, out, preprocess, spacing_mm, reorient_ras, cache, config, preset,
+def train(manifest, splits, source, arch, out, preprocess, spacing_mm, resize, reorient_ras, cache, config, preset,
           num_threads, tolerances, quiet, wait, **kwargs):
     """Train a 2D U-Net from scratch on one source domain."""
     from fewshot_da.data.preprocess import preprocess_options
     from fewshot_da.experiments.stages import train as train_run
 
-    prep = preprocess_options(preprocess, target_spacing_mm=spacing_mm or None, reorient_ras=reorient_ras)
+    prep = preprocess_options(preprocess, target_spacing_mm=spacing_mm or None, reorient_ras=reorient_ras,
+                              resize=resize)
     summary = train_run(manifest=manifest, splits=splits, source=source, arch=arch, out=out, preset=preset or "paper",
                         preprocess=prep, cache=cache, config=config, overrides=options.training_overrides(kwargs),
                         tolerances_mm=tolerances, num_threads=num_threads, progress=options.show_progress(quiet),

@@ -19,6 +19,8 @@ num_threads = click.option("--num-threads", type=int, default=None,
                            help="CPU threads this command uses (torch and the slice loader; default: all cores).")
 spacing_mm = click.option("--spacing-mm", type=float, nargs=3, default=None,
                           help="Voxel spacing in mm, three floats in array-axis order.")
+resize = click.option("--resize", default=None,
+                      help="Resize every slice to this in-plane size in pixels (256 or 256,192; spacing grows).")
 quiet = click.option("--quiet", is_flag=True, help="No progress bars (shown only on a terminal).")
 wait = click.option("--wait", is_flag=True, help="If another run is writing --out, wait for it instead of failing.")
 
