@@ -8,6 +8,7 @@ import errno
 import os
 import re
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -86,12 +87,22 @@ def atomic_path(path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except Exception as exc:
-        if is_disk_full(exc, tmp):
-            raise DiskFullError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
-        raise
+        if not is_disk_full(exc, tmp):
+            raise
+        # torch.save's failed writer keeps the file open from its frame's locals, so the deleted temporary
+        # would hold its disk space as long as the exception lives: drop those locals first.
+        chained = exc
+        while chained is not None:
+            traceback.clear_frames(chained.__traceback__)
+            chained = chained.__cause__ or chained.__context__
+        full = DiskFullError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    else:
+        full = None
     finally:
         if tmp.exists():
             tmp.unlink()
+    if full is not None:
+        raise full
 
 
 def write_text_atomic(path, text: str) -> Path:

@@ -90,22 +90,27 @@ def _load_nifti(path: Path) -> Volume:
     raw = read_nifti_bytes(path)
     klass = _header_class(raw, path)
     try:
-        # nibabel silently replaces pixdim 0 by 1 and negative by |pixdim|: read the stored values first.
+        # nibabel silently replaces pixdim 0 by 1 and negative by |pixdim|: check the stored values first.
         stored = klass.header_class(binaryblock=raw[:klass.header_class.template_dtype.itemsize], check=False)
         ndim = int(stored["dim"][0])
         pixdim = [float(v) for v in stored["pixdim"][1:1 + min(max(ndim, 0), 3)]]
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read NIfTI ({_first_line(exc)})") from None
+    check_voxel_spacing(pixdim, path)
+    try:
         img = klass.from_bytes(raw)
         data = img.get_fdata(dtype=np.float64)  # applies the header's scale factor (IXI stores uint8 + slope)
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files
         raise InputError(f"{path}: cannot read NIfTI ({_first_line(exc)})") from None
-    check_voxel_spacing(pixdim, path)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0,) * max(0, 3 - len(img.header.get_zooms()))
     affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    axes = affine[:3, :3]
+    norms = np.sqrt((axes**2).sum(0))
+    if not np.isfinite(affine).all() or norms.min() == 0 or abs(np.linalg.det(axes / norms)) < 1e-6:
         raise InputError(f"{path}: the header's voxel-to-world affine is singular or not finite")
     return Volume(data, affine, check_voxel_spacing(zooms[:3], path))
 

@@ -88,7 +88,7 @@ class PreprocessOptions:
             spacing = tuple(float(s) for s in self.target_spacing_mm)
             if len(spacing) == 1:
                 spacing = spacing * 3
-            if len(spacing) != 3 or min(spacing) <= 0:
+            if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
                 raise InputError(f"--spacing-mm {self.target_spacing_mm}: need 1 or 3 positive numbers")
             object.__setattr__(self, "target_spacing_mm", spacing)
         if self.cache_key not in ("stat", "content"):
