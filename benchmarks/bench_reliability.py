@@ -56,7 +56,7 @@ def main(n_files=20):
         print(f"cached volume {image.shape} float32 + uint8 mask = {n_bytes / 2**20:.1f} MiB; "
               f"np.load(mmap) of both {open_time * 1e3:.2f} ms")
         for name, func in hashes.items():
-            t = _best(lambda: [func(memoryview(a).cast("B")) for a in arrays], 5)
+            t = _best(lambda func=func: [func(memoryview(a).cast("B")) for a in arrays], 5)
             print(f"  {name:8s} {t * 1e3:6.1f} ms/volume ({n_bytes / t / 2**30:.2f} GiB/s)")
     # open_cached with and without the check, on a real entry (one IXI scan, paper preset: 1 mm, float32)
     from fewshot_da.data.manifest import Record

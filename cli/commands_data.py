@@ -2,7 +2,6 @@
 import sys
 
 import click
-
 from fewshot_da_cli.errors import one_line_errors
 
 

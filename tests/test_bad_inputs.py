@@ -18,9 +18,9 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -264,7 +264,7 @@ def _cache_is_a_file(t):
 
 def _disk_full_preprocess_patched(t):
     """np.save raising ENOSPC as a full disk does (no root needed)."""
-    import fewshot_da.data.preprocess as preprocess
+    from fewshot_da.data import preprocess
 
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -277,7 +277,7 @@ def _tiny_tmpfs(t, size="64k") -> Path:
     folder = t.path("full")
     folder.mkdir(exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tiny tmpfs ({done.stderr.strip() or 'mount failed'}); needs root")
     t.mounts.append(folder)
@@ -458,10 +458,10 @@ def _snapshot(root: Path) -> dict:
 
 def _unmount(folder: Path) -> str:
     """Unmount; '' when clean, else why (a file still open there), after a lazy unmount."""
-    done = subprocess.run(["umount", str(folder)], capture_output=True, text=True)
+    done = subprocess.run(["umount", str(folder)], check=False, capture_output=True, text=True)
     if done.returncode == 0:
         return ""
-    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
     return done.stderr.strip() or "umount failed"
 
 

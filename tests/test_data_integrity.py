@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -115,8 +116,8 @@ def _rebuild(record, tmp_path):
 
 
 def test_entries_carry_checksums_and_open_verified(cached):
-    record, volume, image, mask = cached
-    meta = json.loads(open(os.path.join(volume.path, "meta.json")).read())
+    _, volume, image, mask = cached
+    meta = json.loads(Path(volume.path, "meta.json").read_text())
     assert set(meta["crc32"]) == {"image", "mask"} and meta["dtype"] == {"image": "float32", "mask": "uint8"}
     again = pp.open_cached(volume.path)
     assert np.array_equal(again.image, image) and np.array_equal(again.mask, mask)
@@ -144,11 +145,11 @@ def test_corrupt_entries_are_named_and_rebuilt(cached, tmp_path, damage, name, m
             f.seek(size - 64)
             f.write(bytes(range(1, 65)))
     elif damage == "garbage":
-        open(target, "wb").write(b"\xff{not json")
+        Path(target).write_bytes(b"\xff{not json")
     elif damage == "drop-key":
-        meta = json.loads(open(target).read())
+        meta = json.loads(Path(target).read_text())
         del meta["affine"]
-        open(target, "w").write(json.dumps(meta))
+        Path(target).write_text(json.dumps(meta))
     else:
         os.remove(target)
     with pytest.raises(pp.CorruptCacheError, match=message):
@@ -176,14 +177,14 @@ def test_data_preprocess_cli_rebuilds_a_truncated_entry(cached, tmp_path, cli_ru
 
 
 def test_entries_without_checksums_get_them(cached):
-    record, volume, image, _ = cached
-    meta_path = os.path.join(volume.path, "meta.json")
-    meta = json.loads(open(meta_path).read())
+    volume = cached[1]
+    meta_path = Path(volume.path, "meta.json")
+    meta = json.loads(meta_path.read_text())
     crc = meta.pop("crc32")
     meta.pop("dtype")
-    open(meta_path, "w").write(json.dumps(meta))
+    meta_path.write_text(json.dumps(meta))
     pp.open_cached(volume.path)
-    assert json.loads(open(meta_path).read())["crc32"] == crc
+    assert json.loads(meta_path.read_text())["crc32"] == crc
 
 
 def test_stale_temporary_folders_are_removed(cached, tmp_path):
@@ -260,7 +261,7 @@ def test_cache_writer_names_the_file_on_enospc(tmp_path, monkeypatch):
 def _mount_tmpfs(folder, size):
     folder.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tiny tmpfs ({done.stderr.strip()}); needs root")
 
@@ -275,7 +276,7 @@ def test_real_full_disk_torch_save(tmp_path):
         assert os.listdir(folder) == []
         assert os.statvfs(folder).f_bfree * os.statvfs(folder).f_frsize >= 120 * 1024  # space released
     finally:
-        assert subprocess.run(["umount", str(folder)]).returncode == 0  # no file left open there
+        assert subprocess.run(["umount", str(folder)], check=False).returncode == 0  # no file left open there
 
 
 # ------------------------------------------------------------------------------------------------ indexing

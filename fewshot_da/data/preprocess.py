@@ -24,9 +24,9 @@ one. Before resampling, the target grid is computed and refused above MAX_GRID_V
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
-import errno
 import os
 import re
 import shutil
@@ -42,9 +42,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from fewshot_da.atomic import DiskFullError, is_disk_full, write_text_atomic
 from fewshot_da.data.io import load_mask, load_volume
 from fewshot_da.data.manifest import Record
-from fewshot_da.atomic import DiskFullError, is_disk_full, write_text_atomic
 from fewshot_da.errors import InputError
 
 CACHE_VERSION = 1
