@@ -35,7 +35,7 @@ import sys
 import time
 import uuid
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -473,6 +473,14 @@ def _remove_entry(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def _open_or_error(folder: Path):
+    """(open_cached(folder), None), or (None, the CorruptCacheError)."""
+    try:
+        return open_cached(folder), None
+    except CorruptCacheError as exc:
+        return None, exc
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -499,17 +507,18 @@ def preprocess_manifest(records: Sequence[Record], cache_dir, options: Preproces
     records = list(records)
     _ensure_open_file_limit(2 * len(records) + 256)
     opened: dict[int, CachedVolume] = {}
-    todo = []
-    for i, record in enumerate(records):
-        entry = _entry_dir(cache_dir, record, options)
-        if entry.is_dir():
-            try:
-                opened[i] = open_cached(entry)
-                continue
-            except CorruptCacheError as exc:
-                log(f"{exc}; rebuilding the cache entry")
-                _remove_entry(entry)
-        todo.append(i)
+    entries = {i: _entry_dir(cache_dir, r, options) for i, r in enumerate(records)}
+    existing = [i for i, entry in entries.items() if entry.is_dir()]
+    # Verifying reads every byte once (CRC-32 releases the GIL): threads spread it over the cores.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(existing), os.cpu_count() or 1, 8))) as pool:
+        checked = list(pool.map(_open_or_error, [entries[i] for i in existing]))
+    for i, (volume, error) in zip(existing, checked):
+        if error is None:
+            opened[i] = volume
+        else:
+            log(f"{error}; rebuilding the cache entry")
+            _remove_entry(entries[i])
+    todo = [i for i in range(len(records)) if i not in opened]
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="preprocess", unit="scan",
                disable=not progress)
     try:
