@@ -31,7 +31,7 @@ from fewshot_da.data.phantoms import write_phantom_dataset
 from fewshot_da.data.preprocess import preprocess_manifest
 from fewshot_da.data.splits import write_splits
 
-TINY = ["--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "2", "--crop", "16", "--quiet"]
+TINY = ["--epochs", "1", "--lr-steps", "", "--iters-per-epoch", "1", "--batch-size", "2", "--crop", "16", "--quiet"]
 NIFTI_PIXDIM_OFFSET = 76  # float32 pixdim[8] in the 348-byte NIfTI-1 header
 
 
