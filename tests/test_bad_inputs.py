@@ -303,6 +303,15 @@ def _index_suffixes(t, *extra):
     return ["data", "index", "folder", t.root / "ds", "--out", t.root / "out.csv", *extra]
 
 
+def _images2d_missing_mask(t):
+    from PIL import Image
+
+    for name in ("x1", "x2"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(t.path(f"us/images/{name}.png"))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(t.path("us/masks/x1_mask.png"))
+    return ["data", "index", "images2d", t.root / "us", "--out", t.root / "out.csv"]
+
+
 def _cc359_bad_name(t):
     t.nifti("cc/scan1.nii.gz")
     return ["data", "index", "cc359", t.root / "cc", "--out", t.root / "out.csv"]
@@ -424,6 +433,7 @@ CASES = [
          r"a_t1\.nii\.gz: no mask in .*masks; looked for a_t1\.\*, a_t1_mask\.\*.*try --image-suffix _t1"),
     Case("index-image-suffix-unmatched", lambda t: _index_suffixes(t, "--image-suffix", "_t2"),
          r"images: no images named <case>_t2\.\* \(--image-suffix _t2\)"),
+    Case("index-images2d-missing-mask", _images2d_missing_mask, r"x2\.png: no mask in .*masks; looked for x2_mask\.\*"),
     Case("index-cc359-name", _cc359_bad_name, r"scan1\.nii\.gz: not a CC359 name"),
     Case("index-cc359-option", lambda t: _cc359_bad_name(t) + ["--mask-suffix", "_x"], r"--mask-suffix"),
     Case("index-missing-root", lambda t: ["data", "index", "folder", t.root / "nope", "--out", t.root / "o.csv"],

@@ -92,6 +92,27 @@ def test_header_geometry_checks(tmp_path):
     assert load_volume(multi).data.shape == (8, 8, 8)
 
 
+def test_index_reports_a_zero_pixdim(tmp_path):
+    from fewshot_da.data.checks import find_problems
+
+    image = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4))
+    raw = bytearray(image.to_bytes())
+    raw[84:88] = np.float32(0).tobytes()  # pixdim[2]
+    (tmp_path / "a.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(tmp_path / "a_mask.nii.gz"))
+    problems = find_problems([Record("a", str(tmp_path / "a.nii.gz"), str(tmp_path / "a_mask.nii.gz"), "d")],
+                             min_scans_per_domain=1)
+    assert problems == [f"{tmp_path / 'a.nii.gz'}: voxel spacing (pixdim) 1 x 0 x 1 mm; every value must be "
+                        "finite and > 0"]
+
+
+def test_disk_full_error_survives_a_worker_process():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(DiskFullError(errno.ENOSPC, "No space left on device", "/c/image.npy")))
+    assert isinstance(error, DiskFullError) and str(error) == "no space left on device writing /c/image.npy"
+
+
 def test_target_grid_is_checked_before_resampling():
     assert pp.check_target_grid((20, 16, 12), (1.0, 1.5, 2.0), (1.0, 1.0, 1.0), "x") == (20, 24, 24)
     with pytest.raises(InputError, match=r"^x\.nii: resampling .* limit 2\*\*28 voxels"):

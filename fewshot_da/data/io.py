@@ -86,6 +86,20 @@ def check_voxel_spacing(spacing_mm, path) -> tuple:
     return spacing
 
 
+def stored_pixdim_mm(path) -> tuple:
+    """The voxel spacing as stored in a NIfTI header (before nibabel's fixes), reading only the header."""
+    import nibabel as nib
+
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    with (gzip.open if magic == b"\x1f\x8b" else open)(path, "rb") as f:
+        raw = f.read(540)
+    klass = _header_class(raw, Path(path))
+    stored = klass.header_class(binaryblock=raw[:klass.header_class.template_dtype.itemsize], check=False)
+    ndim = int(stored["dim"][0])
+    return tuple(float(v) for v in stored["pixdim"][1:1 + min(max(ndim, 0), 3)])
+
+
 def _load_nifti(path: Path) -> Volume:
     raw = read_nifti_bytes(path)
     klass = _header_class(raw, path)
