@@ -102,8 +102,8 @@ def test_index_reports_a_zero_pixdim(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(tmp_path / "a_mask.nii.gz"))
     problems = find_problems([Record("a", str(tmp_path / "a.nii.gz"), str(tmp_path / "a_mask.nii.gz"), "d")],
                              min_scans_per_domain=1)
-    assert problems == [f"{tmp_path / 'a.nii.gz'}: voxel spacing (pixdim) 1 x 0 x 1 mm; every value must be "
-                        "finite and > 0"]
+    expected = f"{tmp_path / 'a.nii.gz'}: voxel spacing (pixdim) 1 x 0 x 1 mm; every value must be finite and > 0"
+    assert problems == [expected]
 
 
 def test_disk_full_error_survives_a_worker_process():

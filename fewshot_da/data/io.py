@@ -88,8 +88,6 @@ def check_voxel_spacing(spacing_mm, path) -> tuple:
 
 def stored_pixdim_mm(path) -> tuple:
     """The voxel spacing as stored in a NIfTI header (before nibabel's fixes), reading only the header."""
-    import nibabel as nib
-
     with open(path, "rb") as f:
         magic = f.read(2)
     with (gzip.open if magic == b"\x1f\x8b" else open)(path, "rb") as f:
