@@ -279,6 +279,20 @@ def test_cache_writer_names_the_file_on_enospc(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "cache") == []  # no half entry, no temporary folder
 
 
+def test_cache_writer_names_the_folder_when_it_cannot_be_created(tmp_path, monkeypatch):
+    record = _scan(tmp_path)
+    real_mkdir = Path.mkdir
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith(".tmp-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(DiskFullError, match=r"^no space left on device writing .*/cache/scan-[0-9a-f]{16}$"):
+        pp.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False)
+
+
 def _mount_tmpfs(folder, size):
     folder.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],

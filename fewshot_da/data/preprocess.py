@@ -361,14 +361,13 @@ def _crc32(array: np.ndarray) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
-def _write_file(path: Path, write) -> None:
-    """Run write(path); a full disk becomes DiskFullError naming the entry's final file name."""
+def _write_file(path: Path, write, shown: Path) -> None:
+    """Run write(path); a full disk becomes DiskFullError naming `shown` (the file's place in the entry)."""
     try:
         write(path)
     except Exception as exc:
         if is_disk_full(exc, path):
-            final = path.parent.parent / path.parent.name.split("@")[0][len(".tmp-"):] / path.name
-            raise DiskFullError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from None
+            raise DiskFullError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(shown)) from None
         raise
 
 
@@ -386,10 +385,10 @@ def _write_entry(record: Record, options: PreprocessOptions, cache_dir: str) -> 
     meta["crc32"] = {"image": _crc32(image), "mask": _crc32(mask)}
     tmp = _tmp_dir(cache_dir, final.name)
     try:
-        _write_file(tmp, lambda p: p.mkdir(parents=True))
-        _write_file(tmp / "image.npy", lambda p: np.save(p, image))
-        _write_file(tmp / "mask.npy", lambda p: np.save(p, mask))
-        _write_file(tmp / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
+        _write_file(tmp, lambda p: p.mkdir(parents=True), final)
+        _write_file(tmp / "image.npy", lambda p: np.save(p, image), final / "image.npy")
+        _write_file(tmp / "mask.npy", lambda p: np.save(p, mask), final / "mask.npy")
+        _write_file(tmp / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1)), final / "meta.json")
         try:
             os.rename(tmp, final)
         except OSError:  # another process finished the same entry first
