@@ -1,6 +1,8 @@
 """Loading NIfTI volumes and 2D images (as one-slice volumes) with one-line InputErrors."""
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,21 +44,88 @@ def strip_suffix(name: str) -> str:
     return name
 
 
-def _load_nifti(path: Path) -> Volume:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_nifti_bytes(path: Path) -> bytes:
+    """The file's NIfTI bytes; a gzip file is decompressed whole, so its CRC-32 and length are verified
+    (nibabel stops reading before the trailer and would accept a corrupted stream)."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        if str(path).lower().endswith(".gz"):
+            raise InputError(f"{path}: not a gzip file (the name ends in .gz)")
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise InputError(f"{path}: corrupt gzip stream ({_first_line(exc)})") from None
+
+
+def _header_class(raw: bytes, path: Path):
     import nibabel as nib
 
+    if len(raw) < 348:
+        raise InputError(f"{path}: cannot read NIfTI (only {len(raw)} bytes; a header has 348)")
+    for order in ("<", ">"):
+        size = int(np.frombuffer(raw[:4], dtype=f"{order}i4")[0])
+        if size == 348:
+            return nib.Nifti1Image
+        if size == 540:
+            return nib.Nifti2Image
+    raise InputError(f"{path}: cannot read NIfTI (not NIfTI-1/2: the header size field is not 348 or 540)")
+
+
+def check_voxel_spacing(spacing_mm, path) -> tuple:
+    """The spacing as floats; InputError naming `path` unless every value is finite and > 0 mm."""
+    spacing = tuple(float(s) for s in spacing_mm)
+    bad = [s for s in spacing if not (np.isfinite(s) and s > 0)]
+    if bad:
+        raise InputError(f"{path}: voxel spacing (pixdim) {' x '.join(f'{s:g}' for s in spacing)} mm; "
+                         "every value must be finite and > 0")
+    return spacing
+
+
+def stored_pixdim_mm(path) -> tuple:
+    """The voxel spacing as stored in a NIfTI header (before nibabel's fixes), reading only the header."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    with (gzip.open if magic == b"\x1f\x8b" else open)(path, "rb") as f:
+        raw = f.read(540)
+    klass = _header_class(raw, Path(path))
+    stored = klass.header_class(binaryblock=raw[:klass.header_class.template_dtype.itemsize], check=False)
+    ndim = int(stored["dim"][0])
+    return tuple(float(v) for v in stored["pixdim"][1:1 + min(max(ndim, 0), 3)])
+
+
+def _load_nifti(path: Path) -> Volume:
+    raw = read_nifti_bytes(path)
+    klass = _header_class(raw, path)
     try:
-        img = nib.load(str(path))
+        # nibabel silently replaces pixdim 0 by 1 and negative by |pixdim|: check the stored values first.
+        stored = klass.header_class(binaryblock=raw[:klass.header_class.template_dtype.itemsize], check=False)
+        ndim = int(stored["dim"][0])
+        pixdim = [float(v) for v in stored["pixdim"][1:1 + min(max(ndim, 0), 3)]]
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read NIfTI ({_first_line(exc)})") from None
+    check_voxel_spacing(pixdim, path)
+    try:
+        img = klass.from_bytes(raw)
         data = img.get_fdata(dtype=np.float64)  # applies the header's scale factor (IXI stores uint8 + slope)
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot read NIfTI ({reason})") from None
+        raise InputError(f"{path}: cannot read NIfTI ({_first_line(exc)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return Volume(data, np.asarray(img.affine, dtype=np.float64), zooms)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0,) * max(0, 3 - len(img.header.get_zooms()))
+    affine = np.asarray(img.affine, dtype=np.float64)
+    axes = affine[:3, :3]
+    norms = np.sqrt((axes**2).sum(0))
+    if not np.isfinite(affine).all() or norms.min() == 0 or abs(np.linalg.det(axes / norms)) < 1e-6:
+        raise InputError(f"{path}: the header's voxel-to-world affine is singular or not finite")
+    return Volume(data, affine, check_voxel_spacing(zooms[:3], path))
 
 
 def pixel_spacing_mm(spacing_mm, path) -> tuple:
