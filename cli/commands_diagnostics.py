@@ -2,7 +2,6 @@
 import sys
 
 import click
-
 from fewshot_da_cli.errors import one_line_errors
 
 
@@ -36,7 +35,8 @@ from fewshot_da_cli.errors import one_line_errors
 def shift_map(model, manifest, out, domains, method, divergence, forward, units_file, max_scans, max_slices, seed, batch_size,
               cache, quiet):
     """Label-free map of where a target domain shifts the source model's activation statistics, per unit."""
-    from fewshot_da.diagnostics.shift_map import read_units, shift_map as run_shift_map
+    from fewshot_da.diagnostics.shift_map import read_units
+    from fewshot_da.diagnostics.shift_map import shift_map as run_shift_map
 
     summary = run_shift_map(model=model, manifest=manifest, out=out, domains=domains or None, method=method,
                             divergence=divergence, forward=forward, units=read_units(units_file) if units_file else None,

@@ -11,7 +11,8 @@ def cli():
 
 
 def _register():
-    from fewshot_da_cli import commands_metrics, commands_data, commands_model, commands_experiments, commands_diagnostics
+    from fewshot_da_cli import commands_metrics, commands_data, commands_model, commands_experiments
+    from fewshot_da_cli import commands_diagnostics
 
     for module in (commands_metrics, commands_data, commands_model, commands_experiments, commands_diagnostics):
         for command in getattr(module, "COMMANDS", []):

@@ -7,8 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot_da.diagnostics.shift_map import (activation_stats, aggregate_units, gaussian_divergence, preprocess_image,
-                                              probed_layers, sample_slices, shift_map)
+from fewshot_da.diagnostics.shift_map import (
+    activation_stats,
+    aggregate_units,
+    gaussian_divergence,
+    preprocess_image,
+    probed_layers,
+    sample_slices,
+    shift_map,
+)
 from fewshot_da.errors import InputError
 
 
@@ -121,7 +128,8 @@ def project(tmp_path_factory):
     train_ids, held_ids = [r.id for r in source[:4]], [r.id for r in source[4:]]
     runs.train(manifest=root / "manifest.csv", splits=root / "splits.json", ids=train_ids, eval_ids=[],
                out=root / "source", progress=False,
-               overrides=dict(epochs=2, iters_per_epoch=40, batch_size=4, crop=32, lr=1e-2, lr_steps={0: 0.1}))
+               overrides={"epochs": 2, "iters_per_epoch": 40, "batch_size": 4, "crop": 32, "lr": 1e-2,
+                          "lr_steps": {0: 0.1}})
     shifted = write_shifted_domain(records, held_ids, root / "shifted", domain="siemens15-shift")
     garbage = root / "garbage.nii.gz"
     garbage.write_bytes(b"this is not a mask")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ def probed_layers(model: nn.Module, method: str) -> tuple:
 
 
 def activation_stats(model: nn.Module, layers: dict, slice_stacks: Iterable, *, pad_multiple: int,
-                     batch_size: Optional[int] = None) -> dict:
+                     batch_size: int | None = None) -> dict:
     """{layer name: (mean, var, n_values)} per channel of each layer's input over all `slice_stacks` ((S, H, W) arrays),
     forwarded with `fewshot_da.predict.predict_volume` (eval mode, each slice padded to `pad_multiple` with its min)."""
     from ..predict import predict_volume
@@ -202,13 +202,12 @@ def cached_image(record, options, cache_dir) -> np.ndarray:
         raise InputError(f"{record.image}: file not found (scan {record.id})")
     path = Path(cache_dir) / f"{name}-{_image_cache_key(record.image, options)}.npy"
     if not path.is_file():
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, preprocess_image(record.image, options))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, preprocess_image(record.image, options))
     return np.load(path, mmap_mode="r")
 
 
-def _sample_ids(ids: Sequence[str], max_scans: Optional[int], rng: np.random.Generator) -> list:
+def _sample_ids(ids: Sequence[str], max_scans: int | None, rng: np.random.Generator) -> list:
     ids = list(ids)
     if max_scans is None or len(ids) <= max_scans:
         return ids
@@ -216,7 +215,7 @@ def _sample_ids(ids: Sequence[str], max_scans: Optional[int], rng: np.random.Gen
     return [i for n, i in enumerate(ids) if n in keep]
 
 
-def sample_slices(images: Sequence[np.ndarray], max_slices: Optional[int], rng: np.random.Generator) -> list:
+def sample_slices(images: Sequence[np.ndarray], max_slices: int | None, rng: np.random.Generator) -> list:
     """[(S_i, H, W) stacks]: `max_slices` slices drawn uniformly without replacement over all slices of `images`
     (all of them when None or fewer), in scan and slice order."""
     counts = [int(im.shape[0]) for im in images]
@@ -262,7 +261,7 @@ def _reference_stats(layers, method, forward_net, hooked, run_dir, run, *, pad_m
     return {n: (mean, var, 1e-5 + 1e-3 * float(np.mean(var))) for n, (mean, var, _) in stats.items()}
 
 
-def _target_records(manifest, domains: Optional[Sequence[str]]) -> dict:
+def _target_records(manifest, domains: Sequence[str] | None) -> dict:
     from ..data.manifest import domain_counts, read_manifest
 
     records = read_manifest(manifest)
@@ -298,9 +297,9 @@ def plot_heatmap(matrix, row_labels, col_labels, path, *, title: str, colorbar_l
     return Path(path)
 
 
-def shift_map(*, model, manifest, out, domains: Optional[Sequence[str]] = None, method: str = "auto",
-              divergence: str = "w2", forward: str = "source", units: Optional[Sequence] = None, max_scans: Optional[int] = 10,
-              max_slices: Optional[int] = 64, seed: int = 0, batch_size: Optional[int] = None, cache=None,
+def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, method: str = "auto",
+              divergence: str = "w2", forward: str = "source", units: Sequence | None = None, max_scans: int | None = 10,
+              max_slices: int | None = 64, seed: int = 0, batch_size: int | None = None, cache=None,
               progress: bool = True) -> dict:
     """Score, per layer and unit, how far each target domain of `manifest` shifts the source run `model`'s activation
     statistics; no labels are read. Writes `out/shift_map.csv`, `out/shift_map.png`, `out/summary.json`.
@@ -337,7 +336,7 @@ def shift_map(*, model, manifest, out, domains: Optional[Sequence[str]] = None, 
     hooked = {name: dict(forward_net.named_modules())[name] for name in layers}
     if batch_size is None and forward == "adabn":
         batch_size = ADABN_BATCH
-    common = dict(pad_multiple=pad_multiple(arch), batch_size=batch_size)
+    common = {"pad_multiple": pad_multiple(arch), "batch_size": batch_size}
     reference = _reference_stats(layers, method, forward_net, hooked, run_dir, run, max_scans=max_scans,
                                  max_slices=max_slices, seed=seed, **common)
     options = preprocess_options(run["preprocess"])
