@@ -284,8 +284,8 @@ def plot_heatmap(matrix, row_labels, col_labels, path, *, title: str, colorbar_l
 
     matrix = np.asarray(matrix, dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * matrix.shape[1], 1.0 + 0.28 * matrix.shape[0]))
-    cmap = plt.get_cmap("magma").copy()
-    cmap.set_bad("0.8")
+    cmap = plt.get_cmap("magma")
+    cmap = cmap.with_extremes(bad="0.8")
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, aspect="auto", vmin=0)
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
