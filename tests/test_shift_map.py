@@ -181,6 +181,7 @@ def test_cli_writes_csv_figure_and_summary_without_reading_masks(project, cli_ru
     assert len(rows) == 2 * (3 + n_bn)
     assert (out / "shift_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["target_domains"] == ["ge15", "siemens15-heldout"]
     assert summary["units"] == ["first", "deep", "skips"] and summary["scores"]["ge15"]["skips"] is None
     assert summary["ranks"]["ge15"]["skips"] is None and sorted(
         r for r in summary["ranks"]["ge15"].values() if r) == [1, 2]

@@ -8,6 +8,8 @@ same statistics on a seeded sample of the source run's own training slices.
 
 Per channel both sides are taken as Gaussians and compared by `gaussian_divergence`; a layer scores the mean over its
 channels, a unit the mean over the channels of all its layers. Only images are read: no mask is opened.
+shift_map.csv has one row per unit and per layer and target domain: `score` (that mean), `n_channels`, and its two
+parts, `mean_shift_sd` (mean |mean_t - mean_s| / sd_s) and `log_sd_ratio` (mean log(sd_t / sd_s)).
 """
 from __future__ import annotations
 
@@ -323,15 +325,16 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
     run = read_run(run_dir)
     if divergence not in DIVERGENCES:
         raise InputError(f"--divergence {divergence!r}: choose {' or '.join(DIVERGENCES)}")
+    if forward not in FORWARDS:
+        raise InputError(f"--forward {forward!r}: choose {' or '.join(FORWARDS)}")
     targets = _target_records(manifest, domains)
     arch = run["arch"]
     net = build_model(arch)
     load_pretrained(net, run_dir / "checkpoint.pt", arch=arch)
     net.eval()
-    if forward not in FORWARDS:
-        raise InputError(f"--forward {forward!r}: choose {' or '.join(FORWARDS)}")
     method, layers = probed_layers(net, method)
-    units = list(units) if units is not None else module_units(net)
+    units = module_units(net) if units is None else units
+    units = [(name, [p] if isinstance(p, str) else list(p)) for name, p in units]
     forward_net = adabn_copy(net) if forward == "adabn" else net
     hooked = {name: dict(forward_net.named_modules())[name] for name in layers}
     if batch_size is None and forward == "adabn":
@@ -379,7 +382,8 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
                  colorbar_label=label)
     summary = {"kind": "shift_map", "model": str(run_dir.resolve()), "arch": arch, "manifest": str(Path(manifest)),
                "method": method, "divergence": divergence, "forward": forward, "seed": seed, "max_scans": max_scans,
-               "max_slices": max_slices, "units": unit_names, "domains": sampled, "scores": scores,
+               "max_slices": max_slices, "units": unit_names, "target_domains": list(targets), "domains": sampled,
+               "scores": scores,
                "ranks": {d: _ranks(s) for d, s in scores.items()},
                "elapsed_s": round(time.perf_counter() - started, 3),
                "outputs": {k: str(out / f) for k, f in (("csv", "shift_map.csv"), ("figure", "shift_map.png"))}}
