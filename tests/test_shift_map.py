@@ -1,5 +1,6 @@
 """Shift map: divergence values by hand, activation statistics against NumPy, unit aggregation, image-only
-preprocessing, and end to end on a trained tiny phantom run (shifted targets score higher; masks are never read)."""
+preprocessing, and end to end on a trained tiny phantom run (shifted targets score higher; masks are never
+read)."""
 import json
 
 import numpy as np
@@ -21,7 +22,8 @@ from fewshot_da.errors import InputError
 
 def test_w2_is_the_shift_in_source_sds_and_scale_free():
     assert gaussian_divergence([0.0], [1.0], [0.0], [1.0], eps=0) == pytest.approx([0.0])
-    assert gaussian_divergence([0.0], [4.0], [2.0], [4.0], eps=0) == pytest.approx([1.0])  # mean moved by one sd
+    # the mean moved by one sd
+    assert gaussian_divergence([0.0], [4.0], [2.0], [4.0], eps=0) == pytest.approx([1.0])
     assert gaussian_divergence([1.0], [1.0], [1.0], [4.0], eps=0) == pytest.approx([1.0])  # sd doubled
     assert gaussian_divergence([0.0], [1.0], [3.0], [4.0], eps=0) == pytest.approx([np.sqrt(10.0)])
     a = gaussian_divergence([0.3, -1.0], [0.5, 2.0], [0.1, 0.0], [0.2, 3.0], eps=0)
@@ -45,11 +47,13 @@ def _padded(image, multiple):
 
 def test_activation_stats_are_the_padded_batch_statistics_of_the_layer_input():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1)).eval()
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1))
+    model.eval()
     model[1].running_mean.fill_(0.3)
     model[1].running_var.fill_(2.0)
     rng = np.random.default_rng(0)
-    stacks = [rng.normal(size=(3, 10, 13)).astype(np.float32), rng.gamma(2.0, size=(2, 12, 12)).astype(np.float32)]
+    stacks = [rng.normal(size=(3, 10, 13)).astype(np.float32),
+              rng.gamma(2.0, size=(2, 12, 12)).astype(np.float32)]
     stats = activation_stats(model, {"1": model[1]}, stacks, pad_multiple=8, batch_size=2)
     with torch.no_grad():
         inputs = [model[0](torch.from_numpy(_padded(s, 8))[None, None])[0] for stack in stacks for s in stack]
@@ -84,7 +88,8 @@ def test_slice_sample_is_seeded_and_bounded():
     images = [np.arange(n * 4, dtype=np.float32).reshape(n, 2, 2) for n in (5, 7, 3)]
     a = sample_slices(images, 6, np.random.default_rng(1))
     b = sample_slices(images, 6, np.random.default_rng(1))
-    assert sum(s.shape[0] for s in a) == 6 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert sum(s.shape[0] for s in a) == 6 and len(a) == len(b)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
     everything = sample_slices(images, None, np.random.default_rng(1))
     assert [s.shape[0] for s in everything] == [5, 7, 3]
 
@@ -101,16 +106,16 @@ def test_image_only_preprocessing_equals_the_data_layer(tmp_path):
     np.testing.assert_array_equal(ours, np.moveaxis(image, options.slice_axis, 0))
 
 
-# ---- end to end on a trained tiny phantom run ------------------------------------------------------------------
+# ---- end to end on a trained tiny phantom run ----------------------------------------------------------
 
 SHAPE = (32, 32, 12)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """siemens15 phantoms and a dart20 source run trained long enough (80 steps) for its BN running statistics to
-    settle; targets: held-out source scans, the same scans with a simulated scanner shift, and ge15 phantoms, with
-    mask paths that do not exist or hold garbage."""
+    """siemens15 phantoms and a dart20 source run trained long enough (80 steps) for its BN running statistics
+    to settle; targets: held-out source scans, the same scans with a simulated scanner shift, and ge15
+    phantoms, with mask paths that do not exist or hold garbage."""
     from fewshot_da.data.datasets import index_cc359
     from fewshot_da.data.manifest import Record, write_manifest
     from fewshot_da.data.shift import write_shifted_domain
@@ -134,8 +139,9 @@ def project(tmp_path_factory):
     garbage = root / "garbage.nii.gz"
     garbage.write_bytes(b"this is not a mask")
     targets = []
-    for n, r in enumerate([r for r in records if r.id in held_ids] + [r for r in shifted if r.domain == "siemens15-shift"]
-                          + [r for r in records if r.domain == "ge15"][:2]):
+    chosen = ([r for r in records if r.id in held_ids] + [r for r in shifted if r.domain == "siemens15-shift"]
+              + [r for r in records if r.domain == "ge15"][:2])
+    for n, r in enumerate(chosen):
         domain = "siemens15-heldout" if r.domain == "siemens15" else r.domain
         mask = str(garbage) if n % 2 else str(root / "no-such-mask.nii.gz")
         targets.append(Record(r.id, r.image, mask, domain))
@@ -149,14 +155,15 @@ def _unit(summary, domain, unit):
 
 @pytest.mark.parametrize("forward", ["source", "adabn"])
 def test_a_shifted_target_scores_clearly_higher_than_held_out_source_scans(project, forward):
-    summary = shift_map(model=project / "source", manifest=project / "targets.csv", out=project / f"map-{forward}",
-                        forward=forward, max_slices=None, progress=False)
+    summary = shift_map(model=project / "source", manifest=project / "targets.csv",
+                        out=project / f"map-{forward}", forward=forward, max_slices=None, progress=False)
     assert list(summary["scores"]) == ["siemens15-heldout", "siemens15-shift", "ge15"]
     assert summary["method"] == "bn" and summary["domains"]["ge15"]["n_slices"] == 2 * SHAPE[2]
     same, shifted, other = (_unit(summary, d, "init_path") for d in summary["scores"])
     assert shifted > 2.0 * same, (same, shifted)
     assert other > 1.5 * same, (same, other)
-    rows = [line.split(",") for line in (project / f"map-{forward}" / "shift_map.csv").read_text().splitlines()]
+    text = (project / f"map-{forward}" / "shift_map.csv").read_text()
+    rows = [line.split(",") for line in text.splitlines()]
     first = [r for r in rows[1:] if r[0] == "layer" and r[1] == "init_path.2.conv_path.0.bn"]
     score = {r[3]: float(r[4]) for r in first}
     assert score["siemens15-shift"] > 1.5 * score["siemens15-heldout"]
@@ -166,13 +173,14 @@ def test_cli_writes_csv_figure_and_summary_without_reading_masks(project, cli_ru
     units = project / "units.yaml"
     units.write_text("first: [init_path]\ndeep: [down3, up3]\nskips: [shortcut0, shortcut1, shortcut2]\n")
     out = project / "cli-map"
-    result = cli_runner.invoke(cli_app, ["shift-map", "--model", str(project / "source"), "--data",
-                                         str(project / "targets.csv"), "--out", str(out), "--units", str(units),
-                                         "--domain", "ge15", "--domain", "siemens15-heldout", "--max-slices", "16"])
+    args = ["shift-map", "--model", project / "source", "--data", project / "targets.csv", "--out", out,
+            "--units", units, "--domain", "ge15", "--domain", "siemens15-heldout", "--max-slices", "16"]
+    result = cli_runner.invoke(cli_app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert "ge15: 16 slices; most shifted:" in result.output
     header, *rows = [line.split(",") for line in (out / "shift_map.csv").read_text().splitlines()]
-    assert header == ["level", "name", "unit", "domain", "score", "n_channels", "mean_shift_sd", "log_sd_ratio"]
+    assert header == ["level", "name", "unit", "domain", "score", "n_channels", "mean_shift_sd",
+                      "log_sd_ratio"]
     unit_rows = [r for r in rows if r[0] == "unit"]
     assert [(r[1], r[3]) for r in unit_rows[:3]] == [("first", "ge15"), ("deep", "ge15"), ("skips", "ge15")]
     assert unit_rows[2][4] == "nan" and unit_rows[2][5] == "0"  # 1x1 skip convs hold no BatchNorm
@@ -188,8 +196,9 @@ def test_cli_writes_csv_figure_and_summary_without_reading_masks(project, cli_ru
 
 
 def test_features_method_compares_with_the_source_training_slices(project):
-    summary = shift_map(model=project / "source", manifest=project / "targets.csv", out=project / "map-features",
-                        method="features", domains=["siemens15-heldout", "siemens15-shift"], max_slices=None,
+    summary = shift_map(model=project / "source", manifest=project / "targets.csv",
+                        out=project / "map-features", method="features",
+                        domains=["siemens15-heldout", "siemens15-shift"], max_slices=None,
                         progress=False)
     assert summary["method"] == "features"
     same, shifted = (_unit(summary, d, "init_path") for d in ("siemens15-heldout", "siemens15-shift"))

@@ -1,15 +1,15 @@
-"""Label-free shift map: how far a target domain's activation statistics lie from the source's, per layer and unit.
+"""Label-free shift map: how far a target domain's activation statistics lie from the source's, per unit.
 
-"bn" (nets with BatchNorm): each BN layer's running statistics (the source's, accumulated in training) against the
-per-channel mean and variance of that BN's *input* on target slices. The model runs in eval mode, padded and
-batched as `fewshot_da.predict` runs it, so every layer sees what the deployed source model feeds it.
-"features" (nets without BN, or on request): the input statistics of every conv layer on target slices against the
-same statistics on a seeded sample of the source run's own training slices.
+"bn" (nets with BatchNorm): each BN layer's running statistics (the source's, accumulated in training) against
+the per-channel mean and variance of that BN's *input* on target slices. The model runs in eval mode, padded
+and batched as `fewshot_da.predict` runs it, so every layer sees what the deployed source model feeds it.
+"features" (nets without BN, or on request): the input statistics of every conv layer on target slices against
+the same statistics on a seeded sample of the source run's own training slices.
 
-Per channel both sides are taken as Gaussians and compared by `gaussian_divergence`; a layer scores the mean over its
-channels, a unit the mean over the channels of all its layers. Only images are read: no mask is opened.
-shift_map.csv has one row per unit and per layer and target domain: `score` (that mean), `n_channels`, and its two
-parts, `mean_shift_sd` (mean |mean_t - mean_s| / sd_s) and `log_sd_ratio` (mean log(sd_t / sd_s)).
+Per channel both sides are taken as Gaussians and compared by `gaussian_divergence`; a layer scores the mean
+over its channels, a unit the mean over the channels of all its layers. Only images are read: no mask is
+opened. shift_map.csv has one row per unit and per layer and target domain: `score` (that mean), `n_channels`,
+and its two parts, `mean_shift_sd` (mean |mean_t - mean_s| / sd_s) and `log_sd_ratio` (mean log(sd_t / sd_s)).
 """
 from __future__ import annotations
 
@@ -34,12 +34,14 @@ CSV_COLUMNS = ("level", "name", "unit", "domain", "score", "n_channels", "mean_s
 
 
 def gaussian_divergence(mean_s, var_s, mean_t, var_t, *, kind: str = "w2", eps: float = 1e-5) -> np.ndarray:
-    """Per-channel distance of the target Gaussian N(mean_t, var_t) from the source's N(mean_s, var_s); 0 iff equal.
+    """Per-channel distance of a target Gaussian N(mean_t, var_t) from the source N(mean_s, var_s); 0 iff same.
 
-    w2: sqrt((mean_t - mean_s)^2 + (sd_t - sd_s)^2) / sd_s with sd = sqrt(var + eps): the Wasserstein-2 distance of
-    the two Gaussians in source standard deviations, i.e. after the (x - mean_s) / sd_s a BN layer applies. Scale-free,
-    linear in the shift, finite when a channel dies on either side; AdaBN's re-estimation sets it to 0.
-    skl: symmetric Kullback-Leibler, (KL(s||t) + KL(t||s)) / 2 in nats; grows like 1/var for a collapsing channel.
+    w2: sqrt((mean_t - mean_s)^2 + (sd_t - sd_s)^2) / sd_s with sd = sqrt(var + eps): the Wasserstein-2
+    distance of the two Gaussians in source standard deviations, i.e. after the (x - mean_s) / sd_s a BN layer
+    applies. Scale-free, linear in the shift, finite when a channel dies on either side; AdaBN's re-estimation
+    sets it to 0.
+    skl: symmetric Kullback-Leibler, (KL(s||t) + KL(t||s)) / 2 in nats; grows like 1/var for a collapsing
+    channel.
     """
     if kind not in DIVERGENCES:
         raise InputError(f"--divergence {kind!r}: choose {' or '.join(DIVERGENCES)}")
@@ -52,7 +54,8 @@ def gaussian_divergence(mean_s, var_s, mean_t, var_t, *, kind: str = "w2", eps: 
 
 
 class _Moments:
-    """Per-channel count, mean and sum of squared deviations of (B, C, H, W) batches, merged in float64 (Chan et al.)."""
+    """Per-channel count, mean and sum of squared deviations of (B, C, H, W) batches, merged in float64
+    (Chan, Golub and LeVeque's pairwise update)."""
 
     def __init__(self):
         self.n, self.mean, self.m2 = 0, None, None
@@ -76,23 +79,27 @@ class _Moments:
 
 
 def probed_layers(model: nn.Module, method: str) -> tuple:
-    """(method, {module path: module}) whose inputs are measured: BN layers with running statistics ("bn") or every
-    conv and transposed conv ("features"); "auto" resolves to bn when the net has such BN layers, else features."""
+    """(method, {module path: module}) whose inputs are measured: BN layers with running statistics ("bn") or
+    every conv and transposed conv ("features"); "auto" resolves to bn when the net has such BN layers, else
+    features."""
     if method not in METHODS:
         raise InputError(f"--method {method!r}: choose from {', '.join(METHODS)}")
     bns = {n: m for n, m in model.named_modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
     if method == "bn" and not bns:
-        raise InputError("--method bn: the model has no BatchNorm layer with running statistics; use features")
+        raise InputError("--method bn: the model has no BatchNorm layer with running statistics; "
+                         "use --method features")
     if method == "bn" or (method == "auto" and bns):
         return "bn", bns
-    return "features", {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+    convs = (nn.Conv2d, nn.ConvTranspose2d)
+    return "features", {n: m for n, m in model.named_modules() if isinstance(m, convs)}
 
 
 def activation_stats(model: nn.Module, layers: dict, slice_stacks: Iterable, *, pad_multiple: int,
                      batch_size: int | None = None) -> dict:
-    """{layer name: (mean, var, n_values)} per channel of each layer's input over all `slice_stacks` ((S, H, W) arrays),
-    forwarded with `fewshot_da.predict.predict_volume` (eval mode, each slice padded to `pad_multiple` with its min)."""
+    """{layer name: (mean, var, n_values)} per channel of each layer's input over all `slice_stacks` ((S, H,
+    W) arrays), forwarded with `fewshot_da.predict.predict_volume` (eval mode, each slice padded to
+    `pad_multiple` with its min)."""
     from ..predict import predict_volume
 
     moments = {name: _Moments() for name in layers}
@@ -134,8 +141,8 @@ def _in_unit(layer: str, prefixes: Sequence[str]) -> bool:
 def aggregate_units(per_channel: dict, units: Sequence) -> list:
     """[(unit, mean over the channels of its layers, n_channels)] for `units` = [(name, module prefixes)].
 
-    `per_channel` maps a layer path to its per-channel scores; a layer belongs to every unit one of whose prefixes is
-    the layer path or a parent of it. A unit holding no probed layer scores NaN with 0 channels.
+    `per_channel` maps a layer path to its per-channel scores; a layer belongs to every unit one of whose
+    prefixes is the layer path or a parent of it. A unit holding no probed layer scores NaN with 0 channels.
     """
     rows = []
     for name, prefixes in units:
@@ -175,8 +182,9 @@ def _image_cache_key(path: str, options) -> str:
 
 
 def preprocess_image(path, options) -> np.ndarray:
-    """One scan's image as `data.preprocess.preprocess_record` makes it (reorient, resample, clip, scale), slice-major
-    (S, H, W) in `options.dtype`, without its mask (the data layer's entry point loads and checks the mask too)."""
+    """One scan's image as `data.preprocess.preprocess_record` makes it (reorient, resample, clip, scale),
+    slice-major (S, H, W) in `options.dtype`, without its mask (the data layer's entry point loads and checks
+    the mask too)."""
     import nibabel as nib
 
     from ..data.io import load_volume
@@ -196,7 +204,8 @@ def preprocess_image(path, options) -> np.ndarray:
 
 
 def cached_image(record, options, cache_dir) -> np.ndarray:
-    """`preprocess_image` of a manifest record, cached as `cache_dir/<id>-<key>.npy` (memory-mapped on reuse)."""
+    """`preprocess_image` of a manifest record, cached as `cache_dir/<id>-<key>.npy` (memory-mapped on
+    reuse)."""
     from ..atomic import atomic_path
 
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.id)
@@ -218,8 +227,8 @@ def _sample_ids(ids: Sequence[str], max_scans: int | None, rng: np.random.Genera
 
 
 def sample_slices(images: Sequence[np.ndarray], max_slices: int | None, rng: np.random.Generator) -> list:
-    """[(S_i, H, W) stacks]: `max_slices` slices drawn uniformly without replacement over all slices of `images`
-    (all of them when None or fewer), in scan and slice order."""
+    """[(S_i, H, W) stacks]: `max_slices` slices drawn uniformly without replacement over all slices of
+    `images` (all of them when None or fewer), in scan and slice order."""
     counts = [int(im.shape[0]) for im in images]
     total = sum(counts)
     chosen = np.arange(total) if max_slices is None or total <= max_slices else \
@@ -234,21 +243,23 @@ def sample_slices(images: Sequence[np.ndarray], max_slices: int | None, rng: np.
 
 
 def _source_train_ids(run_dir: Path, run: dict) -> list:
-    """The training ids of the run that made the source statistics (an adapt run's parent chain, else its own)."""
+    """The training ids of the run that made the source statistics (an adapt run's parent chain, else its
+    own)."""
     from ..experiments.runs import read_run
 
     while not run.get("train_ids") and run.get("parent"):
         run_dir = Path(run["parent"])
         run = read_run(run_dir)
     if not run.get("train_ids"):
-        raise InputError(f"{run_dir}: run.yaml lists no train_ids; --method features needs the source training scans")
+        raise InputError(f"{run_dir}: run.yaml lists no train_ids; --method features needs the source "
+                         "training scans")
     return list(run["train_ids"])
 
 
-def _reference_stats(layers, method, forward_net, hooked, run_dir, run, *, pad_multiple, max_scans, max_slices, seed,
-                     batch_size):
-    """{layer: (mean, var, eps)} of the source: the BN running statistics of `layers`, or ("features") the `hooked`
-    layers' input statistics of `forward_net` on a seeded sample of the run's own training slices."""
+def _reference_stats(layers, method, forward_net, hooked, run_dir, run, *, pad_multiple, max_scans,
+                     max_slices, seed, batch_size):
+    """{layer: (mean, var, eps)} of the source: the BN running statistics of `layers`, or ("features") the
+    `hooked` layers' input statistics of `forward_net` on a seeded sample of the run's own training slices."""
     if method == "bn":
         return {n: (m.running_mean.double().numpy(), m.running_var.double().numpy(), float(m.eps))
                 for n, m in layers.items()}
@@ -256,10 +267,11 @@ def _reference_stats(layers, method, forward_net, hooked, run_dir, run, *, pad_m
 
     rng = np.random.default_rng([seed, 1])
     ids = _sample_ids(_source_train_ids(run_dir, run), max_scans, rng)
-    volumes = open_volumes(run["manifest"], ids, cache=run["cache"], preprocess=run["preprocess"], progress=False)
+    volumes = open_volumes(run["manifest"], ids, cache=run["cache"], preprocess=run["preprocess"],
+                           progress=False)
     stats = activation_stats(forward_net, hooked, sample_slices([v.image for v in volumes], max_slices, rng),
                              pad_multiple=pad_multiple, batch_size=batch_size)
-    # a floor on the variance, relative to the layer's typical channel variance (dead channels get no infinite score)
+    # a variance floor relative to the layer's typical channel variance (dead channels get no infinite score)
     return {n: (mean, var, 1e-5 + 1e-3 * float(np.mean(var))) for n, (mean, var, _) in stats.items()}
 
 
@@ -273,12 +285,14 @@ def _target_records(manifest, domains: Sequence[str] | None) -> dict:
     chosen = list(dict.fromkeys(domains)) if domains else list(present)
     for domain in chosen:
         if domain not in present:
-            raise InputError(f"--domain {domain!r} names no scan of {manifest} (domains: {', '.join(present)})")
+            raise InputError(f"--domain {domain!r} names no scan of {manifest} "
+                             f"(domains: {', '.join(present)})")
     return {d: [r for r in records if r.domain == d] for d in chosen}
 
 
 def plot_heatmap(matrix, row_labels, col_labels, path, *, title: str, colorbar_label: str) -> Path:
-    """Rows x columns heat map (magma, NaN grey) with labelled cells, as SpotTUnet's policy figure; PNG at `path`."""
+    """Rows x columns heat map (magma, NaN grey) with labelled cells, as SpotTUnet's policy figure; PNG at
+    `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,19 +314,20 @@ def plot_heatmap(matrix, row_labels, col_labels, path, *, title: str, colorbar_l
 
 
 def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, method: str = "auto",
-              divergence: str = "w2", forward: str = "source", units: Sequence | None = None, max_scans: int | None = 10,
-              max_slices: int | None = 64, seed: int = 0, batch_size: int | None = None, cache=None,
+              divergence: str = "w2", forward: str = "source", units: Sequence | None = None,
+              max_scans: int | None = 10, max_slices: int | None = 64, seed: int = 0,
+              batch_size: int | None = None, cache=None,
               progress: bool = True) -> dict:
-    """Score, per layer and unit, how far each target domain of `manifest` shifts the source run `model`'s activation
-    statistics; no labels are read. Writes `out/shift_map.csv`, `out/shift_map.png`, `out/summary.json`.
+    """Score, per layer and unit, how far each target domain of `manifest` shifts the source run `model`'s
+    activation statistics; no labels are read. Writes `out/shift_map.csv`, `out/shift_map.png`,
+    `out/summary.json`.
 
-    Per domain, `max_scans` scans (seeded) are preprocessed as the source run preprocessed its own (images only,
-    cached in `cache`, default `out/cache`) and `max_slices` of their slices are forwarded (None: all). `forward`:
-    "source" runs the model as deployed (a layer's score includes all shift passed on from the layers before it);
-    "adabn" normalises every BN with the batch's own statistics (`adabn_copy`, batches of `batch_size`, default
-    16), so a layer scores the shift left after all earlier BNs were re-estimated on the target. `units`:
-    [(unit, module prefixes)] (default: the top-level modules). Returns the summary.
-    """
+    Per domain, `max_scans` scans (seeded) are preprocessed as the source run preprocessed its own (images
+    only, cached in `cache`, default `out/cache`) and `max_slices` of their slices are forwarded (None: all).
+    `forward`: "source" runs the model as deployed (a layer's score includes all shift passed on from the
+    layers before it); "adabn" normalises every BN with the batch's own statistics (`adabn_copy`, batches of
+    `batch_size`, default 16), so a layer scores the shift left after all earlier BNs were re-estimated on the
+    target. `units`: [(unit, module prefixes)] (default: the top-level modules). Returns the summary. """
     from tqdm.auto import tqdm
 
     from ..data.preprocess import preprocess_options
@@ -365,12 +380,14 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
         ratios = {k: v for k, v, _ in aggregate_units({n: p[1] for n, p in parts.items()}, units)}
         for unit, score, n_channels in unit_rows:
             rows.append({"level": "unit", "name": unit, "unit": unit, "domain": domain, "score": score,
-                         "n_channels": n_channels, "mean_shift_sd": shifts[unit], "log_sd_ratio": ratios[unit]})
+                         "n_channels": n_channels, "mean_shift_sd": shifts[unit],
+                         "log_sd_ratio": ratios[unit]})
         for name, values in per_channel.items():
             owner = next((u for u, prefixes in units if _in_unit(name, prefixes)), "")
             rows.append({"level": "layer", "name": name, "unit": owner, "domain": domain,
                          "score": float(values.mean()), "n_channels": int(values.size),
-                         "mean_shift_sd": float(parts[name][0].mean()), "log_sd_ratio": float(parts[name][1].mean())})
+                         "mean_shift_sd": float(parts[name][0].mean()),
+                         "log_sd_ratio": float(parts[name][1].mean())})
         scores[domain] = {unit: score for unit, score, _ in unit_rows}
         sampled[domain] = {"scans": chosen, "n_scans_in_manifest": len(records),
                            "n_slices": int(sum(s.shape[0] for s in stacks))}
@@ -380,13 +397,14 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
     plot_heatmap([[scores[d][u] for d in targets] for u in unit_names], unit_names, list(targets),
                  out / "shift_map.png", title=f"{run_dir.name}: {method} statistics shift, {forward} forward",
                  colorbar_label=label)
-    summary = {"kind": "shift_map", "model": str(run_dir.resolve()), "arch": arch, "manifest": str(Path(manifest)),
-               "method": method, "divergence": divergence, "forward": forward, "seed": seed, "max_scans": max_scans,
-               "max_slices": max_slices, "units": unit_names, "target_domains": list(targets), "domains": sampled,
-               "scores": scores,
+    summary = {"kind": "shift_map", "model": str(run_dir.resolve()), "arch": arch,
+               "manifest": str(Path(manifest)), "method": method, "divergence": divergence,
+               "forward": forward,
+               "seed": seed, "max_scans": max_scans, "max_slices": max_slices, "units": unit_names,
+               "target_domains": list(targets), "domains": sampled, "scores": scores,
                "ranks": {d: _ranks(s) for d, s in scores.items()},
                "elapsed_s": round(time.perf_counter() - started, 3),
-               "outputs": {k: str(out / f) for k, f in (("csv", "shift_map.csv"), ("figure", "shift_map.png"))}}
+               "outputs": {"csv": str(out / "shift_map.csv"), "figure": str(out / "shift_map.png")}}
     write_json_atomic(out / "summary.json", summary)
     return summary
 
