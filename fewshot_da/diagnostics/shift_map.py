@@ -34,7 +34,7 @@ CSV_COLUMNS = ("level", "name", "unit", "domain", "score", "n_channels", "mean_s
 
 
 def gaussian_divergence(mean_s, var_s, mean_t, var_t, *, kind: str = "w2", eps: float = 1e-5) -> np.ndarray:
-    """Per-channel distance of the target N(mean_t, var_t) from the source N(mean_s, var_s); 0 iff they are equal.
+    """Per-channel distance of the target N(mean_t, var_t) from the source N(mean_s, var_s); 0 iff equal.
 
     w2: sqrt((mean_t - mean_s)^2 + (sd_t - sd_s)^2) / sd_s with sd = sqrt(var + eps): the Wasserstein-2
     distance of the two Gaussians in source standard deviations, i.e. after the (x - mean_s) / sd_s a BN layer
