@@ -242,14 +242,32 @@ def sample_slices(images: Sequence[np.ndarray], max_slices: int | None, rng: np.
     return stacks
 
 
+def _read_spec(run_dir) -> dict:
+    """What a run folder is (run.yaml: arch, manifest, cache, preprocess, train_ids, parent); one-line error
+    when `run_dir` is not a run. Accepts run.yaml flat or with its fields under `spec`."""
+    from ..experiments.runs import read_run
+
+    run = read_run(run_dir)
+    return run.get("spec") or run
+
+
+def load_source_model(run_dir) -> tuple:
+    """(model in eval mode, run spec) of a `fewshot-da train` or adapt run folder, weights from checkpoint.pt."""
+    from ..models import build_model
+    from ..training.fit import load_pretrained
+
+    spec = _read_spec(run_dir)
+    net = build_model(spec["arch"])
+    load_pretrained(net, Path(run_dir) / "checkpoint.pt", arch=spec["arch"])
+    return net.eval(), spec
+
+
 def _source_train_ids(run_dir: Path, run: dict) -> list:
     """The training ids of the run that made the source statistics (an adapt run's parent chain, else its
     own)."""
-    from ..experiments.runs import read_run
-
     while not run.get("train_ids") and run.get("parent"):
         run_dir = Path(run["parent"])
-        run = read_run(run_dir)
+        run = _read_spec(run_dir)
     if not run.get("train_ids"):
         raise InputError(f"{run_dir}: run.yaml lists no train_ids; --method features needs the source "
                          "training scans")
@@ -331,22 +349,18 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
     from tqdm.auto import tqdm
 
     from ..data.preprocess import preprocess_options
-    from ..experiments.runs import read_run
-    from ..models import build_model, pad_multiple
-    from ..training.fit import load_pretrained
+    from ..models import pad_multiple
 
     started = time.perf_counter()
     run_dir = Path(model)
-    run = read_run(run_dir)
+    _read_spec(run_dir)  # a one-line error for a folder that is not a run, before the manifest is read
     if divergence not in DIVERGENCES:
         raise InputError(f"--divergence {divergence!r}: choose {' or '.join(DIVERGENCES)}")
     if forward not in FORWARDS:
         raise InputError(f"--forward {forward!r}: choose {' or '.join(FORWARDS)}")
     targets = _target_records(manifest, domains)
+    net, run = load_source_model(run_dir)
     arch = run["arch"]
-    net = build_model(arch)
-    load_pretrained(net, run_dir / "checkpoint.pt", arch=arch)
-    net.eval()
     method, layers = probed_layers(net, method)
     units = module_units(net) if units is None else units
     units = [(name, [p] if isinstance(p, str) else list(p)) for name, p in units]
