@@ -252,7 +252,7 @@ def _read_spec(run_dir) -> dict:
 
 
 def load_source_model(run_dir) -> tuple:
-    """(model in eval mode, run spec) of a train or adapt run folder, with the weights of its checkpoint.pt."""
+    """(model in eval mode, run spec) of a train or adapt run folder, weights from its checkpoint.pt."""
     from ..models import build_model
     from ..training.fit import load_pretrained
 
