@@ -97,6 +97,27 @@ py::tuple core_surface_distances(const py::array& gt, const py::array& pred, con
                           to_numpy(std::move(r.gt_areas_mm2)), to_numpy(std::move(r.pred_areas_mm2)));
 }
 
+py::dict core_surface_distance_summary(const py::array& gt, const py::array& pred,
+                                       const std::vector<double>& spacing_mm, double percent, int num_threads) {
+    const fewshot_da::MaskPair m = mask_pair(gt, pred, spacing_mm);
+    if (!(percent >= 0 && percent <= 100)) throw py::value_error("percent must be in [0, 100]");
+    fewshot_da::DistanceSummary s;
+    {
+        py::gil_scoped_release release;
+        s = fewshot_da::surface_distance_summary(m, percent, num_threads);
+    }
+    py::dict d;
+    d["hd_gt_to_pred_mm"] = s.hd_gt_to_pred_mm;
+    d["hd_pred_to_gt_mm"] = s.hd_pred_to_gt_mm;
+    d["gt_area_mm2"] = s.gt_area_mm2;
+    d["gt_weighted_mm3"] = s.gt_weighted_mm3;
+    d["pred_area_mm2"] = s.pred_area_mm2;
+    d["pred_weighted_mm3"] = s.pred_weighted_mm3;
+    d["n_gt"] = s.n_gt;
+    d["n_pred"] = s.n_pred;
+    return d;
+}
+
 py::array_t<double> core_surface_dice_areas_plain(const py::array& gt, const py::array& pred,
                                                   const std::vector<double>& spacing_mm,
                                                   const std::vector<double>& tolerances_mm) {
@@ -219,6 +240,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("surface_distances", &core_surface_distances, py::arg("gt"), py::arg("pred"), py::arg("spacing_mm"),
           py::arg("num_threads") = 0,
           "(gt_to_pred_mm, pred_to_gt_mm, gt_areas_mm2, pred_areas_mm2), surfels in raster order.");
+    m.def("surface_distance_summary", &core_surface_distance_summary, py::arg("gt"), py::arg("pred"),
+          py::arg("spacing_mm"), py::arg("percent") = 95.0, py::arg("num_threads") = 0,
+          "Directed percentile distances, surfel areas and area-weighted distance sums (mm) of both surfaces.");
     m.def("surface_dice_areas_plain", &core_surface_dice_areas_plain, py::arg("gt"), py::arg("pred"),
           py::arg("spacing_mm"), py::arg("tolerances_mm"),
           "The CUDA kernel's per-corner algorithm on the host (for tests); same output as surface_dice_areas.");
