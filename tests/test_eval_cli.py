@@ -69,7 +69,7 @@ def test_eval_ixi_folders(cli_runner, cli_app, ixi_pair, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "mean ± std" in result.output and IXI_CASES[0] in result.output
+    assert "mean ± sd" in result.output and IXI_CASES[0] in result.output
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == IXI_CASES
