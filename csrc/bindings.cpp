@@ -118,6 +118,42 @@ py::dict core_surface_distance_summary(const py::array& gt, const py::array& pre
     return d;
 }
 
+py::dict core_case_scores(const py::array& gt, const py::array& pred, const std::vector<double>& spacing_mm,
+                          const std::vector<double>& tolerances_mm, bool with_distances, double percent,
+                          int num_threads) {
+    const fewshot_da::MaskPair m = mask_pair(gt, pred, spacing_mm);
+    const std::vector<double> tol = checked_tolerances(tolerances_mm);
+    if (!(percent >= 0 && percent <= 100)) throw py::value_error("percent must be in [0, 100]");
+    fewshot_da::CaseScores c;
+    {
+        py::gil_scoped_release release;
+        c = fewshot_da::case_scores(m, tol.data(), static_cast<int>(tol.size()), with_distances, percent, num_threads);
+    }
+    py::array_t<double> areas({static_cast<py::ssize_t>(tol.size()), static_cast<py::ssize_t>(4)});
+    std::copy(c.surface_dice_areas.begin(), c.surface_dice_areas.end(), areas.mutable_data());
+    py::dict d;
+    d["surface_dice_areas"] = areas;
+    d["gt_voxels"] = c.voxels.gt;
+    d["pred_voxels"] = c.voxels.pred;
+    d["both_voxels"] = c.voxels.both;
+    if (c.has_distances) {
+        const fewshot_da::DistanceSummary& s = c.distances;
+        py::dict dist;
+        dist["hd_gt_to_pred_mm"] = s.hd_gt_to_pred_mm;
+        dist["hd_pred_to_gt_mm"] = s.hd_pred_to_gt_mm;
+        dist["gt_area_mm2"] = s.gt_area_mm2;
+        dist["gt_weighted_mm3"] = s.gt_weighted_mm3;
+        dist["pred_area_mm2"] = s.pred_area_mm2;
+        dist["pred_weighted_mm3"] = s.pred_weighted_mm3;
+        dist["n_gt"] = s.n_gt;
+        dist["n_pred"] = s.n_pred;
+        d["distances"] = dist;
+    } else {
+        d["distances"] = py::none();
+    }
+    return d;
+}
+
 py::array_t<double> core_surface_dice_areas_plain(const py::array& gt, const py::array& pred,
                                                   const std::vector<double>& spacing_mm,
                                                   const std::vector<double>& tolerances_mm) {
@@ -243,6 +279,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("surface_distance_summary", &core_surface_distance_summary, py::arg("gt"), py::arg("pred"),
           py::arg("spacing_mm"), py::arg("percent") = 95.0, py::arg("num_threads") = 0,
           "Directed percentile distances, surfel areas and area-weighted distance sums (mm) of both surfaces.");
+    m.def("case_scores", &core_case_scores, py::arg("gt"), py::arg("pred"), py::arg("spacing_mm"),
+          py::arg("tolerances_mm"), py::arg("with_distances"), py::arg("percent") = 95.0, py::arg("num_threads") = 0,
+          "One case in one call: voxel counts, surface-Dice areas per tolerance, optional HD/ASSD summary.");
     m.def("surface_dice_areas_plain", &core_surface_dice_areas_plain, py::arg("gt"), py::arg("pred"),
           py::arg("spacing_mm"), py::arg("tolerances_mm"),
           "The CUDA kernel's per-corner algorithm on the host (for tests); same output as surface_dice_areas.");

@@ -670,11 +670,34 @@ DirectedDistances directed_distances(const MaskPair& m, const PackedSurfaces& p,
     return out;
 }
 
-// Both directions; false when both masks are empty.
+// Foreground voxel counts of the packed crops (everything outside the crop is background in both masks).
+VoxelCounts packed_counts(const PackedSurfaces& p, int threads) {
+    VoxelCounts total;
+    std::mutex merge;
+    parallel_for(threads, p.v0 * p.v1, 1024, [&](int, int64_t begin, int64_t end) {
+        VoxelCounts c;
+        for (int64_t r = begin; r < end; ++r) {
+            if (!p.vany[0][r] && !p.vany[1][r]) continue;
+            const uint64_t* a = p.vox[0].data() + r * p.words;
+            const uint64_t* b = p.vox[1].data() + r * p.words;
+            for (int64_t k = 0; k < p.words; ++k) {
+                c.gt += __builtin_popcountll(a[k]);
+                c.pred += __builtin_popcountll(b[k]);
+                c.both += __builtin_popcountll(a[k] & b[k]);
+            }
+        }
+        const std::lock_guard<std::mutex> lock(merge);
+        total.gt += c.gt, total.pred += c.pred, total.both += c.both;
+    });
+    return total;
+}
+
+// Both directions; false when both masks are empty. `counts` (optional) gets the voxel counts.
 bool both_directions(const MaskPair& m, int threads, DirectedDistances* gt_to_pred, DirectedDistances* pred_to_gt,
-                     RingStencil* ring) {
+                     RingStencil* ring, VoxelCounts* counts = nullptr) {
     PackedSurfaces p;
     if (!pack_surfaces(m, threads, &p)) return false;
+    if (counts) *counts = packed_counts(p, threads);
     *ring = ring_stencil(m, kRingOffsets);
     *gt_to_pred = directed_distances(m, p, *ring, 0, threads);
     *pred_to_gt = directed_distances(m, p, *ring, 1, threads);
@@ -798,14 +821,11 @@ double percentile_mm(const DirectedDistances& d, const double areas[256], const 
 
 }  // namespace
 
-DistanceSummary surface_distance_summary(const MaskPair& m, double percent, int num_threads) {
-    check(m);
+namespace {
+
+DistanceSummary summarize_directions(const DirectedDistances& g, const DirectedDistances& p, const RingStencil& ring,
+                                     const double areas[256], double percent) {
     DistanceSummary s;
-    DirectedDistances g, p;
-    RingStencil ring;
-    if (!both_directions(m, resolve_threads(num_threads, m), &g, &p, &ring)) return s;
-    double areas[256];
-    area_table(m, areas);
     s.n_gt = static_cast<int64_t>(g.code.size());
     s.n_pred = static_cast<int64_t>(p.code.size());
     for (size_t k = 0; k < g.code.size(); ++k) {
@@ -819,6 +839,73 @@ DistanceSummary surface_distance_summary(const MaskPair& m, double percent, int 
     s.hd_gt_to_pred_mm = percentile_mm(g, areas, ring, percent);
     s.hd_pred_to_gt_mm = percentile_mm(p, areas, ring, percent);
     return s;
+}
+
+// Foreground voxel counts by one pass over both arrays.
+VoxelCounts byte_counts(const MaskPair& m, int threads) {
+    const int64_t n = m.shape[0] * m.shape[1] * m.shape[2];
+    VoxelCounts total;
+    std::mutex merge;
+    parallel_for(threads, n, int64_t{1} << 20, [&](int, int64_t begin, int64_t end) {
+        int64_t g = 0, p = 0, b = 0;
+        for (int64_t i = begin; i < end; ++i) {
+            const int x = m.gt[i] != 0, y = m.pred[i] != 0;
+            g += x, p += y, b += x & y;
+        }
+        const std::lock_guard<std::mutex> lock(merge);
+        total.gt += g, total.pred += p, total.both += b;
+    });
+    return total;
+}
+
+}  // namespace
+
+DistanceSummary surface_distance_summary(const MaskPair& m, double percent, int num_threads) {
+    check(m);
+    DirectedDistances g, p;
+    RingStencil ring;
+    if (!both_directions(m, resolve_threads(num_threads, m), &g, &p, &ring)) return DistanceSummary{};
+    double areas[256];
+    area_table(m, areas);
+    return summarize_directions(g, p, ring, areas, percent);
+}
+
+CaseScores case_scores(const MaskPair& m, const double* tolerances_mm, int n_tolerances, bool with_distances,
+                       double percent, int num_threads) {
+    check(m);
+    for (int t = 0; t < n_tolerances; ++t)
+        if (!(tolerances_mm[t] >= 0)) throw std::invalid_argument("tolerance_mm must be >= 0");
+    const int threads = resolve_threads(num_threads, m);
+    CaseScores c;
+    c.surface_dice_areas.assign(static_cast<size_t>(4 * std::max(0, n_tolerances)), 0.0);
+    if (!with_distances) {
+        c.voxels = byte_counts(m, threads);
+        if (n_tolerances > 0)
+            surface_dice_areas(m, tolerances_mm, n_tolerances, num_threads, c.surface_dice_areas.data());
+        return c;
+    }
+    c.has_distances = true;
+    DirectedDistances g, p;
+    RingStencil ring;
+    if (!both_directions(m, threads, &g, &p, &ring, &c.voxels)) return c;
+    double areas[256];
+    area_table(m, areas);
+    c.distances = summarize_directions(g, p, ring, areas, percent);
+    // surface Dice from the exact distances: the per-code counts the stencil would give, so the same areas
+    for (int t = 0; t < n_tolerances; ++t) {
+        std::vector<int64_t> hist(1024, 0);
+        const double tol = tolerances_mm[t];
+        for (size_t k = 0; k < g.code.size(); ++k) {
+            ++hist[g.code[k]];
+            if (g.dist_mm[k] <= tol) ++hist[256 + g.code[k]];
+        }
+        for (size_t k = 0; k < p.code.size(); ++k) {
+            ++hist[512 + p.code[k]];
+            if (p.dist_mm[k] <= tol) ++hist[768 + p.code[k]];
+        }
+        areas_from_counts(hist.data(), areas, c.surface_dice_areas.data() + 4 * t);
+    }
+    return c;
 }
 
 SurfaceDistanceArrays surface_distances(const MaskPair& m, int num_threads) {

@@ -48,6 +48,24 @@ struct DistanceSummary {
 };
 DistanceSummary surface_distance_summary(const MaskPair& masks, double percent, int num_threads);
 
+// Foreground voxel counts (nonzero) of each mask and of both.
+struct VoxelCounts {
+    int64_t gt = 0, pred = 0, both = 0;
+};
+
+// Everything one case's scores need, in one call: voxel counts (Dice, pixel error), surfel areas within
+// each tolerance (as surface_dice_areas, out[4 * t + k]) and, when `with_distances`, the HD/ASSD
+// summary. Without distances surface Dice takes the stencil path; with them it thresholds the exact
+// distances (the same per-code counts, so the same areas) and the masks are read once.
+struct CaseScores {
+    bool has_distances = false;
+    DistanceSummary distances;
+    std::vector<double> surface_dice_areas;
+    VoxelCounts voxels;
+};
+CaseScores case_scores(const MaskPair& masks, const double* tolerances_mm, int n_tolerances, bool with_distances,
+                       double percent, int num_threads);
+
 // The CUDA kernel's algorithm run on the host, one corner at a time over the whole array (no crop, no ring
 // buffer, no word skipping): same output as surface_dice_areas. Lets CPU-only tests check the per-surfel
 // device logic (surfel.h) against the fast path.

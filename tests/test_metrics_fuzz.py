@@ -12,11 +12,17 @@ import pytest
 from scipy import ndimage
 
 from fewshot_da.metrics import (
+    METRICS,
+    adjusted_rand_index,
     assd,
     assd_from,
+    dice,
     hd95,
     hd_from,
+    pixel_error,
     reference,
+    score_case,
+    surface_dice_key,
     surface_dice_many,
     surface_distances,
 )
@@ -83,11 +89,18 @@ def test_fuzz_against_oracle():
             both_inf = np.isinf(a) & np.isinf(b)
             if a.size:
                 worst["distance"] = max(worst["distance"], float(np.max(np.abs(np.where(both_inf, 0, a - b)))))
-        for t, value in zip(tolerances, surface_dice_many(gt, pred, spacing_mm=spacing, tolerances_mm=tolerances)):
+        stencil = surface_dice_many(gt, pred, spacing_mm=spacing, tolerances_mm=tolerances)
+        # score_case: surface Dice from the exact-distance pass must equal the stencil path bit for bit
+        case = score_case(gt, pred, spacing_mm=spacing, tolerances_mm=tolerances, metrics=METRICS)
+        for t, value in zip(tolerances, stencil):
             expected = reference.surface_dice(gt, pred, spacing_mm=spacing, tolerance_mm=t, distances=ref)
             worst["surface_dice"] = max(worst["surface_dice"], _diff(value, expected))
+            assert case[surface_dice_key(t)] == value or (math.isnan(value) and math.isnan(case[surface_dice_key(t)]))
+        assert case["dice"] == dice(gt, pred) and case["ari"] == adjusted_rand_index(gt, pred)
+        assert case["pixel_error_pct"] == 100.0 * pixel_error(gt, pred)
         worst["hd95"] = max(worst["hd95"], _diff(hd95(gt, pred, spacing_mm=spacing), hd_from(ref, 95.0)))
         worst["assd"] = max(worst["assd"], _diff(assd(gt, pred, spacing_mm=spacing), assd_from(ref)))
+        assert _diff(case["hd95_mm"], hd_from(ref, 95.0)) <= ATOL and _diff(case["assd_mm"], assd_from(ref)) <= ATOL
         assert max(worst.values()) <= ATOL, (trial, gt.shape, spacing, worst)
     print(f"\nfuzz: {N_PAIRS} pairs ({kinds_2d} 2D, {kinds_3d} 3D); largest |difference|: "
           + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
