@@ -357,6 +357,43 @@ def hd95_in_process(repeats):
         print(f"| {label} | {seconds * 1000:.1f} | {value:.6f} | {seconds / ours:.1f} |")
 
 
+def decode(repeats):
+    """ms per file: nibabel.load + dataobj (stops before the gzip CRC), whole stream via zlib, via isal."""
+    import gzip
+
+    import nibabel as nib
+
+    try:
+        from isal import igzip
+    except ImportError:
+        igzip = None
+    tmp = Path(ARGS.tmp)
+    sets = [("IXI 120x120x90 uint8", sorted((tmp / "ixi_pred").glob("*.nii.gz")))]
+    if (tmp / "brain_pred" / ".done").exists():
+        sets.append(("brain 256x256x170 uint8", sorted((tmp / "brain_pred").glob("*.nii.gz"))))
+
+    def whole(module):
+        return lambda f: np.asanyarray(nib.Nifti1Image.from_bytes(module.decompress(f.read_bytes())).dataobj)
+
+    readers = [("nibabel.load (no CRC check)", lambda f: np.asanyarray(nib.load(str(f)).dataobj)),
+               ("whole stream, zlib (gzip module)", whole(gzip))]
+    if igzip is not None:
+        readers.append(("whole stream, isal.igzip", whole(igzip)))
+    print("\n| decoding, ms per file (best of repeats) | " + " | ".join(n for n, _ in sets) + " |")
+    print("|---|" + "---:|" * len(sets))
+    for label, fn in readers:
+        cells = []
+        for _, files in sets:
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for f in files:
+                    fn(f)
+                best = min(best, (time.perf_counter() - t) / len(files))
+            cells.append(f"{best * 1000:.1f}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 ARGS = None
 
 
@@ -365,7 +402,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-brain", action="store_true")
-    parser.add_argument("--only", choices=["ixi", "brain", "hd95", "split"], default=None)
+    parser.add_argument("--only", choices=["ixi", "brain", "hd95", "split", "decode"], default=None)
     parser.add_argument("--tmp", default="/tmp/fewshot_da_bench_eval")
     ARGS = parser.parse_args()
     tmp = Path(ARGS.tmp)
@@ -385,6 +422,8 @@ def main():
     if not ARGS.skip_brain and ARGS.only in (None, "hd95"):
         make_brains(tmp)
         hd95_in_process(ARGS.repeats)
+    if ARGS.only in (None, "decode"):
+        decode(ARGS.repeats)
     print(f"load average at end: {os.getloadavg()}")
 
 
