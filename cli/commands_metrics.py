@@ -56,9 +56,8 @@ _METRICS = "dice,sdsc,hd95,assd,pixel_error,ari"
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Cases scored at once (threads; decoding and kernels overlap).",
+    default=None,
+    help="Cases scored at once (threads; decoding and kernels overlap)  [default: CPU cores, at most 4]",
 )
 @click.option(
     "--num-threads",
