@@ -154,6 +154,25 @@ py::dict core_case_scores(const py::array& gt, const py::array& pred, const std:
     return d;
 }
 
+// C-order uint8 copy of a Fortran-ordered bool/uint8 2D or 3D array (NIfTI data), without NumPy's strided copy.
+py::array_t<uint8_t> core_c_order_mask(const py::array& mask) {
+    const char kind = mask.dtype().kind();
+    if (!((kind == 'b' || kind == 'u') && mask.itemsize() == 1))
+        throw py::value_error("mask must be a bool or uint8 array");
+    if (!(mask.flags() & py::array::f_style)) throw py::value_error("mask must be Fortran-contiguous");
+    if (mask.ndim() != 2 && mask.ndim() != 3) throw py::value_error("mask must be 2D or 3D");
+    std::vector<py::ssize_t> shape(mask.shape(), mask.shape() + mask.ndim());
+    const int64_t n0 = mask.ndim() == 3 ? shape[0] : 1, n1 = shape[mask.ndim() - 2], n2 = shape[mask.ndim() - 1];
+    py::array_t<uint8_t> out(shape);
+    const uint8_t* in = static_cast<const uint8_t*>(mask.data());
+    uint8_t* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        fewshot_da::fortran_to_c_order(in, n0, n1, n2, o);
+    }
+    return out;
+}
+
 py::array_t<double> core_surface_dice_areas_plain(const py::array& gt, const py::array& pred,
                                                   const std::vector<double>& spacing_mm,
                                                   const std::vector<double>& tolerances_mm) {
@@ -282,6 +301,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("case_scores", &core_case_scores, py::arg("gt"), py::arg("pred"), py::arg("spacing_mm"),
           py::arg("tolerances_mm"), py::arg("with_distances"), py::arg("percent") = 95.0, py::arg("num_threads") = 0,
           "One case in one call: voxel counts, surface-Dice areas per tolerance, optional HD/ASSD summary.");
+    m.def("c_order_mask", &core_c_order_mask, py::arg("mask"),
+          "C-order uint8 copy of a Fortran-ordered bool/uint8 2D/3D mask (tiled; GIL released).");
     m.def("surface_dice_areas_plain", &core_surface_dice_areas_plain, py::arg("gt"), py::arg("pred"),
           py::arg("spacing_mm"), py::arg("tolerances_mm"),
           "The CUDA kernel's per-corner algorithm on the host (for tests); same output as surface_dice_areas.");

@@ -913,6 +913,23 @@ SurfaceDistanceArrays surface_distances(const MaskPair& m, int num_threads) {
     return distances_impl(m, resolve_threads(num_threads, m), nullptr, nullptr);
 }
 
+void fortran_to_c_order(const uint8_t* f, int64_t n0, int64_t n1, int64_t n2, uint8_t* c) {
+    // element (i0, i1, i2) is f[i0 + n0 * (i1 + n1 * i2)] and c[(i0 * n1 + i1) * n2 + i2]
+    // tiles of 128 (i0, contiguous reads) x 8 (i2, contiguous writes): reads stride n0 * n1 bytes along i2,
+    // often a power of two, so a few lines per tile keep clear of cache-set conflicts (64 x 64: 5x slower)
+    constexpr int64_t kTile0 = 128, kTile2 = 8;
+    for (int64_t i1 = 0; i1 < n1; ++i1)
+        for (int64_t a0 = 0; a0 < n0; a0 += kTile0)
+            for (int64_t a2 = 0; a2 < n2; a2 += kTile2) {
+                const int64_t e0 = std::min(n0, a0 + kTile0), e2 = std::min(n2, a2 + kTile2);
+                for (int64_t i0 = a0; i0 < e0; ++i0) {
+                    uint8_t* out = c + (i0 * n1 + i1) * n2;
+                    const uint8_t* in = f + i0 + n0 * i1;
+                    for (int64_t i2 = a2; i2 < e2; ++i2) out[i2] = in[n0 * n1 * i2];
+                }
+            }
+}
+
 void corner_code_map(const MaskPair& m, bool of_pred, uint8_t* out) {
     check(m);
     const int64_t m0 = m.ndim == 3 ? m.shape[0] + 1 : 1, m1 = m.shape[1] + 1, m2 = m.shape[2] + 1;

@@ -66,6 +66,10 @@ struct CaseScores {
 CaseScores case_scores(const MaskPair& masks, const double* tolerances_mm, int n_tolerances, bool with_distances,
                        double percent, int num_threads);
 
+// C-order copy of a Fortran-order (column-major) uint8 array of C shape (n0, n1, n2), as NIfTI volumes are
+// stored: tiled, so it runs at copy speed instead of striding through memory once per element.
+void fortran_to_c_order(const uint8_t* f_order, int64_t n0, int64_t n1, int64_t n2, uint8_t* c_order);
+
 // The CUDA kernel's algorithm run on the host, one corner at a time over the whole array (no crop, no ring
 // buffer, no word skipping): same output as surface_dice_areas. Lets CPU-only tests check the per-surfel
 // device logic (surfel.h) against the fast path.
