@@ -1,5 +1,5 @@
 // Surface-distance core: union bounding box, bit-packed surfels, stencil tolerance queries and exact
-// nearest-surfel distances (ring stencil + k-d tree). See surface_distance.h for the contract and surfel.h for the per-surfel rules.
+// nearest-surfel distances (ring stencils + block grid). See surface_distance.h for the contract and surfel.h for the per-surfel rules.
 #include "surface_distance.h"
 
 #include <algorithm>
@@ -376,8 +376,9 @@ void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<
 // each corner row's surfels are found 64 at a time (as in the stencil path). A surfel's distance to the
 // other surface is then the first offset of a "ring" stencil, sorted by distance and complete within its
 // radius, that lands on a surfel of the other mask (64 surfels per word tested per offset, a word stops
-// once all its surfels are resolved). Surfels with no hit inside the radius are farther away than it and
-// are answered exactly by a k-d tree over the other surface's surfels. Every distance is computed by
+// once all its surfels are resolved). Surfels with no hit inside the radius (~400 offsets) are farther away
+// than it: they continue one by one through a larger ring (~8000 offsets), and the few beyond that (a false
+// positive far away) ask a block grid of the other surface's surfels. Every distance is computed by
 // offset_distance_mm from an integer corner offset, the formula SciPy's EDT ends with.
 
 // Offsets (d0, d1, d2) with distance <= radius_mm, sorted by (distance, offset); about `target` of them.
@@ -387,6 +388,10 @@ struct RingStencil {
     std::vector<int32_t> dist_rank;  // rank of dist_mm among the distinct distances
     int32_t n_ranks = 0;
     double radius_mm = 0;
+    // per offset: index of its (d0, d1) in `rows`, and d2 as a word step q = floor(d2 / 64) and bit r = d2 mod 64
+    std::vector<std::array<int32_t, 2>> rows;
+    std::vector<int32_t> row_of, word_step, bit_shift;
+    int32_t max_abs_d2 = 0;
 };
 
 RingStencil ring_stencil(const MaskPair& m, int64_t target) {
@@ -412,6 +417,15 @@ RingStencil ring_stencil(const MaskPair& m, int64_t target) {
         st.offsets.push_back(c.second);
         st.dist_mm.push_back(c.first);
         st.dist_rank.push_back(st.n_ranks - 1);
+        const std::array<int32_t, 2> row = {c.second[0], c.second[1]};
+        const auto it = std::find(st.rows.begin(), st.rows.end(), row);
+        st.row_of.push_back(static_cast<int32_t>(it - st.rows.begin()));
+        if (it == st.rows.end()) st.rows.push_back(row);
+        const int32_t d2 = c.second[2];
+        const int32_t q = d2 >= 0 ? d2 / 64 : -((-d2 + 63) / 64);
+        st.word_step.push_back(q);
+        st.bit_shift.push_back(d2 - 64 * q);
+        st.max_abs_d2 = std::max(st.max_abs_d2, std::abs(d2));
     }
     return st;
 }
@@ -506,72 +520,61 @@ bool pack_surfaces(const MaskPair& m, int threads, PackedSurfaces* p) {
     return true;
 }
 
-// Exact nearest-point queries over integer corner coordinates, distances by offset_distance_mm: a
-// balanced k-d tree stored in place (median of each range at its middle; split axis per median).
-class CornerKdTree {
+// Exact nearest-point queries for the few surfels beyond both rings: the other surface's surfels bucketed
+// into blocks of 16^3 corners; a query visits the non-empty blocks in order of the lower bound of its
+// distance to each block's box and stops once that bound exceeds the best distance found. Distances by
+// offset_distance_mm; rounding is monotone, so a bound never exceeds the computed distance of a point
+// in its block.
+class CornerBlockGrid {
   public:
-    CornerKdTree(std::vector<std::array<int32_t, 3>> points, const double spacing_mm[3])
-        : p_(std::move(points)), axis_(p_.size(), 0) {
-        for (int a = 0; a < 3; ++a) s_[a] = spacing_mm[a];
-        build(0, static_cast<int64_t>(p_.size()));
+    CornerBlockGrid(const std::vector<std::array<int32_t, 3>>& points, const int64_t corners[3],
+                    const double spacing_mm[3]) {
+        for (int a = 0; a < 3; ++a) nb_[a] = (corners[a] + kBlock - 1) / kBlock, s_[a] = spacing_mm[a];
+        std::vector<int64_t> start(static_cast<size_t>(nb_[0] * nb_[1] * nb_[2] + 1), 0);
+        for (const auto& q : points) ++start[block_of(q) + 1];
+        for (size_t b = 1; b < start.size(); ++b) start[b] += start[b - 1];
+        points_.resize(points.size());
+        std::vector<int64_t> fill(start.begin(), start.end() - 1);
+        for (const auto& q : points) points_[static_cast<size_t>(fill[block_of(q)]++)] = q;
+        for (int64_t b = 0; b + 1 < static_cast<int64_t>(start.size()); ++b)
+            if (start[b + 1] > start[b]) blocks_.push_back({b, start[b], start[b + 1]});
     }
     // Squared distance (mm^2) to the nearest point; +inf when there are none.
-    double nearest_sq(const std::array<int32_t, 3>& q) const {
+    double nearest_sq(const std::array<int32_t, 3>& q, std::vector<std::pair<double, int64_t>>& order) const {
+        order.clear();
+        for (size_t i = 0; i < blocks_.size(); ++i) {
+            const int64_t b = blocks_[i][0];
+            const int64_t lo[3] = {b / (nb_[1] * nb_[2]) * kBlock, (b / nb_[2]) % nb_[1] * kBlock, b % nb_[2] * kBlock};
+            double x[3];
+            for (int a = 0; a < 3; ++a) {
+                const int64_t gap = std::max<int64_t>({0, lo[a] - q[a], q[a] - (lo[a] + kBlock - 1)});
+                x[a] = static_cast<double>(gap) * s_[a];
+            }
+            order.push_back({(x[0] * x[0] + x[1] * x[1]) + x[2] * x[2], static_cast<int64_t>(i)});
+        }
+        std::sort(order.begin(), order.end());
         double best = kInf;
-        search(0, static_cast<int64_t>(p_.size()), q, &best);
+        for (const auto& o : order) {
+            if (o.first > best) break;
+            const auto& blk = blocks_[static_cast<size_t>(o.second)];
+            for (int64_t k = blk[1]; k < blk[2]; ++k) {
+                const auto& p = points_[static_cast<size_t>(k)];
+                const double x0 = static_cast<double>(p[0] - q[0]) * s_[0], x1 = static_cast<double>(p[1] - q[1]) * s_[1],
+                             x2 = static_cast<double>(p[2] - q[2]) * s_[2];
+                best = std::min(best, (x0 * x0 + x1 * x1) + x2 * x2);
+            }
+        }
         return best;
     }
 
   private:
-    static constexpr int64_t kLeaf = 8;
-    std::vector<std::array<int32_t, 3>> p_;
-    std::vector<uint8_t> axis_;
+    static constexpr int64_t kBlock = 16;
+    int64_t nb_[3];
     double s_[3];
-
-    double sq(const std::array<int32_t, 3>& a, const std::array<int32_t, 3>& b) const {
-        const double x0 = static_cast<double>(a[0] - b[0]) * s_[0], x1 = static_cast<double>(a[1] - b[1]) * s_[1],
-                     x2 = static_cast<double>(a[2] - b[2]) * s_[2];
-        return (x0 * x0 + x1 * x1) + x2 * x2;
-    }
-    void build(int64_t lo, int64_t hi) {
-        if (hi - lo <= kLeaf) return;
-        int32_t mn[3] = {INT32_MAX, INT32_MAX, INT32_MAX}, mx[3] = {INT32_MIN, INT32_MIN, INT32_MIN};
-        for (int64_t i = lo; i < hi; ++i)
-            for (int a = 0; a < 3; ++a) mn[a] = std::min(mn[a], p_[i][a]), mx[a] = std::max(mx[a], p_[i][a]);
-        int axis = 0;
-        double widest = -1;
-        for (int a = 0; a < 3; ++a) {
-            const double extent = static_cast<double>(mx[a] - mn[a]) * s_[a];
-            if (extent > widest) widest = extent, axis = a;
-        }
-        const int64_t mid = lo + (hi - lo) / 2;
-        std::nth_element(p_.begin() + lo, p_.begin() + mid, p_.begin() + hi,
-                         [axis](const std::array<int32_t, 3>& a, const std::array<int32_t, 3>& b) {
-                             return a[axis] < b[axis];
-                         });
-        axis_[mid] = static_cast<uint8_t>(axis);
-        build(lo, mid);
-        build(mid + 1, hi);
-    }
-    void search(int64_t lo, int64_t hi, const std::array<int32_t, 3>& q, double* best) const {
-        if (hi - lo <= kLeaf) {
-            for (int64_t i = lo; i < hi; ++i) *best = std::min(*best, sq(q, p_[i]));
-            return;
-        }
-        const int64_t mid = lo + (hi - lo) / 2;
-        const int axis = axis_[mid];
-        *best = std::min(*best, sq(q, p_[mid]));
-        const int64_t diff = static_cast<int64_t>(q[axis]) - p_[mid][axis];
-        // points beyond the splitting plane are at least |diff| steps away along `axis`; rounding is
-        // monotone, so their computed squared distance is >= this one
-        const double x = static_cast<double>(diff) * s_[axis], plane = x * x;
-        if (diff < 0) {
-            search(lo, mid, q, best);
-            if (plane <= *best) search(mid + 1, hi, q, best);
-        } else {
-            search(mid + 1, hi, q, best);
-            if (plane <= *best) search(lo, mid, q, best);
-        }
+    std::vector<std::array<int32_t, 3>> points_;
+    std::vector<std::array<int64_t, 3>> blocks_;  // {block id, first point, end}
+    int64_t block_of(const std::array<int32_t, 3>& q) const {
+        return ((q[0] / kBlock) * nb_[1] + q[1] / kBlock) * nb_[2] + q[2] / kBlock;
     }
 };
 
@@ -579,14 +582,14 @@ class CornerKdTree {
 struct DirectedDistances {
     std::vector<double> dist_mm;
     std::vector<uint8_t> code;
-    std::vector<int32_t> rank;  // ring-stencil distance rank, or -1 when answered by the k-d tree
+    std::vector<int32_t> rank;  // first ring's distance rank, or -1 when answered beyond it
 };
 
-constexpr int64_t kRingOffsets = 400;
+constexpr int64_t kRingOffsets = 400, kFarRingOffsets = 8000;
 
 // Distances from every surfel of mask `side` to the nearest surfel of the other mask.
 DirectedDistances directed_distances(const MaskPair& m, const PackedSurfaces& p, const RingStencil& st,
-                                     int side, int threads) {
+                                     const RingStencil& far_ring, int side, int threads) {
     const int other = 1 - side;
     const int64_t m0 = p.m0, m1 = p.m1, words = p.words, crows = m0 * m1;
     const int64_t n = p.first[side][crows];
@@ -596,12 +599,28 @@ DirectedDistances directed_distances(const MaskPair& m, const PackedSurfaces& p,
     out.rank.assign(static_cast<size_t>(n), -1);
     const bool other_empty = p.first[other][crows] == 0;
     const int64_t n_off = static_cast<int64_t>(st.offsets.size());
+    const int64_t n_rows = static_cast<int64_t>(st.rows.size());
+    // the other surface's rows padded with zero words on both sides, so a shifted 64-bit window is two plain
+    // loads (no bounds checks); rows outside the grid or without surfels read an all-zero padded row
+    const int64_t pad = std::max(st.max_abs_d2, far_ring.max_abs_d2) / 64 + 2, stride = words + 2 * pad;
+    std::vector<uint64_t> padded(static_cast<size_t>((crows + 1) * stride), 0);
+    for (int64_t r = 0; r < crows; ++r)
+        if (p.sany[other][r])
+            std::copy(p.surf[other].data() + r * words, p.surf[other].data() + (r + 1) * words,
+                      padded.data() + r * stride + pad);
+    const uint64_t* zero_row = padded.data() + crows * stride + pad;
     std::vector<std::vector<std::pair<int64_t, std::array<int32_t, 3>>>> far(threads);
     parallel_for(threads, crows, 64, [&](int worker, int64_t begin, int64_t end) {
         auto& my_far = far[worker];
+        std::vector<const uint64_t*> row_ptr(static_cast<size_t>(n_rows));
         for (int64_t r = begin; r < end; ++r) {
             if (!p.sany[side][r]) continue;
             const int64_t c0 = r / m1, c1 = r % m1;
+            for (int64_t k = 0; k < n_rows; ++k) {
+                const int64_t p0 = c0 + st.rows[k][0], p1 = c1 + st.rows[k][1];
+                const bool inside = p0 >= 0 && p1 >= 0 && p0 < m0 && p1 < m1 && p.sany[other][p0 * m1 + p1];
+                row_ptr[k] = inside ? padded.data() + (p0 * m1 + p1) * stride + pad : zero_row;
+            }
             const uint64_t* mine = p.surf[side].data() + r * words;
             const uint64_t* rows[4];
             const int nrows = p.rows_of(side, m.ndim, c0, c1, rows);
@@ -620,12 +639,11 @@ DirectedDistances directed_distances(const MaskPair& m, const PackedSurfaces& p,
                 }
                 uint64_t unresolved = other_empty ? 0 : s;
                 for (int64_t j = 0; j < n_off && unresolved; ++j) {
-                    const auto& o = st.offsets[j];
-                    const int64_t p0 = c0 + o[0], p1 = c1 + o[1];
-                    if (p0 < 0 || p1 < 0 || p0 >= m0 || p1 >= m1) continue;
-                    const int64_t pr = p0 * m1 + p1;
-                    if (!p.sany[other][pr]) continue;
-                    const uint64_t hit = bits_at(p.surf[other].data() + pr * words, words, wi, o[2]) & unresolved;
+                    // bits [64 wi + d2, 64 wi + d2 + 64) of the other surface's row at (d0, d1)
+                    const uint64_t* row = row_ptr[st.row_of[j]] + wi + st.word_step[j];
+                    const int sh = st.bit_shift[j];
+                    const uint64_t window = (row[0] >> sh) | ((row[1] << 1) << (63 - sh));
+                    const uint64_t hit = window & unresolved;
                     if (!hit) continue;
                     unresolved &= ~hit;
                     for (uint64_t h = hit; h;) {
@@ -650,7 +668,34 @@ DirectedDistances directed_distances(const MaskPair& m, const PackedSurfaces& p,
     std::vector<std::pair<int64_t, std::array<int32_t, 3>>> queries;
     for (auto& f : far) queries.insert(queries.end(), f.begin(), f.end());
     if (queries.empty()) return out;
-    // farther than the ring's radius: exact nearest surfel from a k-d tree of the other surface
+    // beyond the first ring: one surfel at a time through the far ring's offsets past the first ring's radius
+    // (nothing nearer exists), testing single bits; these distances are sorted, not ranked (rank -1)
+    const int64_t far_begin = std::upper_bound(far_ring.dist_mm.begin(), far_ring.dist_mm.end(), st.radius_mm) -
+                              far_ring.dist_mm.begin();
+    const int64_t far_end = static_cast<int64_t>(far_ring.offsets.size());
+    std::vector<uint8_t> found(queries.size(), 0);
+    parallel_for(threads, static_cast<int64_t>(queries.size()), 64, [&](int, int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const auto& q = queries[i].second;
+            for (int64_t j = far_begin; j < far_end; ++j) {
+                const auto& o = far_ring.offsets[j];
+                const int64_t p0 = q[0] + o[0], p1 = q[1] + o[1];
+                if (p0 < 0 || p1 < 0 || p0 >= m0 || p1 >= m1 || !p.sany[other][p0 * m1 + p1]) continue;
+                const int64_t c2 = q[2] + o[2];
+                const uint64_t* row = padded.data() + (p0 * m1 + p1) * stride + pad;
+                if ((row[c2 >> 6] >> (c2 & 63)) & 1) {
+                    out.dist_mm[queries[i].first] = far_ring.dist_mm[j];
+                    found[i] = 1;
+                    break;
+                }
+            }
+        }
+    });
+    std::vector<std::pair<int64_t, std::array<int32_t, 3>>> farther;
+    for (size_t i = 0; i < queries.size(); ++i)
+        if (!found[i]) farther.push_back(queries[i]);
+    if (farther.empty()) return out;
+    // beyond both rings: exact nearest surfel from a block grid of the other surface
     std::vector<std::array<int32_t, 3>> points;
     points.reserve(static_cast<size_t>(p.first[other][crows]));
     for (int64_t r = 0; r < crows; ++r) {
@@ -661,11 +706,12 @@ DirectedDistances directed_distances(const MaskPair& m, const PackedSurfaces& p,
                 points.push_back({static_cast<int32_t>(r / m1), static_cast<int32_t>(r % m1),
                                   static_cast<int32_t>(64 * wi + __builtin_ctzll(h))});
     }
-    const CornerKdTree tree(std::move(points), m.spacing_mm);
-    const int64_t nq = static_cast<int64_t>(queries.size());
-    parallel_for(threads, nq, 64, [&](int, int64_t begin, int64_t end) {
+    const int64_t corners[3] = {m0, m1, p.m2};
+    const CornerBlockGrid grid(points, corners, m.spacing_mm);
+    parallel_for(threads, static_cast<int64_t>(farther.size()), 16, [&](int, int64_t begin, int64_t end) {
+        std::vector<std::pair<double, int64_t>> order;
         for (int64_t i = begin; i < end; ++i)
-            out.dist_mm[queries[i].first] = std::sqrt(tree.nearest_sq(queries[i].second));
+            out.dist_mm[farther[i].first] = std::sqrt(grid.nearest_sq(farther[i].second, order));
     });
     return out;
 }
@@ -699,8 +745,9 @@ bool both_directions(const MaskPair& m, int threads, DirectedDistances* gt_to_pr
     if (!pack_surfaces(m, threads, &p)) return false;
     if (counts) *counts = packed_counts(p, threads);
     *ring = ring_stencil(m, kRingOffsets);
-    *gt_to_pred = directed_distances(m, p, *ring, 0, threads);
-    *pred_to_gt = directed_distances(m, p, *ring, 1, threads);
+    const RingStencil far_ring = ring_stencil(m, kFarRingOffsets);
+    *gt_to_pred = directed_distances(m, p, *ring, far_ring, 0, threads);
+    *pred_to_gt = directed_distances(m, p, *ring, far_ring, 1, threads);
     return true;
 }
 
@@ -779,7 +826,7 @@ SurfaceDistanceArrays distances_impl(const MaskPair& m, int threads, std::vector
 
 // DeepMind's robust percentile of one direction: surfels sorted by (distance, area), the distance of the
 // first whose cumulative area (summed in that order) over the total reaches percent / 100. A counting
-// sort: ring-stencil distances by rank, areas by value; only k-d tree distances are sorted.
+// sort: ring-stencil distances by rank, areas by value; only distances beyond the first ring are sorted.
 double percentile_mm(const DirectedDistances& d, const double areas[256], const RingStencil& ring, double percent) {
     const size_t n = d.dist_mm.size();
     if (n == 0) return std::numeric_limits<double>::quiet_NaN();

@@ -4,7 +4,8 @@
 //   tolerance ball, answered with a fixed stencil of integer corner offsets: O(surfels * stencil).
 // - surface_distances: exact directed distances without a distance transform: the nearest surfel of the
 //   other surface is looked up at integer corner offsets in order of distance (64 surfels per word), up to
-//   a radius of ~400 offsets; the few surfels farther away ask a k-d tree of the other surface.
+//   a radius of ~400 offsets, then ~8000 one surfel at a time; the few surfels farther away ask a block
+//   grid of the other surface.
 // Inputs are C-contiguous uint8 arrays (nonzero = foreground); 2D arrays are passed as shape (1, n0, n1)
 // with ndim = 2. Results do not depend on num_threads (integer histograms, per-element outputs).
 #pragma once

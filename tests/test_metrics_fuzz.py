@@ -1,7 +1,7 @@
 """Seeded fuzz: the C++ surface metrics against the NumPy/SciPy oracle on random 2D and 3D pairs.
 
 Random shapes, anisotropic spacings and tolerances; blobs near each other (ring-stencil path), far apart
-or tiny against large (k-d tree path), touching the border, and one or both empty. Reports the largest
+or tiny against large (far-ring and block-grid paths), touching the border, and one or both empty. Reports the largest
 |difference| seen (run with -s to print it).
 """
 
@@ -109,7 +109,7 @@ def test_fuzz_against_oracle():
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.7, 0.9)])
 def test_far_surfaces_exact(spacing):
-    # distances of 20-40 voxels, far beyond the ring stencil: every one comes from the k-d tree
+    # distances of 20-40 voxels, beyond both rings: every one comes from the block grid
     gt, pred = np.zeros((30, 34, 40), bool), np.zeros((30, 34, 40), bool)
     gt[2:6, 3:9, 1:5] = True
     pred[20:29, 25:33, 30:39] = True
@@ -121,3 +121,20 @@ def test_far_surfaces_exact(spacing):
         np.testing.assert_array_equal(a, b)
     assert hd95(gt, pred, spacing_mm=spacing) == hd_from(ref, 95.0)
     assert assd(gt, pred, spacing_mm=spacing) == pytest.approx(assd_from(ref), abs=ATOL)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.4, 2.5)])
+def test_far_surfaces_exact_2d(spacing):
+    # 2D rings are wider (~11 and ~50 pixels at 1 mm): distances from 1 to ~200 pixels cross all three paths
+    rng = np.random.default_rng(5)
+    gt, pred = np.zeros((150, 160), bool), np.zeros((150, 160), bool)
+    gt[10:40, 10:50] = True
+    pred[12:45, 8:47] = True
+    pred[140:145, 150:158] = True
+    pred[rng.integers(0, 150, 6), rng.integers(0, 160, 6)] = True
+    ours = surface_distances(gt, pred, spacing_mm=spacing)
+    ref = reference.surface_distances(gt, pred, spacing_mm=spacing)
+    assert ours.pred_to_gt_mm.max() > 60 * min(spacing)
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, b)
+    assert hd95(gt, pred, spacing_mm=spacing) == hd_from(ref, 95.0)
