@@ -56,8 +56,9 @@ _METRICS = "dice,sdsc,hd95,assd,pixel_error,ari"
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=None,
-    help="Cases scored at once (threads; decoding and kernels overlap)  [default: CPU cores, at most 4]",
+    default=1,
+    show_default=True,
+    help="Cases scored at once (threads: decoding and kernels overlap; 1 = one case at a time, on all cores)",
 )
 @click.option(
     "--num-threads",

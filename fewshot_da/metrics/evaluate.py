@@ -127,7 +127,7 @@ def evaluate_paths(
     label: int | None = None,
     threshold: float | None = None,
     metrics: Sequence[str] | None = None,
-    workers: int | None = None,
+    workers: int = 1,
     num_threads: int | None = None,
     progress: bool = False,
 ) -> dict:
@@ -137,8 +137,8 @@ def evaluate_paths(
     matched by `case_id`. Each pair must share shape and affine. Masks must hold integers (binary, or a
     label map whose labels > 0 are merged), else pass `threshold` (foreground = value > threshold) or
     `label` (value == label). `metrics` names what is computed (scoring.METRICS; default dice, sdsc, hd95,
-    assd, plus pixel_error and ari when the masks are 2D images). `workers` cases (default: CPU cores, at
-    most 4) are scored at once in threads (decoding and kernels release the GIL; each case then uses one kernel thread unless
+    assd, plus pixel_error and ari when the masks are 2D images). `workers` cases are scored at once in
+    threads (decoding and kernels release the GIL; each case then uses one kernel thread unless
     `num_threads` says otherwise). Writes `metrics.csv` and `summary.json` (per_case, and mean, sd, n,
     n_nan, n_inf per metric from `summarize`; NaN/inf as null; n_label_absent, n_gt_unscored) when
     `out_dir` is given. Raises InputError with a one-line message on bad input.
@@ -150,8 +150,6 @@ def evaluate_paths(
         raise InputError("--label and --threshold exclude each other (a label map or a probability map)")
     if threshold is not None and not math.isfinite(float(threshold)):
         raise InputError(f"--threshold must be finite, got {threshold!r}")
-    if workers is None:
-        workers = min(4, os.cpu_count() or 1)
     if int(workers) != workers or workers < 1:
         raise InputError(f"--workers must be a positive integer, got {workers!r}")
     pairs = match_cases(gt, pred)
