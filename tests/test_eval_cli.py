@@ -291,3 +291,10 @@ print("HEAVY", heavy, "SECONDS", time.perf_counter() - t0)
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("HEAVY"))
     assert line.startswith("HEAVY []"), line
+
+
+def test_cli_metric_names_match_the_library():
+    from fewshot_da.metrics import METRICS
+    from fewshot_da_cli import commands_metrics
+
+    assert commands_metrics._METRICS.split(",") == list(METRICS)
