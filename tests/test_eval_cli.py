@@ -294,7 +294,8 @@ print("HEAVY", heavy, "SECONDS", time.perf_counter() - t0)
 
 
 def test_cli_metric_names_match_the_library():
-    from fewshot_da.metrics import METRICS
     from fewshot_da_cli import commands_metrics
+
+    from fewshot_da.metrics import METRICS
 
     assert commands_metrics._METRICS.split(",") == list(METRICS)
