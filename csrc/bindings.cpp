@@ -97,6 +97,82 @@ py::tuple core_surface_distances(const py::array& gt, const py::array& pred, con
                           to_numpy(std::move(r.gt_areas_mm2)), to_numpy(std::move(r.pred_areas_mm2)));
 }
 
+py::dict core_surface_distance_summary(const py::array& gt, const py::array& pred,
+                                       const std::vector<double>& spacing_mm, double percent, int num_threads) {
+    const fewshot_da::MaskPair m = mask_pair(gt, pred, spacing_mm);
+    if (!(percent >= 0 && percent <= 100)) throw py::value_error("percent must be in [0, 100]");
+    fewshot_da::DistanceSummary s;
+    {
+        py::gil_scoped_release release;
+        s = fewshot_da::surface_distance_summary(m, percent, num_threads);
+    }
+    py::dict d;
+    d["hd_gt_to_pred_mm"] = s.hd_gt_to_pred_mm;
+    d["hd_pred_to_gt_mm"] = s.hd_pred_to_gt_mm;
+    d["gt_area_mm2"] = s.gt_area_mm2;
+    d["gt_weighted_mm3"] = s.gt_weighted_mm3;
+    d["pred_area_mm2"] = s.pred_area_mm2;
+    d["pred_weighted_mm3"] = s.pred_weighted_mm3;
+    d["n_gt"] = s.n_gt;
+    d["n_pred"] = s.n_pred;
+    return d;
+}
+
+py::dict core_case_scores(const py::array& gt, const py::array& pred, const std::vector<double>& spacing_mm,
+                          const std::vector<double>& tolerances_mm, bool with_distances, double percent,
+                          int num_threads) {
+    const fewshot_da::MaskPair m = mask_pair(gt, pred, spacing_mm);
+    const std::vector<double> tol = checked_tolerances(tolerances_mm);
+    if (!(percent >= 0 && percent <= 100)) throw py::value_error("percent must be in [0, 100]");
+    fewshot_da::CaseScores c;
+    {
+        py::gil_scoped_release release;
+        c = fewshot_da::case_scores(m, tol.data(), static_cast<int>(tol.size()), with_distances, percent, num_threads);
+    }
+    py::array_t<double> areas({static_cast<py::ssize_t>(tol.size()), static_cast<py::ssize_t>(4)});
+    std::copy(c.surface_dice_areas.begin(), c.surface_dice_areas.end(), areas.mutable_data());
+    py::dict d;
+    d["surface_dice_areas"] = areas;
+    d["gt_voxels"] = c.voxels.gt;
+    d["pred_voxels"] = c.voxels.pred;
+    d["both_voxels"] = c.voxels.both;
+    if (c.has_distances) {
+        const fewshot_da::DistanceSummary& s = c.distances;
+        py::dict dist;
+        dist["hd_gt_to_pred_mm"] = s.hd_gt_to_pred_mm;
+        dist["hd_pred_to_gt_mm"] = s.hd_pred_to_gt_mm;
+        dist["gt_area_mm2"] = s.gt_area_mm2;
+        dist["gt_weighted_mm3"] = s.gt_weighted_mm3;
+        dist["pred_area_mm2"] = s.pred_area_mm2;
+        dist["pred_weighted_mm3"] = s.pred_weighted_mm3;
+        dist["n_gt"] = s.n_gt;
+        dist["n_pred"] = s.n_pred;
+        d["distances"] = dist;
+    } else {
+        d["distances"] = py::none();
+    }
+    return d;
+}
+
+// C-order uint8 copy of a Fortran-ordered bool/uint8 2D or 3D array (NIfTI data), without NumPy's strided copy.
+py::array_t<uint8_t> core_c_order_mask(const py::array& mask) {
+    const char kind = mask.dtype().kind();
+    if (!((kind == 'b' || kind == 'u') && mask.itemsize() == 1))
+        throw py::value_error("mask must be a bool or uint8 array");
+    if (!(mask.flags() & py::array::f_style)) throw py::value_error("mask must be Fortran-contiguous");
+    if (mask.ndim() != 2 && mask.ndim() != 3) throw py::value_error("mask must be 2D or 3D");
+    std::vector<py::ssize_t> shape(mask.shape(), mask.shape() + mask.ndim());
+    const int64_t n0 = mask.ndim() == 3 ? shape[0] : 1, n1 = shape[mask.ndim() - 2], n2 = shape[mask.ndim() - 1];
+    py::array_t<uint8_t> out(shape);
+    const uint8_t* in = static_cast<const uint8_t*>(mask.data());
+    uint8_t* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        fewshot_da::fortran_to_c_order(in, n0, n1, n2, o);
+    }
+    return out;
+}
+
 py::array_t<double> core_surface_dice_areas_plain(const py::array& gt, const py::array& pred,
                                                   const std::vector<double>& spacing_mm,
                                                   const std::vector<double>& tolerances_mm) {
@@ -219,6 +295,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("surface_distances", &core_surface_distances, py::arg("gt"), py::arg("pred"), py::arg("spacing_mm"),
           py::arg("num_threads") = 0,
           "(gt_to_pred_mm, pred_to_gt_mm, gt_areas_mm2, pred_areas_mm2), surfels in raster order.");
+    m.def("surface_distance_summary", &core_surface_distance_summary, py::arg("gt"), py::arg("pred"),
+          py::arg("spacing_mm"), py::arg("percent") = 95.0, py::arg("num_threads") = 0,
+          "Directed percentile distances, surfel areas and area-weighted distance sums (mm) of both surfaces.");
+    m.def("case_scores", &core_case_scores, py::arg("gt"), py::arg("pred"), py::arg("spacing_mm"),
+          py::arg("tolerances_mm"), py::arg("with_distances"), py::arg("percent") = 95.0, py::arg("num_threads") = 0,
+          "One case in one call: voxel counts, surface-Dice areas per tolerance, optional HD/ASSD summary.");
+    m.def("c_order_mask", &core_c_order_mask, py::arg("mask"),
+          "C-order uint8 copy of a Fortran-ordered bool/uint8 2D/3D mask (tiled; GIL released).");
     m.def("surface_dice_areas_plain", &core_surface_dice_areas_plain, py::arg("gt"), py::arg("pred"),
           py::arg("spacing_mm"), py::arg("tolerances_mm"),
           "The CUDA kernel's per-corner algorithm on the host (for tests); same output as surface_dice_areas.");
