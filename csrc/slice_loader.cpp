@@ -157,8 +157,16 @@ void image_to_float(const SliceVolume& v, int64_t offset, float* dst, int64_t n,
     }
 }
 
-bool has_foreground(const uint8_t* mask, int64_t n) {
-    return std::find_if(mask, mask + n, [](uint8_t m) { return m != 0; }) != mask + n;
+// One source pixel of a slice as float (exact for float16).
+inline float load_pixel(const SliceVolume& v, const void* slice, int64_t i) {
+    return v.dtype == ImageDtype::kFloat32 ? static_cast<const float*>(slice)[i]
+                                           : half_bits_to_float(static_cast<const uint16_t*>(slice)[i]);
+}
+
+// floor(x) as an integer, for |x| < 2^62.
+inline int64_t floor_int(double x) {
+    const int64_t i = static_cast<int64_t>(x);
+    return i - (static_cast<double>(i) > x);
 }
 
 // Runs body(i) for i in [0, n) on up to num_threads std::threads (the caller's thread included).
@@ -194,7 +202,8 @@ void half_to_float(const uint16_t* src, float* dst, int64_t n) {
 }
 
 SliceBatcher::SliceBatcher(std::vector<SliceVolume> volumes, int64_t batch_size, int64_t crop_h,
-                           int64_t crop_w, uint64_t seed, int64_t n_fg_items, int num_threads)
+                           int64_t crop_w, uint64_t seed, int64_t n_fg_items, int num_threads,
+                           const AugmentSpec* augment)
     : volumes_(std::move(volumes)),
       batch_size_(batch_size),
       crop_h_(crop_h),
@@ -225,23 +234,58 @@ SliceBatcher::SliceBatcher(std::vector<SliceVolume> volumes, int64_t batch_size,
     min_cache_.reset(new std::atomic<uint64_t>[static_cast<size_t>(total_slices)]);
     for (int64_t i = 0; i < total_slices; ++i) min_cache_[i].store(0, std::memory_order_relaxed);
 
+    // One read of every allowed mask slice: values must be 0/1; remember which slices have foreground.
     fg_slices_.resize(volumes_.size());
+    std::vector<std::string> bad(volumes_.size());
+    parallel_for(static_cast<int64_t>(volumes_.size()), num_threads, [&](int64_t k) {
+        const SliceVolume& v = volumes_[k];
+        const int64_t plane = v.height * v.width;
+        std::vector<int8_t> state(static_cast<size_t>(v.n_slices), -1);  // -1 unread, 0 empty, 1 foreground
+        for (int64_t s : v.allowed) {
+            if (state[s] < 0) {
+                const uint8_t* m = v.mask + s * plane;
+                uint8_t any = 0;
+                for (int64_t i = 0; i < plane; ++i) any |= m[i];
+                if (any > 1) {
+                    const uint8_t* hit = std::find_if(m, m + plane, [](uint8_t x) { return x > 1; });
+                    bad[k] = "volume " + std::to_string(k) + ": mask value " + std::to_string(*hit) + " at slice " +
+                             std::to_string(s) + " (masks must hold only 0 and 1)";
+                    return;
+                }
+                state[s] = any ? 1 : 0;
+            }
+            if (n_fg_items_ > 0 && state[s] == 1) fg_slices_[k].push_back(s);
+        }
+    });
+    for (const std::string& message : bad)
+        if (!message.empty()) throw std::invalid_argument(message);
     if (n_fg_items_ > 0) {
-        parallel_for(static_cast<int64_t>(volumes_.size()), num_threads, [&](int64_t k) {
-            const SliceVolume& v = volumes_[k];
-            const int64_t plane = v.height * v.width;
-            for (int64_t s : v.allowed)
-                if (has_foreground(v.mask + s * plane, plane)) fg_slices_[k].push_back(s);
-        });
         for (size_t k = 0; k < volumes_.size(); ++k)
             if (!fg_slices_[k].empty()) fg_volumes_.push_back(static_cast<int64_t>(k));
         if (fg_volumes_.empty())
             throw std::invalid_argument("foreground sampling requested but no allowed slice has foreground");
     }
+    if (augment != nullptr) {
+        augment_ = true;
+        spec_ = *augment;
+        moments_once_.reset(new std::once_flag[static_cast<size_t>(total_slices)]);
+        moments_.reset(new SliceMoments[static_cast<size_t>(total_slices)]);
+    }
 }
 
 ItemDraw SliceBatcher::draw(uint64_t step, int64_t item) const {
     ItemRng rng(seed_, step, static_cast<uint64_t>(item));
+    return draw_from(rng, item);
+}
+
+AugmentParams SliceBatcher::augment_params(uint64_t step, int64_t item) const {
+    if (!augment_) return AugmentParams{};
+    ItemRng rng(seed_, step, static_cast<uint64_t>(item));
+    draw_from(rng, item);
+    return draw_augment(rng, spec_);
+}
+
+ItemDraw SliceBatcher::draw_from(ItemRng& rng, int64_t item) const {
     ItemDraw d{};
     if (item >= batch_size_ - n_fg_items_) {
         d.volume = fg_volumes_[rng.below(fg_volumes_.size())];
@@ -305,7 +349,13 @@ float SliceBatcher::slice_minimum(int64_t volume, int64_t slice) const {
 }
 
 void SliceBatcher::fill_item(uint64_t step, int64_t item, float* image_out, float* mask_out) const {
-    const ItemDraw d = draw(step, item);
+    ItemRng rng(seed_, step, static_cast<uint64_t>(item));
+    const ItemDraw d = draw_from(rng, item);
+    if (augment_) {
+        const AugmentParams a = draw_augment(rng, spec_);
+        fill_item_augmented(d, a, image_out + item * crop_h_ * crop_w_, mask_out + item * crop_h_ * crop_w_);
+        return;
+    }
     const SliceVolume& v = volumes_[d.volume];
     const int64_t plane = v.height * v.width;
     float* x = image_out + item * crop_h_ * crop_w_;
@@ -341,6 +391,146 @@ void SliceBatcher::fill_item(uint64_t step, int64_t item, float* image_out, floa
         std::fill(yr + c_hi, yr + crop_w_, 0.0f);
     }
     store_fence();
+}
+
+const SliceBatcher::SliceMoments& SliceBatcher::slice_moments(int64_t volume, int64_t slice) const {
+    const int64_t index = min_offset_[volume] + slice;
+    std::call_once(moments_once_[index], [&]() {
+        const SliceVolume& v = volumes_[volume];
+        const int64_t plane = v.height * v.width;
+        float maximum = -std::numeric_limits<float>::infinity();
+        double sum = 0;
+        bool any_nan = false;
+        float chunk[4096];
+        for (int64_t start = 0; start < plane; start += 4096) {
+            const int64_t n = std::min<int64_t>(4096, plane - start);
+            image_to_float(v, slice * plane + start, chunk, n, false);
+            for (int64_t i = 0; i < n; ++i) {
+                maximum = chunk[i] > maximum ? chunk[i] : maximum;
+                any_nan |= chunk[i] != chunk[i];
+                sum += chunk[i];
+            }
+        }
+        if (any_nan) maximum = std::numeric_limits<float>::quiet_NaN();  // as np.max
+        moments_[index] = SliceMoments{maximum, sum / static_cast<double>(plane)};
+    });
+    return moments_[index];
+}
+
+// One item with augmentation, row by row: (1) the row's image and mask values, either the plain crop
+// (no spatial transform) or the bilinear warp; (2) the intensity transforms in place.
+void SliceBatcher::fill_item_augmented(const ItemDraw& d, const AugmentParams& a, float* x, float* y) const {
+    const SliceVolume& v = volumes_[d.volume];
+    const int64_t plane = v.height * v.width, height = v.height, width = v.width;
+    const size_t item_size = v.dtype == ImageDtype::kFloat32 ? sizeof(float) : sizeof(uint16_t);
+    const void* image = static_cast<const char*>(v.image) + static_cast<size_t>(d.slice * plane) * item_size;
+    const uint8_t* mask = v.mask + d.slice * plane;
+    const bool spatial = a.spatial(), bias = a.has_bias(), gamma = a.gamma != 1, contrast = a.contrast != 1;
+    const bool need_min = spatial || d.centred || bias || gamma;
+    const float lo = need_min ? slice_minimum(d.volume, d.slice) : 0.0f;
+    float range = 0;
+    double mean = 0;
+    if (gamma || contrast) {
+        const SliceMoments& m = slice_moments(d.volume, d.slice);
+        range = m.maximum - lo;
+        mean = m.mean;
+    }
+    const double hy = 0.5 * static_cast<double>(crop_h_ - 1), hx = 0.5 * static_cast<double>(crop_w_ - 1);
+    std::vector<double> col_field;
+    if (bias) {
+        col_field.resize(static_cast<size_t>(crop_w_));
+        for (int64_t c = 0; c < crop_w_; ++c) {
+            const double u = hx > 0 ? (static_cast<double>(c) - hx) / hx : 0.0;
+            col_field[c] = std::exp(a.bias[0] * u + a.bias[1] * u * u);
+        }
+    }
+    const double cy = static_cast<double>(d.y0) + hy + a.translate_y;
+    const double cx = static_cast<double>(d.x0) + hx + a.translate_x;
+    const double m00 = a.matrix[0], m01 = a.matrix[1], m10 = a.matrix[2], m11 = a.matrix[3];
+    const bool apply_gamma = gamma && range > 0;
+    const float g = static_cast<float>(a.gamma), inv_range = apply_gamma ? 1.0f / range : 0.0f;
+    const float c_f = static_cast<float>(a.contrast), mean_f = static_cast<float>(mean);
+    const float b_f = static_cast<float>(a.brightness), sd_f = static_cast<float>(a.noise_sd);
+    const int64_t c_lo = std::min(crop_w_, std::max<int64_t>(0, -d.x0));
+    const int64_t c_hi = std::max(c_lo, std::min(crop_w_, width - d.x0));
+
+    for (int64_t r = 0; r < crop_h_; ++r) {
+        float* xr = x + r * crop_w_;
+        float* yr = y + r * crop_w_;
+        if (!spatial) {  // the plain crop / pad, as fill_item
+            const int64_t row = d.y0 + r;
+            if (row < 0 || row >= height) {
+                std::fill(xr, xr + crop_w_, lo);
+                std::fill(yr, yr + crop_w_, 0.0f);
+            } else {
+                std::fill(xr, xr + c_lo, lo);
+                std::fill(yr, yr + c_lo, 0.0f);
+                const int64_t src = row * width + d.x0 + c_lo;
+                image_to_float(v, d.slice * plane + src, xr + c_lo, c_hi - c_lo, false);
+                for (int64_t c = c_lo; c < c_hi; ++c) yr[c] = static_cast<float>(mask[src - c_lo + c]);
+                std::fill(xr + c_hi, xr + crop_w_, lo);
+                std::fill(yr + c_hi, yr + crop_w_, 0.0f);
+            }
+        } else {
+            const double dy = static_cast<double>(r) - hy;
+            const double by = cy + m00 * dy, bx = cx + m10 * dy;
+            for (int64_t c = 0; c < crop_w_; ++c) {
+                const double dx = static_cast<double>(c) - hx;
+                const double sy = by + m01 * dx, sx = bx + m11 * dx;
+                const int64_t iy = floor_int(sy), ix = floor_int(sx);
+                const double wy = sy - static_cast<double>(iy), wx = sx - static_cast<double>(ix);
+                float v00, v01, v10, v11;
+                int m_00, m_01, m_10, m_11;
+                if (iy >= 0 && iy < height - 1 && ix >= 0 && ix < width - 1) {
+                    const int64_t p = iy * width + ix;
+                    v00 = load_pixel(v, image, p), v01 = load_pixel(v, image, p + 1);
+                    v10 = load_pixel(v, image, p + width), v11 = load_pixel(v, image, p + width + 1);
+                    m_00 = mask[p], m_01 = mask[p + 1], m_10 = mask[p + width], m_11 = mask[p + width + 1];
+                } else {  // outside neighbours read the padding values (slice minimum, 0)
+                    const bool y0in = iy >= 0 && iy < height, y1in = iy + 1 >= 0 && iy + 1 < height;
+                    const bool x0in = ix >= 0 && ix < width, x1in = ix + 1 >= 0 && ix + 1 < width;
+                    const int64_t p = iy * width + ix;
+                    v00 = y0in && x0in ? load_pixel(v, image, p) : lo;
+                    v01 = y0in && x1in ? load_pixel(v, image, p + 1) : lo;
+                    v10 = y1in && x0in ? load_pixel(v, image, p + width) : lo;
+                    v11 = y1in && x1in ? load_pixel(v, image, p + width + 1) : lo;
+                    m_00 = y0in && x0in ? mask[p] : 0;
+                    m_01 = y0in && x1in ? mask[p + 1] : 0;
+                    m_10 = y1in && x0in ? mask[p + width] : 0;
+                    m_11 = y1in && x1in ? mask[p + width + 1] : 0;
+                }
+                const float fy = static_cast<float>(wy), fx = static_cast<float>(wx);
+                xr[c] = (1.0f - fy) * ((1.0f - fx) * v00 + fx * v01) + fy * ((1.0f - fx) * v10 + fx * v11);
+                const int n_fg = m_00 + m_01 + m_10 + m_11;
+                if (n_fg == 0 || n_fg == 4) {
+                    yr[c] = n_fg ? 1.0f : 0.0f;
+                } else {  // bilinear in double, then threshold (ties at exactly 0.5 go to foreground)
+                    const double m = (1.0 - wy) * ((1.0 - wx) * m_00 + wx * m_01) + wy * ((1.0 - wx) * m_10 + wx * m_11);
+                    yr[c] = m >= 0.5 ? 1.0f : 0.0f;
+                }
+            }
+        }
+        if (bias) {
+            const double w = hy > 0 ? (static_cast<double>(r) - hy) / hy : 0.0;
+            const double row_field = std::exp(a.bias[2] * w + a.bias[3] * w * w);
+            for (int64_t c = 0; c < crop_w_; ++c)
+                xr[c] = lo + (xr[c] - lo) * static_cast<float>(row_field * col_field[c]);
+        }
+        if (apply_gamma)
+            for (int64_t c = 0; c < crop_w_; ++c)
+                xr[c] = lo + range * std::pow(std::max((xr[c] - lo) * inv_range, 0.0f), g);
+        if (contrast)
+            for (int64_t c = 0; c < crop_w_; ++c) xr[c] = mean_f + (xr[c] - mean_f) * c_f;
+        if (a.brightness != 0)
+            for (int64_t c = 0; c < crop_w_; ++c) xr[c] += b_f;
+        if (a.noise_sd != 0) {
+            uint64_t state = a.noise_key + static_cast<uint64_t>(r * crop_w_) * ItemRng::kGolden;
+            for (int64_t c = 0; c < crop_w_; ++c) {
+                state += ItemRng::kGolden;
+                xr[c] += sd_f * noise_z(splitmix64_mix(state));
+            }
+        }
+    }
 }
 
 void SliceBatcher::fill(uint64_t step, float* image_out, float* mask_out, int num_threads) const {
