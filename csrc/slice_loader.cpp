@@ -428,11 +428,10 @@ void SliceBatcher::fill_item_augmented(const ItemDraw& d, const AugmentParams& a
     const bool spatial = a.spatial(), bias = a.has_bias(), gamma = a.gamma != 1, contrast = a.contrast != 1;
     const bool need_min = spatial || d.centred || bias || gamma;
     const float lo = need_min ? slice_minimum(d.volume, d.slice) : 0.0f;
-    float range = 0;
-    double mean = 0;
+    double range = 0, mean = 0;
     if (gamma || contrast) {
         const SliceMoments& m = slice_moments(d.volume, d.slice);
-        range = m.maximum - lo;
+        range = static_cast<double>(m.maximum) - lo;
         mean = m.mean;
     }
     const double hy = 0.5 * static_cast<double>(crop_h_ - 1), hx = 0.5 * static_cast<double>(crop_w_ - 1);
@@ -448,29 +447,30 @@ void SliceBatcher::fill_item_augmented(const ItemDraw& d, const AugmentParams& a
     const double cx = static_cast<double>(d.x0) + hx + a.translate_x;
     const double m00 = a.matrix[0], m01 = a.matrix[1], m10 = a.matrix[2], m11 = a.matrix[3];
     const bool apply_gamma = gamma && range > 0;
-    const float g = static_cast<float>(a.gamma), inv_range = apply_gamma ? 1.0f / range : 0.0f;
-    const float c_f = static_cast<float>(a.contrast), mean_f = static_cast<float>(mean);
-    const float b_f = static_cast<float>(a.brightness), sd_f = static_cast<float>(a.noise_sd);
+    const bool intensity = bias || apply_gamma || contrast || a.brightness != 0 || a.noise_sd != 0;
     const int64_t c_lo = std::min(crop_w_, std::max<int64_t>(0, -d.x0));
     const int64_t c_hi = std::max(c_lo, std::min(crop_w_, width - d.x0));
+    std::vector<double> row(static_cast<size_t>(crop_w_));  // one output row in double precision
 
     for (int64_t r = 0; r < crop_h_; ++r) {
         float* xr = x + r * crop_w_;
         float* yr = y + r * crop_w_;
         if (!spatial) {  // the plain crop / pad, as fill_item
-            const int64_t row = d.y0 + r;
-            if (row < 0 || row >= height) {
+            const int64_t src_row = d.y0 + r;
+            if (src_row < 0 || src_row >= height) {
                 std::fill(xr, xr + crop_w_, lo);
                 std::fill(yr, yr + crop_w_, 0.0f);
             } else {
                 std::fill(xr, xr + c_lo, lo);
                 std::fill(yr, yr + c_lo, 0.0f);
-                const int64_t src = row * width + d.x0 + c_lo;
+                const int64_t src = src_row * width + d.x0 + c_lo;
                 image_to_float(v, d.slice * plane + src, xr + c_lo, c_hi - c_lo, false);
                 for (int64_t c = c_lo; c < c_hi; ++c) yr[c] = static_cast<float>(mask[src - c_lo + c]);
                 std::fill(xr + c_hi, xr + crop_w_, lo);
                 std::fill(yr + c_hi, yr + crop_w_, 0.0f);
             }
+            if (!intensity) continue;
+            for (int64_t c = 0; c < crop_w_; ++c) row[c] = xr[c];
         } else {
             const double dy = static_cast<double>(r) - hy;
             const double by = cy + m00 * dy, bx = cx + m10 * dy;
@@ -479,7 +479,7 @@ void SliceBatcher::fill_item_augmented(const ItemDraw& d, const AugmentParams& a
                 const double sy = by + m01 * dx, sx = bx + m11 * dx;
                 const int64_t iy = floor_int(sy), ix = floor_int(sx);
                 const double wy = sy - static_cast<double>(iy), wx = sx - static_cast<double>(ix);
-                float v00, v01, v10, v11;
+                double v00, v01, v10, v11;
                 int m_00, m_01, m_10, m_11;
                 if (iy >= 0 && iy < height - 1 && ix >= 0 && ix < width - 1) {
                     const int64_t p = iy * width + ix;
@@ -499,37 +499,38 @@ void SliceBatcher::fill_item_augmented(const ItemDraw& d, const AugmentParams& a
                     m_10 = y1in && x0in ? mask[p + width] : 0;
                     m_11 = y1in && x1in ? mask[p + width + 1] : 0;
                 }
-                const float fy = static_cast<float>(wy), fx = static_cast<float>(wx);
-                xr[c] = (1.0f - fy) * ((1.0f - fx) * v00 + fx * v01) + fy * ((1.0f - fx) * v10 + fx * v11);
+                row[c] = (1.0 - wy) * ((1.0 - wx) * v00 + wx * v01) + wy * ((1.0 - wx) * v10 + wx * v11);
                 const int n_fg = m_00 + m_01 + m_10 + m_11;
                 if (n_fg == 0 || n_fg == 4) {
                     yr[c] = n_fg ? 1.0f : 0.0f;
-                } else {  // bilinear in double, then threshold (ties at exactly 0.5 go to foreground)
+                } else {  // the same bilinear weights, then threshold (exactly 0.5 goes to foreground)
                     const double m = (1.0 - wy) * ((1.0 - wx) * m_00 + wx * m_01) + wy * ((1.0 - wx) * m_10 + wx * m_11);
                     yr[c] = m >= 0.5 ? 1.0f : 0.0f;
                 }
             }
         }
+        // Intensity in double: gamma's slope is unbounded near the slice minimum, so float rounding of
+        // (v - min) would show up as ~1e-4 differences there.
         if (bias) {
             const double w = hy > 0 ? (static_cast<double>(r) - hy) / hy : 0.0;
             const double row_field = std::exp(a.bias[2] * w + a.bias[3] * w * w);
-            for (int64_t c = 0; c < crop_w_; ++c)
-                xr[c] = lo + (xr[c] - lo) * static_cast<float>(row_field * col_field[c]);
+            for (int64_t c = 0; c < crop_w_; ++c) row[c] = lo + (row[c] - lo) * (row_field * col_field[c]);
         }
         if (apply_gamma)
             for (int64_t c = 0; c < crop_w_; ++c)
-                xr[c] = lo + range * std::pow(std::max((xr[c] - lo) * inv_range, 0.0f), g);
+                row[c] = lo + range * std::pow(std::max((row[c] - lo) / range, 0.0), a.gamma);
         if (contrast)
-            for (int64_t c = 0; c < crop_w_; ++c) xr[c] = mean_f + (xr[c] - mean_f) * c_f;
+            for (int64_t c = 0; c < crop_w_; ++c) row[c] = mean + (row[c] - mean) * a.contrast;
         if (a.brightness != 0)
-            for (int64_t c = 0; c < crop_w_; ++c) xr[c] += b_f;
+            for (int64_t c = 0; c < crop_w_; ++c) row[c] += a.brightness;
         if (a.noise_sd != 0) {
             uint64_t state = a.noise_key + static_cast<uint64_t>(r * crop_w_) * ItemRng::kGolden;
             for (int64_t c = 0; c < crop_w_; ++c) {
                 state += ItemRng::kGolden;
-                xr[c] += sd_f * noise_z(splitmix64_mix(state));
+                row[c] += a.noise_sd * static_cast<double>(noise_z(splitmix64_mix(state)));
             }
         }
+        for (int64_t c = 0; c < crop_w_; ++c) xr[c] = static_cast<float>(row[c]);
     }
 }
 
