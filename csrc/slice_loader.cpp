@@ -169,6 +169,116 @@ inline int64_t floor_int(double x) {
     return i - (static_cast<double>(i) > x);
 }
 
+// One output row of the spatial warp: source coordinates (by + m01 dx, bx + m11 dx), dx = c - hx.
+struct WarpRow {
+    const SliceVolume* v;
+    const void* image;  // the slice
+    const uint8_t* mask;
+    int64_t height, width;
+    double pad;  // image value outside the slice (its minimum)
+    double by, bx, m01, m11, hx;
+    double* row;  // out: bilinear image values
+    float* yr;    // out: thresholded mask
+};
+
+// Output column c: bilinear image in double, outside neighbours = pad; mask bilinear in double (outside
+// 0), >= 0.5 -> 1 (so a tie at exactly 0.5 goes to foreground).
+inline void warp_pixel(const WarpRow& w, int64_t c) {
+    const double dx = static_cast<double>(c) - w.hx;
+    const double sy = w.by + w.m01 * dx, sx = w.bx + w.m11 * dx;
+    const int64_t iy = floor_int(sy), ix = floor_int(sx);
+    const double wy = sy - static_cast<double>(iy), wx = sx - static_cast<double>(ix);
+    const bool y0in = iy >= 0 && iy < w.height, y1in = iy + 1 >= 0 && iy + 1 < w.height;
+    const bool x0in = ix >= 0 && ix < w.width, x1in = ix + 1 >= 0 && ix + 1 < w.width;
+    const int64_t p = iy * w.width + ix;
+    const double v00 = y0in && x0in ? load_pixel(*w.v, w.image, p) : w.pad;
+    const double v01 = y0in && x1in ? load_pixel(*w.v, w.image, p + 1) : w.pad;
+    const double v10 = y1in && x0in ? load_pixel(*w.v, w.image, p + w.width) : w.pad;
+    const double v11 = y1in && x1in ? load_pixel(*w.v, w.image, p + w.width + 1) : w.pad;
+    const double m00 = y0in && x0in ? w.mask[p] : 0, m01 = y0in && x1in ? w.mask[p + 1] : 0;
+    const double m10 = y1in && x0in ? w.mask[p + w.width] : 0;
+    const double m11 = y1in && x1in ? w.mask[p + w.width + 1] : 0;
+    w.row[c] = (1.0 - wy) * ((1.0 - wx) * v00 + wx * v01) + wy * ((1.0 - wx) * v10 + wx * v11);
+    const double m = (1.0 - wy) * ((1.0 - wx) * m00 + wx * m01) + wy * ((1.0 - wx) * m10 + wx * m11);
+    w.yr[c] = m >= 0.5 ? 1.0f : 0.0f;
+}
+
+#ifdef FEWSHOT_DA_X86
+// warp_pixel for 4 columns at a time (AVX2 gathers), the same operations in the same order, so the
+// results are bit-identical. Blocks where a neighbourhood is not well inside the slice (4 bytes of mask
+// and 2 image values are read per source row) go to warp_pixel.
+__attribute__((target("avx2,f16c"))) void warp_row_avx2(const WarpRow& w, int64_t n) {
+    const bool half = w.v->dtype == ImageDtype::kFloat16;
+    const __m256d one = _mm256_set1_pd(1.0), threshold = _mm256_set1_pd(0.5);
+    const __m256d y_max = _mm256_set1_pd(static_cast<double>(w.height - 2));
+    const __m256d x_max = _mm256_set1_pd(static_cast<double>(w.width - 4));
+    const __m256d zero = _mm256_setzero_pd(), lanes = _mm256_set_pd(3, 2, 1, 0);
+    const __m128i width = _mm_set1_epi32(static_cast<int32_t>(w.width)), byte = _mm_set1_epi32(0xff);
+    const __m128i low16 = _mm_set1_epi32(0xffff);
+    const float* f32 = static_cast<const float*>(w.image);
+    const int* i32 = static_cast<const int*>(w.image);
+    const int* mask = reinterpret_cast<const int*>(w.mask);
+    int64_t c = 0;
+    for (; c + 4 <= n; c += 4) {
+        const __m256d dx = _mm256_sub_pd(_mm256_add_pd(_mm256_set1_pd(static_cast<double>(c)), lanes),
+                                         _mm256_set1_pd(w.hx));
+        const __m256d sy = _mm256_add_pd(_mm256_set1_pd(w.by), _mm256_mul_pd(_mm256_set1_pd(w.m01), dx));
+        const __m256d sx = _mm256_add_pd(_mm256_set1_pd(w.bx), _mm256_mul_pd(_mm256_set1_pd(w.m11), dx));
+        const __m256d fy = _mm256_floor_pd(sy), fx = _mm256_floor_pd(sx);
+        const __m256d inside = _mm256_and_pd(
+            _mm256_and_pd(_mm256_cmp_pd(fy, zero, _CMP_GE_OQ), _mm256_cmp_pd(fy, y_max, _CMP_LE_OQ)),
+            _mm256_and_pd(_mm256_cmp_pd(fx, zero, _CMP_GE_OQ), _mm256_cmp_pd(fx, x_max, _CMP_LE_OQ)));
+        if (_mm256_movemask_pd(inside) != 0xf) {
+            for (int64_t k = c; k < c + 4; ++k) warp_pixel(w, k);
+            continue;
+        }
+        const __m256d wy = _mm256_sub_pd(sy, fy), wx = _mm256_sub_pd(sx, fx);
+        const __m128i p = _mm_add_epi32(_mm_mullo_epi32(_mm256_cvttpd_epi32(fy), width), _mm256_cvttpd_epi32(fx));
+        const __m128i q = _mm_add_epi32(p, width);
+        __m256d v00, v01, v10, v11;
+        if (half) {  // one 32-bit gather per source row holds both neighbours
+            const __m128i g0 = _mm_i32gather_epi32(i32, p, 2), g1 = _mm_i32gather_epi32(i32, q, 2);
+            const __m128i a0 = _mm_and_si128(g0, low16), a1 = _mm_srli_epi32(g0, 16);
+            const __m128i b0 = _mm_and_si128(g1, low16), b1 = _mm_srli_epi32(g1, 16);
+            v00 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(a0, a0)));
+            v01 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(a1, a1)));
+            v10 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(b0, b0)));
+            v11 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(b1, b1)));
+        } else {
+            v00 = _mm256_cvtps_pd(_mm_i32gather_ps(f32, p, 4));
+            v01 = _mm256_cvtps_pd(_mm_i32gather_ps(f32 + 1, p, 4));
+            v10 = _mm256_cvtps_pd(_mm_i32gather_ps(f32, q, 4));
+            v11 = _mm256_cvtps_pd(_mm_i32gather_ps(f32 + 1, q, 4));
+        }
+        const __m128i g0 = _mm_i32gather_epi32(mask, p, 1), g1 = _mm_i32gather_epi32(mask, q, 1);
+        const __m256d m00 = _mm256_cvtepi32_pd(_mm_and_si128(g0, byte));
+        const __m256d m01 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(g0, 8), byte));
+        const __m256d m10 = _mm256_cvtepi32_pd(_mm_and_si128(g1, byte));
+        const __m256d m11 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(g1, 8), byte));
+        const __m256d uy = _mm256_sub_pd(one, wy), ux = _mm256_sub_pd(one, wx);
+        const __m256d top = _mm256_add_pd(_mm256_mul_pd(ux, v00), _mm256_mul_pd(wx, v01));
+        const __m256d bottom = _mm256_add_pd(_mm256_mul_pd(ux, v10), _mm256_mul_pd(wx, v11));
+        _mm256_storeu_pd(w.row + c, _mm256_add_pd(_mm256_mul_pd(uy, top), _mm256_mul_pd(wy, bottom)));
+        const __m256d mt = _mm256_add_pd(_mm256_mul_pd(ux, m00), _mm256_mul_pd(wx, m01));
+        const __m256d mb = _mm256_add_pd(_mm256_mul_pd(ux, m10), _mm256_mul_pd(wx, m11));
+        const __m256d m = _mm256_add_pd(_mm256_mul_pd(uy, mt), _mm256_mul_pd(wy, mb));
+        const __m256d fg = _mm256_and_pd(_mm256_cmp_pd(m, threshold, _CMP_GE_OQ), one);
+        _mm_storeu_ps(w.yr + c, _mm256_cvtpd_ps(fg));
+    }
+    for (; c < n; ++c) warp_pixel(w, c);
+}
+#endif
+
+void warp_row(const WarpRow& w, int64_t n) {
+#ifdef FEWSHOT_DA_X86
+    if (cpu_has_avx2_f16c() && w.width >= 4 && w.height >= 2 && w.height * w.width < (int64_t{1} << 31)) {
+        warp_row_avx2(w, n);
+        return;
+    }
+#endif
+    for (int64_t c = 0; c < n; ++c) warp_pixel(w, c);
+}
+
 // Runs body(i) for i in [0, n) on up to num_threads std::threads (the caller's thread included).
 // Items are independent, so the scheduling order never changes the result.
 template <class Body>
@@ -473,41 +583,9 @@ void SliceBatcher::fill_item_augmented(const ItemDraw& d, const AugmentParams& a
             for (int64_t c = 0; c < crop_w_; ++c) row[c] = xr[c];
         } else {
             const double dy = static_cast<double>(r) - hy;
-            const double by = cy + m00 * dy, bx = cx + m10 * dy;
-            for (int64_t c = 0; c < crop_w_; ++c) {
-                const double dx = static_cast<double>(c) - hx;
-                const double sy = by + m01 * dx, sx = bx + m11 * dx;
-                const int64_t iy = floor_int(sy), ix = floor_int(sx);
-                const double wy = sy - static_cast<double>(iy), wx = sx - static_cast<double>(ix);
-                double v00, v01, v10, v11;
-                int m_00, m_01, m_10, m_11;
-                if (iy >= 0 && iy < height - 1 && ix >= 0 && ix < width - 1) {
-                    const int64_t p = iy * width + ix;
-                    v00 = load_pixel(v, image, p), v01 = load_pixel(v, image, p + 1);
-                    v10 = load_pixel(v, image, p + width), v11 = load_pixel(v, image, p + width + 1);
-                    m_00 = mask[p], m_01 = mask[p + 1], m_10 = mask[p + width], m_11 = mask[p + width + 1];
-                } else {  // outside neighbours read the padding values (slice minimum, 0)
-                    const bool y0in = iy >= 0 && iy < height, y1in = iy + 1 >= 0 && iy + 1 < height;
-                    const bool x0in = ix >= 0 && ix < width, x1in = ix + 1 >= 0 && ix + 1 < width;
-                    const int64_t p = iy * width + ix;
-                    v00 = y0in && x0in ? load_pixel(v, image, p) : lo;
-                    v01 = y0in && x1in ? load_pixel(v, image, p + 1) : lo;
-                    v10 = y1in && x0in ? load_pixel(v, image, p + width) : lo;
-                    v11 = y1in && x1in ? load_pixel(v, image, p + width + 1) : lo;
-                    m_00 = y0in && x0in ? mask[p] : 0;
-                    m_01 = y0in && x1in ? mask[p + 1] : 0;
-                    m_10 = y1in && x0in ? mask[p + width] : 0;
-                    m_11 = y1in && x1in ? mask[p + width + 1] : 0;
-                }
-                row[c] = (1.0 - wy) * ((1.0 - wx) * v00 + wx * v01) + wy * ((1.0 - wx) * v10 + wx * v11);
-                const int n_fg = m_00 + m_01 + m_10 + m_11;
-                if (n_fg == 0 || n_fg == 4) {
-                    yr[c] = n_fg ? 1.0f : 0.0f;
-                } else {  // the same bilinear weights, then threshold (exactly 0.5 goes to foreground)
-                    const double m = (1.0 - wy) * ((1.0 - wx) * m_00 + wx * m_01) + wy * ((1.0 - wx) * m_10 + wx * m_11);
-                    yr[c] = m >= 0.5 ? 1.0f : 0.0f;
-                }
-            }
+            const WarpRow w{&v, image, mask, height, width, lo, cy + m00 * dy, cx + m10 * dy, m01, m11, hx,
+                            row.data(), yr};
+            warp_row(w, crop_w_);
         }
         // Intensity in double: gamma's slope is unbounded near the slice minimum, so float rounding of
         // (v - min) would show up as ~1e-4 differences there.
@@ -516,9 +594,12 @@ void SliceBatcher::fill_item_augmented(const ItemDraw& d, const AugmentParams& a
             const double row_field = std::exp(a.bias[2] * w + a.bias[3] * w * w);
             for (int64_t c = 0; c < crop_w_; ++c) row[c] = lo + (row[c] - lo) * (row_field * col_field[c]);
         }
-        if (apply_gamma)
-            for (int64_t c = 0; c < crop_w_; ++c)
-                row[c] = lo + range * std::pow(std::max((row[c] - lo) / range, 0.0), a.gamma);
+        if (apply_gamma) {
+            for (int64_t c = 0; c < crop_w_; ++c) {
+                const double base = (row[c] - lo) / range;  // 0 on the background: skip pow there
+                row[c] = base > 0 ? lo + range * std::pow(base, a.gamma) : lo;
+            }
+        }
         if (contrast)
             for (int64_t c = 0; c < crop_w_; ++c) row[c] = mean + (row[c] - mean) * a.contrast;
         if (a.brightness != 0)

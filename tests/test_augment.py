@@ -7,8 +7,13 @@ import yaml
 
 from fewshot_da.data.augment import PRESETS, AugmentOptions, augment_options
 from fewshot_da.data.loader import SliceLoader
-from fewshot_da.data.loader_reference import (ItemRng, draw_augment, noise_z, reference_augmented_batch,
-                                              reference_batch)
+from fewshot_da.data.loader_reference import (
+    ItemRng,
+    draw_augment,
+    noise_z,
+    reference_augmented_batch,
+    reference_batch,
+)
 from fewshot_da.errors import InputError
 
 CROP = (16, 24)
@@ -30,7 +35,9 @@ def make_volumes(dtype, seed=0):
 def random_options(seed) -> AugmentOptions:
     """Every transform on with a random probability and random ranges."""
     r = np.random.default_rng(seed)
-    lo_hi = lambda a, b: tuple(sorted(r.uniform(a, b, 2)))  # noqa: E731
+    def lo_hi(a, b):
+        return tuple(sorted(r.uniform(a, b, 2)))
+
     return AugmentOptions(
         rotation_deg=r.uniform(0, 45), rotation_p=r.uniform(0.3, 1), rot90_p=r.uniform(0, 0.5),
         zoom_range=lo_hi(0.6, 1.5), zoom_p=r.uniform(0.3, 1), shear=r.uniform(0, 0.3), shear_p=r.uniform(0, 1),
@@ -132,7 +139,7 @@ def square_loader(options, crop=(12, 12), dtype=np.float32):
     rng = np.random.default_rng(3)
     image = rng.standard_normal((3, 30, 31)).astype(dtype)
     mask = (rng.random((3, 30, 31)) > 0.5).astype(np.uint8)
-    kwargs = dict(batch_size=16, crop=crop, seed=4, prefetch=False)
+    kwargs = {"batch_size": 16, "crop": crop, "seed": 4, "prefetch": False}
     return (SliceLoader([image], [mask], augment=options, **kwargs), SliceLoader([image], [mask], **kwargs))
 
 
@@ -151,7 +158,7 @@ def test_quarter_turns_and_flips_are_exact_index_maps():
 
 
 def test_integer_translation_shifts_the_window():
-    loader, plain = square_loader(AugmentOptions(translate=4.0, translate_p=1.0), crop=(8, 8))
+    loader, _ = square_loader(AugmentOptions(translate=4.0, translate_p=1.0), crop=(8, 8))
     rng = np.random.default_rng(3)
     image = rng.standard_normal((3, 30, 31)).astype(np.float32)
     for p in loader.augment_params(0)[:3]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Optional
 
 from fewshot_da.errors import InputError
 
@@ -100,7 +99,7 @@ class AugmentOptions:
             if not ((lo > 0 if strict else lo >= 0) and lo <= hi):
                 raise InputError(f"augment {name}: need {'0 <' if strict else '0 <='} lo <= hi, got {(lo, hi)!r}")
 
-    def replace(self, **changes) -> "AugmentOptions":
+    def replace(self, **changes) -> AugmentOptions:
         return replace(self, **changes)
 
     @property
@@ -180,7 +179,7 @@ def _combine(names) -> AugmentOptions:
     return AugmentOptions(mode=mode, **merged)
 
 
-def augment_options(spec, mode: Optional[str] = None) -> AugmentOptions:
+def augment_options(spec, mode: str | None = None) -> AugmentOptions:
     """AugmentOptions from a preset name (presets join with '+', e.g. "dart20-aug+intensity"), a dict of
     fields (as config.yaml stores it, see AugmentOptions.as_dict), options themselves, or None (no
     augmentation); `mode` (none|spatial|intensity|both), when given, replaces the spec's mode."""
