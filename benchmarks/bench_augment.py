@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from fewshot_da.data.augment import AugmentOptions, augment_options  # noqa: E402
-from fewshot_da.data.loader import SliceLoader  # noqa: E402
-from fewshot_da.data.phantoms import phantom_volume  # noqa: E402
+from fewshot_da.data.augment import AugmentOptions, augment_options
+from fewshot_da.data.loader import SliceLoader
+from fewshot_da.data.phantoms import phantom_volume
 
 CEILING = "memcpy of the output bytes (np.copyto, 2 x float32 batch)"
 # The work MONAI does below: rotation +-15 deg and zoom 0.9-1.1 (bilinear image, nearest mask),
