@@ -13,9 +13,12 @@
 //      or, outside the slice, the slice's minimum (image) / 0 (mask).
 // Cost: O(B * ch * cw) per batch, plus one O(H * W) pass per slice the first time it needs padding.
 // With an AugmentSpec, each item then draws its augmentation (augment.h) from the same engine and is
-// produced in one pass: warp (bilinear) + intensity straight into the output rows.
+// produced in one pass per output row: warp (bilinear, or the plain crop when the affine is the identity)
+// and intensity in a row buffer of doubles, then one float32 store; no intermediate image. The warp has
+// an AVX2 path (gathers) that is bit-identical to the scalar one; gamma uses glibc's libmvec pow when it
+// is there (a few ulp from std::pow). Slice max / mean (gamma, contrast) are computed once per slice.
 // Masks must hold only 0 and 1 (checked over the allowed slices at construction).
-// Output rows are written with non-temporal AVX2 stores when the CPU has AVX2 + F16C (the batch is read
+// Without augmentation, output rows are written with non-temporal AVX2 stores when the CPU has AVX2 + F16C (the batch is read
 // by someone else later, so skipping the read-for-ownership saves a third of the memory traffic);
 // otherwise portable loops. Both give bit-identical results.
 #pragma once
