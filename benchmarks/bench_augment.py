@@ -6,7 +6,8 @@ Gaussian noise) drawn per item. Contenders run one after the other, interleaved 
 gives the median rate.
 
     python benchmarks/bench_augment.py            # ~3 min on 2 busy cores
-    python benchmarks/bench_augment.py --quick    # smoke run, ~40 s
+    python benchmarks/bench_augment.py --quick    # smoke run, ~2 min (the dart20 step dominates)
+    python benchmarks/bench_augment.py --breakdown  # CPU ms per batch of each transform alone, 1 thread
 """
 from __future__ import annotations
 
@@ -43,15 +44,16 @@ def make_volumes(n, shape):
 
 
 def rate(fn, seconds, min_batches=2):
-    """Batches per second of fn() over about `seconds` (after one warm-up call)."""
+    """(batches per wall second, process CPU ms per batch) of fn() over about `seconds` (after one warm-up
+    call). CPU time counts every thread of the process (loader threads, prefetch thread, torch)."""
     fn()
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while True:
         fn()
         n += 1
         dt = time.perf_counter() - t0
         if dt >= seconds and n >= min_batches:
-            return n / dt
+            return n / dt, (time.process_time() - c0) / n * 1e3
 
 
 def monai_factory(images, masks, batch, crop):
@@ -79,7 +81,7 @@ def monai_factory(images, masks, batch, crop):
 
 
 def train_step_seconds(batch, crop, steps, threads):
-    """Median seconds of forward + backward + SGD step of dart20 on (batch, 1, *crop) on the CPU."""
+    """(wall s, process CPU s) median of forward + backward + SGD step of dart20 on (batch, 1, *crop), CPU."""
     from fewshot_da.models import build_model
 
     torch.set_num_threads(threads)
@@ -87,17 +89,41 @@ def train_step_seconds(batch, crop, steps, threads):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     x = torch.randn(batch, 1, *crop)
     y = (torch.rand(batch, 1, *crop) > 0.5).float()
-    times = []
+    walls, cpus = [], []
     for i in range(steps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
         loss.backward()
         opt.step()
         if i:  # the first step warms up the allocator
-            times.append(time.perf_counter() - t0)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
     torch.set_num_threads(1)
-    return statistics.median(times)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def breakdown(images, masks, batch, crop, batches=8):
+    """Process CPU ms per batch, 1 loader thread, no prefetch, one transform group at a time."""
+    cases = {
+        "none": None,
+        "flips (y and x, p = 1)": AugmentOptions(flip_p=(1.0, 1.0)),
+        "rotation + zoom (p = 1)": SAME_WORK.replace(mode="spatial"),
+        "gamma (p = 1)": AugmentOptions(gamma_range=(0.7, 1.5), gamma_p=1.0),
+        "noise (p = 1)": AugmentOptions(noise_sd_range=(0.1, 0.1), noise_p=1.0),
+        "rotation + zoom + gamma + noise (same work as MONAI)": SAME_WORK,
+    }
+    print("| transforms (1 thread) | CPU ms/batch | CPU ns/output pixel |")
+    print("|---|---:|---:|")
+    for name, options in cases.items():
+        loader = SliceLoader(images, masks, batch_size=batch, crop=crop, seed=1, num_threads=1, prefetch=False,
+                             augment=options)
+        loader.batch(0)
+        c0 = time.process_time()
+        for step in range(1, batches + 1):
+            loader.batch(step)
+        ms = (time.process_time() - c0) / batches * 1e3
+        print(f"| {name} | {ms:.1f} | {ms * 1e6 / (batch * crop[0] * crop[1]):.1f} |")
 
 
 def main():
@@ -111,6 +137,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=2.0, help="per contender and round")
     parser.add_argument("--train-steps", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="only the per-transform CPU cost table")
     args = parser.parse_args()
     if args.quick:
         args.volumes, args.shape, args.rounds, args.seconds, args.train_steps = 2, (24, 256, 256), 1, 1.0, 1
@@ -119,6 +146,9 @@ def main():
     crop = (args.crop, args.crop)
     b, t = args.batch, args.threads
     images, masks = make_volumes(args.volumes, tuple(args.shape))
+    if args.breakdown:
+        breakdown(images, masks, b, crop)
+        return
     out_shape = (b, 1) + crop
     src, dst = np.ones(out_shape, np.float32), np.empty(out_shape, np.float32)
 
@@ -158,11 +188,12 @@ def main():
             results[name].append(rate(fn, seconds, min_batches=2 if "MONAI" not in name else 1))
             if teardown is not None:
                 teardown()
-    step_s = train_step_seconds(b, crop, args.train_steps, threads=t)
+    step_s, step_cpu_s = train_step_seconds(b, crop, args.train_steps, threads=t)
 
-    med = {name: statistics.median(r) for name, r in results.items()}
-    ceiling = med[CEILING]
-    monai = next((r for n, r in med.items() if n.startswith("MONAI")), None)
+    med = {name: statistics.median(r[0] for r in rs) for name, rs in results.items()}
+    cpu = {name: statistics.median(r[1] for r in rs) for name, rs in results.items()}
+    ceiling, ceiling_cpu = med[CEILING], cpu[CEILING]
+    monai = next((n for n in med if n.startswith("MONAI")), None)
     mb = 2 * np.prod(out_shape) * 4 / 1e6
     print(f"# {args.volumes} phantom volumes {tuple(args.shape)} float32 + uint8 masks, batch {b}, crop {crop}, "
           f"{mb:.1f} MB written per batch")
@@ -170,13 +201,20 @@ def main():
           f"torch {torch.__version__}, numpy {np.__version__}, {monai_note}")
     print(f"# median of {args.rounds} interleaved rounds x {args.seconds:g} s; 1-min load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print("| contender | batches/s | x memcpy | x MONAI | batch time / dart20 step |")
-    print("|---|---:|---:|---:|---:|")
+    print("# wall: batches/s as measured; CPU: process CPU ms per batch (all threads). 'x memcpy (CPU)' = memcpy "
+          f"CPU ms / (CPU ms / {t} threads), i.e. the rate on {t} idle cores if the threads scale perfectly")
+    print("| contender | batches/s (wall) | x memcpy (wall) | x MONAI (wall) | CPU ms/batch | x memcpy (CPU) "
+          "| x MONAI (CPU) | batch / dart20 step (wall) | batch / dart20 step (CPU) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in med.items():
-        vs_monai = f"{r / monai:.1f}" if monai else "-"
-        print(f"| {name} | {r:,.1f} | {r / ceiling:.3f} | {vs_monai} | {1 / r / step_s:.3f} |")
-    print(f"| dart20 forward + backward + SGD step, batch {b}, {t} torch threads | {1 / step_s:.2f} | "
-          f"{1 / step_s / ceiling:.4f} | - | 1 |")
+        threads = t if name.startswith("SliceLoader") else 1
+        vs_monai = f"{r / med[monai]:.1f}" if monai else "-"
+        vs_monai_cpu = f"{cpu[monai] / cpu[name]:.1f}" if monai else "-"
+        print(f"| {name} | {r:,.1f} | {r / ceiling:.3f} | {vs_monai} | {cpu[name]:,.1f} | "
+              f"{ceiling_cpu / (cpu[name] / threads):.3f} | {vs_monai_cpu} | {1 / r / step_s:.4f} | "
+              f"{cpu[name] / 1e3 / step_cpu_s:.4f} |")
+    print(f"| dart20 forward + backward + SGD step, batch {b}, {t} torch threads | {1 / step_s:.3f} | "
+          f"{1 / step_s / ceiling:.5f} | - | {step_cpu_s * 1e3:,.0f} | - | - | 1 | 1 |")
 
 
 if __name__ == "__main__":
