@@ -15,8 +15,9 @@
 // With an AugmentSpec, each item then draws its augmentation (augment.h) from the same engine and is
 // produced in one pass per output row: warp (bilinear, or the plain crop when the affine is the identity)
 // and intensity in a row buffer of doubles, then one float32 store; no intermediate image. The warp has
-// an AVX2 path (gathers) that is bit-identical to the scalar one; gamma uses glibc's libmvec pow when it
-// is there (a few ulp from std::pow). Slice max / mean (gamma, contrast) are computed once per slice.
+// an AVX2 path (gathers) and the noise an AVX-512DQ path, both bit-identical to the scalar code; gamma
+// uses glibc's libmvec powf when it is there (about 2e-7 relative to std::pow). Slice max / mean (gamma,
+// contrast) are computed once per slice.
 // Masks must hold only 0 and 1 (checked over the allowed slices at construction).
 // Without augmentation, output rows are written with non-temporal AVX2 stores when the CPU has AVX2 + F16C (the batch is read
 // by someone else later, so skipping the read-for-ownership saves a third of the memory traffic);
