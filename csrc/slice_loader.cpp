@@ -318,7 +318,20 @@ void gamma_in_place(double* row, int64_t n, double lo, double range, double g) {
 }
 
 #ifdef FEWSHOT_DA_X86
-// warp_pixel for 4 columns at a time (AVX2 gathers), the same operations in the same order, so the
+// Unaligned 4- and 8-byte loads.
+inline int32_t load32(const void* p) {
+    int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline long long load64(const void* p) {
+    long long v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// warp_pixel for 4 columns at a time (AVX2), the same operations in the same order, so the
 // results are bit-identical. Blocks wholly outside the slice take the padding; blocks where a neighbourhood
 // is not well inside (4 bytes of mask and 2 image values are read per source row) go to warp_pixel.
 __attribute__((target("avx2,f16c"))) void warp_row_avx2(const WarpRow& w, int64_t n) {
@@ -334,8 +347,6 @@ __attribute__((target("avx2,f16c"))) void warp_row_avx2(const WarpRow& w, int64_
     const __m128i width = _mm_set1_epi32(static_cast<int32_t>(w.width)), byte = _mm_set1_epi32(0xff);
     const __m128i low16 = _mm_set1_epi32(0xffff), ones = _mm_set1_epi32(0x0101);
     const float* f32 = static_cast<const float*>(w.image);
-    const int* i32 = static_cast<const int*>(w.image);
-    const int* mask = reinterpret_cast<const int*>(w.mask);
     int64_t c = 0;
     for (; c + 4 <= n; c += 4) {
         const __m256d dx = _mm256_sub_pd(_mm256_add_pd(_mm256_set1_pd(static_cast<double>(c)), lanes),
@@ -361,30 +372,36 @@ __attribute__((target("avx2,f16c"))) void warp_row_avx2(const WarpRow& w, int64_
         const __m256d wy = _mm256_sub_pd(sy, fy), wx = _mm256_sub_pd(sx, fx);
         const __m128i p = _mm_add_epi32(_mm_mullo_epi32(_mm256_cvttpd_epi32(fy), width), _mm256_cvttpd_epi32(fx));
         const __m128i q = _mm_add_epi32(p, width);
+        // scalar loads of the 2 x 2 neighbourhoods (faster than gathers on the AMD cores measured): one
+        // 64-bit load per source row for float32, 32-bit for float16 and for the mask bytes
+        alignas(16) int32_t pi[4], qi[4];
+        _mm_store_si128(reinterpret_cast<__m128i*>(pi), p);
+        _mm_store_si128(reinterpret_cast<__m128i*>(qi), q);
         __m256d v00, v01, v10, v11;
-        if (half) {  // one 32-bit gather per source row holds both neighbours
-            const __m128i g0 = _mm_i32gather_epi32(i32, p, 2), g1 = _mm_i32gather_epi32(i32, q, 2);
+        if (half) {  // one 32-bit load per source row holds both neighbours
+            const uint16_t* h = static_cast<const uint16_t*>(w.image);
+            const __m128i g0 = _mm_setr_epi32(load32(h + pi[0]), load32(h + pi[1]), load32(h + pi[2]), load32(h + pi[3]));
+            const __m128i g1 = _mm_setr_epi32(load32(h + qi[0]), load32(h + qi[1]), load32(h + qi[2]), load32(h + qi[3]));
             const __m128i a0 = _mm_and_si128(g0, low16), a1 = _mm_srli_epi32(g0, 16);
             const __m128i b0 = _mm_and_si128(g1, low16), b1 = _mm_srli_epi32(g1, 16);
             v00 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(a0, a0)));
             v01 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(a1, a1)));
             v10 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(b0, b0)));
             v11 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(b1, b1)));
-        } else {
-            // one 64-bit gather per source row fetches both neighbours; then split even / odd floats
+        } else {  // one 64-bit load per source row fetches both neighbours; then split even / odd floats
             const __m256i split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-            const double* pairs = reinterpret_cast<const double*>(f32);
-            const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
-            const __m256 r0 = _mm256_permutevar8x32_ps(
-                _mm256_castpd_ps(_mm256_mask_i32gather_pd(zero, pairs, p, all, 4)), split);
-            const __m256 r1 = _mm256_permutevar8x32_ps(
-                _mm256_castpd_ps(_mm256_mask_i32gather_pd(zero, pairs, q, all, 4)), split);
+            const __m256 r0 = _mm256_permutevar8x32_ps(_mm256_castsi256_ps(_mm256_setr_epi64x(
+                load64(f32 + pi[0]), load64(f32 + pi[1]), load64(f32 + pi[2]), load64(f32 + pi[3]))), split);
+            const __m256 r1 = _mm256_permutevar8x32_ps(_mm256_castsi256_ps(_mm256_setr_epi64x(
+                load64(f32 + qi[0]), load64(f32 + qi[1]), load64(f32 + qi[2]), load64(f32 + qi[3]))), split);
             v00 = _mm256_cvtps_pd(_mm256_castps256_ps128(r0));
             v01 = _mm256_cvtps_pd(_mm256_extractf128_ps(r0, 1));
             v10 = _mm256_cvtps_pd(_mm256_castps256_ps128(r1));
             v11 = _mm256_cvtps_pd(_mm256_extractf128_ps(r1, 1));
         }
-        const __m128i g0 = _mm_i32gather_epi32(mask, p, 1), g1 = _mm_i32gather_epi32(mask, q, 1);
+        const uint8_t* mk = w.mask;
+        const __m128i g0 = _mm_setr_epi32(load32(mk + pi[0]), load32(mk + pi[1]), load32(mk + pi[2]), load32(mk + pi[3]));
+        const __m128i g1 = _mm_setr_epi32(load32(mk + qi[0]), load32(mk + qi[1]), load32(mk + qi[2]), load32(mk + qi[3]));
         const __m256d m00 = _mm256_cvtepi32_pd(_mm_and_si128(g0, byte));
         const __m256d m01 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(g0, 8), byte));
         const __m256d m10 = _mm256_cvtepi32_pd(_mm_and_si128(g1, byte));
