@@ -243,7 +243,8 @@ __attribute__((target("avx2,f16c"))) void gamma_row_avx2(VectorPowf vpow, double
         const __m256d pos0 = _mm256_cmp_pd(b0, zero, _CMP_GT_OQ), pos1 = _mm256_cmp_pd(b1, zero, _CMP_GT_OQ);
         const __m256 base = _mm256_set_m128(_mm256_cvtpd_ps(b1), _mm256_cvtpd_ps(b0));
         const __m256 p = vpow(_mm256_max_ps(base, tiny), vg);  // bases at or below 0 are replaced below
-        const __m256d p0 = _mm256_cvtps_pd(_mm256_castps256_ps128(p)), p1 = _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1));
+        const __m256d p0 = _mm256_cvtps_pd(_mm256_castps256_ps128(p));
+        const __m256d p1 = _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1));
         _mm256_storeu_pd(row + c, _mm256_blendv_pd(vlo, _mm256_add_pd(vlo, _mm256_mul_pd(vrange, p0)), pos0));
         _mm256_storeu_pd(row + c + 4, _mm256_blendv_pd(vlo, _mm256_add_pd(vlo, _mm256_mul_pd(vrange, p1)), pos1));
     }
@@ -291,7 +292,8 @@ __attribute__((target("avx512f,avx512dq"))) void add_noise_avx512(double* row, i
             _mm512_add_epi64(_mm512_and_si512(z, field), _mm512_and_si512(shift_right(z, 16), field)),
             _mm512_add_epi64(_mm512_and_si512(shift_right(z, 32), field), shift_right(z, 48)));
         const __m256 zf = _mm256_mul_ps(_mm512_cvtepi64_ps(_mm512_sub_epi64(sum, centre)), scale);
-        _mm512_storeu_pd(row + c, _mm512_add_pd(_mm512_loadu_pd(row + c), _mm512_mul_pd(vsd, _mm512_maskz_cvtps_pd(0xff, zf))));
+        const __m512d noise = _mm512_mul_pd(vsd, _mm512_maskz_cvtps_pd(0xff, zf));
+        _mm512_storeu_pd(row + c, _mm512_add_pd(_mm512_loadu_pd(row + c), noise));
     }
     add_noise_portable(row + c, n - c, state + static_cast<uint64_t>(c) * ItemRng::kGolden, sd);
 }
@@ -329,6 +331,12 @@ inline long long load64(const void* p) {
     long long v;
     std::memcpy(&v, p, sizeof v);
     return v;
+}
+
+// The 4 unaligned 32-bit words starting at base + i[k], k = 0..3.
+template <class T>
+inline __m128i words4(const T* base, const int32_t* i) {
+    return _mm_setr_epi32(load32(base + i[0]), load32(base + i[1]), load32(base + i[2]), load32(base + i[3]));
 }
 
 // warp_pixel for 4 columns at a time (AVX2), the same operations in the same order, so the
@@ -380,8 +388,7 @@ __attribute__((target("avx2,f16c"))) void warp_row_avx2(const WarpRow& w, int64_
         __m256d v00, v01, v10, v11;
         if (half) {  // one 32-bit load per source row holds both neighbours
             const uint16_t* h = static_cast<const uint16_t*>(w.image);
-            const __m128i g0 = _mm_setr_epi32(load32(h + pi[0]), load32(h + pi[1]), load32(h + pi[2]), load32(h + pi[3]));
-            const __m128i g1 = _mm_setr_epi32(load32(h + qi[0]), load32(h + qi[1]), load32(h + qi[2]), load32(h + qi[3]));
+            const __m128i g0 = words4(h, pi), g1 = words4(h, qi);
             const __m128i a0 = _mm_and_si128(g0, low16), a1 = _mm_srli_epi32(g0, 16);
             const __m128i b0 = _mm_and_si128(g1, low16), b1 = _mm_srli_epi32(g1, 16);
             v00 = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_packus_epi32(a0, a0)));
@@ -400,8 +407,7 @@ __attribute__((target("avx2,f16c"))) void warp_row_avx2(const WarpRow& w, int64_
             v11 = _mm256_cvtps_pd(_mm256_extractf128_ps(r1, 1));
         }
         const uint8_t* mk = w.mask;
-        const __m128i g0 = _mm_setr_epi32(load32(mk + pi[0]), load32(mk + pi[1]), load32(mk + pi[2]), load32(mk + pi[3]));
-        const __m128i g1 = _mm_setr_epi32(load32(mk + qi[0]), load32(mk + qi[1]), load32(mk + qi[2]), load32(mk + qi[3]));
+        const __m128i g0 = words4(mk, pi), g1 = words4(mk, qi);
         const __m256d m00 = _mm256_cvtepi32_pd(_mm_and_si128(g0, byte));
         const __m256d m01 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(g0, 8), byte));
         const __m256d m10 = _mm256_cvtepi32_pd(_mm_and_si128(g1, byte));
