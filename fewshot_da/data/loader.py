@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -131,10 +131,10 @@ class SliceLoader:
     """
 
     def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                 slices: Optional[Sequence[Optional[Sequence[int]]]] = None, *, batch_size: int = 32,
-                 crop=(256, 256), seed: int = 0, num_threads: Optional[int] = None, prefetch: bool = True,
-                 fg_fraction: float = 0.0, pin_memory: Optional[bool] = None,
-                 augment: Optional[AugmentOptions] = None, ids: Optional[Sequence[str]] = None):
+                 slices: Sequence[Sequence[int] | None] | None = None, *, batch_size: int = 32,
+                 crop=(256, 256), seed: int = 0, num_threads: int | None = None, prefetch: bool = True,
+                 fg_fraction: float = 0.0, pin_memory: bool | None = None,
+                 augment: AugmentOptions | None = None, ids: Sequence[str] | None = None):
         lists = _check_volumes(images, masks, slices)
         if ids is not None and len(ids) != len(images):
             raise InputError(f"SliceLoader: {len(images)} images but {len(ids)} ids")
@@ -150,7 +150,7 @@ class SliceLoader:
         self.batch_size, self.crop, self.seed = int(batch_size), (ch, cw), int(seed)
         self.num_threads = int(num_threads) if num_threads is not None else _default_threads()
         self.fg_fraction = float(fg_fraction)
-        self.n_fg_items = int(round(self.fg_fraction * self.batch_size))
+        self.n_fg_items = round(self.fg_fraction * self.batch_size)
         options = augment_options(augment)
         self.augment = options if options.enabled else None
         spec = self.augment.core_spec((ch, cw)) if self.augment is not None else None
@@ -199,7 +199,7 @@ class SliceLoader:
         x, y, _, _ = self._ring[slot]
         return x, y
 
-    def start(self, step: int) -> "SliceLoader":
+    def start(self, step: int) -> SliceLoader:
         """Make iteration continue at `step` (resume); prefetches it."""
         self._next_step = _check_step(step, "start")
         if self._pending is not None and self._pending[0] != self._next_step:

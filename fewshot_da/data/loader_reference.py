@@ -85,7 +85,7 @@ def reference_batch(images, masks, slices=None, *, step, batch_size=32, crop=(25
     """Batch `step` as float32 arrays (B, 1, ch, cw), computed item by item in NumPy and Python ints."""
     slices = [np.arange(im.shape[0]) if slices is None or slices[k] is None else np.asarray(slices[k])
               for k, im in enumerate(images)]
-    n_fg_items = int(round(fg_fraction * batch_size))
+    n_fg_items = round(fg_fraction * batch_size)
     fg = foreground_slices(masks, slices) if n_fg_items else [[] for _ in images]
     shapes = [im.shape for im in images]
     x = np.empty((batch_size, 1) + tuple(crop), np.float32)
@@ -245,7 +245,7 @@ def reference_augmented_batch(images, masks, slices=None, *, step, spec, batch_s
     float32 (B, 1, ch, cw) arrays plus the per-item parameter dicts, item by item in Python and SciPy."""
     slices = [np.arange(im.shape[0]) if slices is None or slices[k] is None else np.asarray(slices[k])
               for k, im in enumerate(images)]
-    n_fg_items = int(round(fg_fraction * batch_size))
+    n_fg_items = round(fg_fraction * batch_size)
     fg = foreground_slices(masks, slices) if n_fg_items else [[] for _ in images]
     shapes = [im.shape for im in images]
     x = np.empty((batch_size, 1) + tuple(crop), np.float32)
