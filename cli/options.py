@@ -24,7 +24,7 @@ resize = click.option("--resize", default=None,
 quiet = click.option("--quiet", is_flag=True, help="No progress bars (shown only on a terminal).")
 wait = click.option("--wait", is_flag=True, help="If another run is writing --out, wait for it instead of failing.")
 
-TRAINING_KEYS = ("epochs", "iters_per_epoch", "batch_size", "lr", "lr_steps", "crop", "seed", "device", "loss",
+TRAINING_KEYS = ("augment", "epochs", "iters_per_epoch", "batch_size", "lr", "lr_steps", "crop", "seed", "device", "loss",
                  "lr_scale", "base_filters")
 
 training = _compose(
@@ -39,6 +39,10 @@ training = _compose(
     click.option("--loss", type=click.Choice(["bce", "dice", "bce+dice"]), default=None,
                  help="Segmentation loss (default bce, as the papers; bce+dice for small structures)."),
     click.option("--crop", type=int, default=None, help="Square crop side in pixels (default 256)."),
+    click.option("--augment", type=click.Choice(["none", "spatial", "intensity", "both"]), default=None,
+                 help="Augmentation in the slice loader (default none, as the papers): which groups of the preset."),
+    click.option("--augment-preset", default=None,
+                 help="dart20-aug, ultrasound-aug, intensity, joined with + (default dart20-aug+intensity)."),
     click.option("--seed", type=int, default=None, help="Seed of the model init and of the slice sampler (default 0)."),
     click.option("--device", default=None, help="auto (CUDA with AMP when present, else CPU), cpu, cuda, cuda:1."),
     click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -54,6 +58,9 @@ training = _compose(
 def training_overrides(kwargs: dict) -> dict:
     """Pop the training flags out of a verb's kwargs: {TrainConfig key: value} for the ones given."""
     values = {k: kwargs.pop(k, None) for k in TRAINING_KEYS}
+    preset = kwargs.pop("augment_preset", None)
+    if preset is not None or values["augment"] is not None:
+        values["augment"] = {"preset": preset, "mode": values["augment"] or "both"}
     return {k: v for k, v in values.items() if v not in (None, ())}
 
 

@@ -115,9 +115,12 @@ def _train_config(preset, stage, arch, config_path, overrides):
 
 def _batches(volumes, slices, config, num_threads) -> SliceLoader:
     """The slice loader of a run: the config's batch size, square crop and seed; per-volume allowed slices."""
+    from ..data.augment import augment_options
+
     return SliceLoader([v.image for v in volumes], [v.mask for v in volumes], slices,
                        batch_size=config.batch_size, crop=(config.crop, config.crop), seed=config.seed,
-                       num_threads=num_threads)
+                       num_threads=num_threads, augment=augment_options(config.augment) if config.augment else None,
+                       ids=[v.id for v in volumes])
 
 
 def _score(model, arch, volumes, *, tolerances_mm, progress, on_prediction=None, strategy=None, records=None,

@@ -40,6 +40,8 @@ class TrainConfig:
     # {regex on parameter names: lr factor}, applied on top of the strategy's groups (first match wins)
     lr_scale: dict = field(default_factory=dict)
     base_filters: int = 0  # 0: the architecture's published width
+    # the slice loader's augmentation (data.augment.AugmentOptions as a dict); {} = none, as the papers
+    augment: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_arch(self.arch)
@@ -69,6 +71,7 @@ class TrainConfig:
         except (TypeError, ValueError, re.error):
             raise InputError(f"--lr-scale must be PATTERN=FACTOR with a valid regex, got {self.lr_scale!r}") from None
         object.__setattr__(self, "lr_scale", scales)
+        object.__setattr__(self, "augment", resolve_augment(self.augment))
 
     @property
     def total_steps(self) -> int:
@@ -81,6 +84,26 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return with_overrides(self, changes)
+
+
+DEFAULT_AUGMENT_PRESET = "dart20-aug+intensity"
+
+
+def resolve_augment(value) -> dict:
+    """config.augment as stored: {} for none, else the full AugmentOptions dict. Accepts a mode (none, spatial,
+    intensity, both: the default preset's groups), a preset spec ("ultrasound-aug+intensity"), {"preset", "mode"}
+    (the CLI's --augment-preset / --augment) or a dict of AugmentOptions fields (config YAML)."""
+    from ..data.augment import MODES, augment_options
+
+    if not value:
+        return {}
+    if isinstance(value, str):
+        value = {"mode": value} if value in MODES else {"preset": value}
+    if isinstance(value, dict) and set(value) <= {"preset", "mode"}:
+        options = augment_options(value.get("preset") or DEFAULT_AUGMENT_PRESET, mode=value.get("mode"))
+    else:
+        options = augment_options(value)
+    return {} if options.mode == "none" else options.as_dict()
 
 
 def lr_at(epoch: int, config: TrainConfig) -> float:
@@ -150,12 +173,16 @@ def _coerce(name, value, current):
     except (TypeError, ValueError):
         raise InputError(f"{name} must be a {type(current).__name__}, got {value!r}") from None
     if isinstance(current, dict):
+        if name == "augment":
+            return value  # a mode, preset or dict: resolved by TrainConfig
         if isinstance(value, str):
             # "80:0.1,90:0.5" from a command line
             try:
                 value = dict(item.split(":") for item in value.split(",") if item.strip())
             except ValueError:
                 raise InputError(f"{name} must look like 80:0.1[,90:0.1], got {value!r}") from None
+        if name == "augment":
+            return value  # resolved by TrainConfig
         if isinstance(value, (list, tuple)):  # repeated PATTERN=FACTOR flags
             try:
                 value = dict(item.rsplit("=", 1) for item in value)
