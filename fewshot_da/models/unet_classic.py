@@ -1,7 +1,8 @@
 """Ronneberger-style 2D U-Net fine-tuned by the ultrasound paper (Amiri et al. 2019; REFERENCE.md section 7).
 
 Blocks of two 3x3 conv + ReLU (no batch norm), max-pool down, 2x upsampling followed by a 2x2 conv up, concatenated
-skips, dropout 0.5 on the two deepest contracting blocks (the widely used Keras layout), a 1x1 conv to one logit.
+skips, dropout 0.5 on the two deepest contracting blocks, He-normal initialisation (the widely used Keras layout),
+a 1x1 conv to one logit.
 At the paper's width (64 filters) it has 31,030,593 parameters; `n_filters` (CLI `--base-filters`) narrows it for CPU studies.
 """
 import torch
@@ -69,6 +70,10 @@ class UNet2dClassic(nn.Module):
         self.block9 = _Up(2 * n, n)
         self.head = nn.Conv2d(n, out_channels, 1)
         self.pool = nn.MaxPool2d(2)
+        for module in self.modules():  # He-normal weights, zero biases: the Keras layout's initialiser
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.block1(x)
