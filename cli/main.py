@@ -11,9 +11,15 @@ def cli():
 
 
 def _register():
-    from fewshot_da_cli import commands_metrics, commands_data, commands_model, commands_experiments
+    from fewshot_da_cli import (
+        commands_data,
+        commands_experiments,
+        commands_grid,
+        commands_metrics,
+        commands_model,
+    )
 
-    for module in (commands_metrics, commands_data, commands_model, commands_experiments):
+    for module in (commands_metrics, commands_data, commands_model, commands_experiments, commands_grid):
         for command in getattr(module, "COMMANDS", []):
             cli.add_command(command)
 
