@@ -11,13 +11,7 @@ def cli():
 
 
 def _register():
-    from fewshot_da_cli import (
-        commands_data,
-        commands_experiments,
-        commands_grid,
-        commands_metrics,
-        commands_model,
-    )
+    from fewshot_da_cli import commands_metrics, commands_data, commands_model, commands_experiments, commands_grid
 
     for module in (commands_metrics, commands_data, commands_model, commands_experiments, commands_grid):
         for command in getattr(module, "COMMANDS", []):
