@@ -182,7 +182,7 @@ def build_specs(plan: dict, splits: dict) -> list:
         specs.append(RunSpec(f"source/{arch}/{source}", "source", arch, source=source, target=source,
                              seed=plan["model_seed"], overrides=_json(source_over)))
     if plan["oracles"]:
-        for domain in [d for d in domains if d in set(sources) | set(targets)]:
+        for domain in [d for d in domains if d in {p["target"] for p in pairs}]:  # D_O of every target
             folds = splits["oracle"].get(domain) or []
             for fold in [f for f in plan["folds"] if f < len(folds)]:
                 specs.append(RunSpec(f"oracle/{arch}/{domain}/f{fold}", "oracle", arch, source=domain, target=domain,
