@@ -371,13 +371,14 @@ class SlurmExecutor:
                     outcome[spec.run_id] = result
                     progress.update(result)
             live = _squeue_ids(array_ids)
-            finished = all(j.done() for j in jobs) or live == set()
+            # result pickles, not job.done(): that asks sacct, which clusters without accounting lack
+            finished = all(j.paths.result_pickle.exists() for j in jobs) or live == set()
             if finished:
                 break
             time.sleep(self.poll_s)
         for job in jobs:
             try:
-                results = job.result() if job.done() else []
+                results = job.result() if job.paths.result_pickle.exists() else []
             except Exception as exc:  # the task itself failed (e.g. not requeued after too many timeouts)
                 results = []
                 progress.log(f"array task {job.job_id} failed: {str(exc).strip().splitlines()[-1]}")
