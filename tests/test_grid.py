@@ -1,5 +1,6 @@
 """Experiment grid: plans -> run specs (CC359 enumeration), a tiny phantoms grid end to end, kill -9 + resume,
 D_R and a budget's winner recomputed by hand from results.csv."""
+
 import math
 import os
 import signal
@@ -36,6 +37,7 @@ def _cc359_splits():
 
 
 # ---- plans and specs --------------------------------------------------------------------------------------
+
 
 def test_cc359_dart20_enumeration_matches_reference():
     """REFERENCE §10 item 11: 6 baselines (here 30 pair-level baseline scorings of the 6 source models),
@@ -79,15 +81,20 @@ def test_plan_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(InputError, match="budget '1/x'"):
         grid_mod.parse_budget("1/x")
     with pytest.raises(InputError, match="needs 3 fine-tune scan"):
-        grid_mod.build_specs(load_plan({"base": "cc359-dart20", "budgets": ["3"]}),
-                             {**_cc359_splits(), "one2one": {d: {"finetune": {"1": ["a"]}} for d in CC359}})
+        grid_mod.build_specs(
+            load_plan({"base": "cc359-dart20", "budgets": ["3"]}),
+            {**_cc359_splits(), "one2one": {d: {"finetune": {"1": ["a"]}} for d in CC359}},
+        )
 
 
 def test_yaml_plan_paths_are_relative_to_the_file(tmp_path):
     (tmp_path / "m.csv").write_text("id\n")
     path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump({"base": "cc359-dart20", "data": {"manifest": "m.csv", "splits": "s.json"},
-                                    "seeds": [0, 1]}))
+    path.write_text(
+        yaml.safe_dump(
+            {"base": "cc359-dart20", "data": {"manifest": "m.csv", "splits": "s.json"}, "seeds": [0, 1]}
+        )
+    )
     plan = load_plan(path)
     assert plan["data"]["manifest"] == str(tmp_path / "m.csv") and plan["seeds"] == [0, 1]
     assert plan["strategies"] == PRESETS["cc359-dart20"]["strategies"]
@@ -112,8 +119,12 @@ def test_progress_eta_and_log_lines():
 
 # ---- a tiny grid, end to end ------------------------------------------------------------------------------
 
+
 def _summaries(out: Path) -> dict:
-    return {str(p.parent.relative_to(out / "runs")): p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")}
+    return {
+        str(p.parent.relative_to(out / "runs")): p.stat().st_mtime_ns
+        for p in (out / "runs").rglob("summary.json")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +149,12 @@ def test_tiny_grid_end_to_end(tiny_grid, cli_runner, cli_app):
     assert len({r["case"] for r in by_strategy["oracle"]}) == 6
     assert len(by_strategy["freeze"]) == 4 * 5
     assert all(r["source"] == r["target"] == "ge15" and r["budget"] == "" for r in by_strategy["oracle"])
-    assert {(r["layers"], r["budget"]) for r in by_strategy["freeze"]} == {("first", "1"), ("first", "1/4"),
-                                                                           ("all", "1"), ("all", "1/4")}
+    assert {(r["layers"], r["budget"]) for r in by_strategy["freeze"]} == {
+        ("first", "1"),
+        ("first", "1/4"),
+        ("all", "1"),
+        ("all", "1/4"),
+    }
     assert all(0.0 <= r["surface_dice_1mm"] <= 1.0 for r in rows)
     # adapted runs drop their checkpoint once finished; the source model keeps its own
     assert not list((out / "runs" / "adapt").rglob("checkpoint.pt"))
@@ -175,17 +190,26 @@ def test_kill9_mid_grid_then_rerun_matches_uninterrupted(tiny_grid, tmp_path):
     out = tmp_path / "killed"
     plan_file = tmp_path / "tiny.yaml"
     plan_file.write_text(yaml.safe_dump(tiny_plan()))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from fewshot_da.experiments.executors import "
-            "run_experiment; run_experiment(sys.argv[2], sys.argv[3], slots=2, log=lambda _: None)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(plan_file), str(out)],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from fewshot_da.experiments.executors import "
+        "run_experiment; run_experiment(sys.argv[2], sys.argv[3], slots=2, log=lambda _: None)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(ROOT), str(plan_file), str(out)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     interrupted = None
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             runs = out / "runs"
-            partial = [p.parent for p in runs.rglob("checkpoint.pt") if not (p.parent / "summary.json").exists()] \
-                if runs.is_dir() else []
+            partial = (
+                [p.parent for p in runs.rglob("checkpoint.pt") if not (p.parent / "summary.json").exists()]
+                if runs.is_dir()
+                else []
+            )
             if partial and any(runs.rglob("summary.json")):
                 os.killpg(proc.pid, signal.SIGKILL)
                 interrupted = partial
@@ -195,7 +219,9 @@ def test_kill9_mid_grid_then_rerun_matches_uninterrupted(tiny_grid, tmp_path):
         if proc.poll() is None and interrupted is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert interrupted, f"the grid ended before a run was caught mid-way: {proc.stderr.read().decode()[-500:]}"
+    assert interrupted, (
+        f"the grid ended before a run was caught mid-way: {proc.stderr.read().decode()[-500:]}"
+    )
     finished_before = _summaries(out)
     assert 0 < len(finished_before) < 9
     lines = []
@@ -203,7 +229,9 @@ def test_kill9_mid_grid_then_rerun_matches_uninterrupted(tiny_grid, tmp_path):
     assert resumed["failed"] == 0 and resumed["done"] == 9
     after = _summaries(out)
     assert {k: after[k] for k in finished_before} == finished_before  # nothing finished was recomputed
-    assert any("resumed after epoch" in (p / "log.txt").read_text() for p in interrupted if (p / "log.txt").exists())
+    assert any(
+        "resumed after epoch" in (p / "log.txt").read_text() for p in interrupted if (p / "log.txt").exists()
+    )
     assert not any(f"done {run_id} " in line for line in lines for run_id in finished_before)
     assert (out / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
 
@@ -217,19 +245,27 @@ def test_pair_gap_and_winner_by_hand(tiny_grid):
     metric = "surface_dice_1mm"
     base = {r["case"]: r[metric] for r in rows if r["strategy"] == "baseline"}
     oracle = {r["case"]: r[metric] for r in rows if r["strategy"] == "oracle"}
-    method = {layers: {r["case"]: r[metric] for r in rows if r["strategy"] == "freeze" and r["layers"] == layers
-                       and r["budget"] == "1"} for layers in ("first", "all")}
+    method = {
+        layers: {
+            r["case"]: r[metric]
+            for r in rows
+            if r["strategy"] == "freeze" and r["layers"] == layers and r["budget"] == "1"
+        }
+        for layers in ("first", "all")
+    }
     cases = sorted(method["first"])
     assert cases == sorted(method["all"]) == sorted(base) and set(cases) <= set(oracle)
     gaps, scans = {}, {}
     for layers, scores in method.items():
         d, db, do = (sum(x[c] for c in cases) / len(cases) for x in (scores, base, oracle))
         by_hand = (d - db) / (do - db)
-        gaps[layers] = pair_gap_closed([scores[c] for c in cases], [base[c] for c in cases],
-                                       [oracle[c] for c in cases])
+        gaps[layers] = pair_gap_closed(
+            [scores[c] for c in cases], [base[c] for c in cases], [oracle[c] for c in cases]
+        )
         assert gaps[layers] == pytest.approx(by_hand, rel=1e-12)
-        scans[layers] = scan_gap_closed([scores[c] for c in cases], [base[c] for c in cases],
-                                        [oracle[c] for c in cases])
+        scans[layers] = scan_gap_closed(
+            [scores[c] for c in cases], [base[c] for c in cases], [oracle[c] for c in cases]
+        )
         for c, value in zip(cases, scans[layers]):
             if oracle[c] != base[c]:
                 assert value == pytest.approx((scores[c] - base[c]) / (oracle[c] - base[c]))
@@ -237,6 +273,6 @@ def test_pair_gap_and_winner_by_hand(tiny_grid):
     loser = "all" if winner == "first" else "first"
     diffs = [a - b for a, b in zip(scans[winner], scans[loser]) if math.isfinite(a - b) and a != b]
     wins, n = sum(d > 0 for d in diffs), len(diffs)
-    tail = sum(math.comb(n, k) for k in range(n + 1) if math.comb(n, k) <= math.comb(n, wins)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(n + 1) if math.comb(n, k) <= math.comb(n, wins)) / 2**n
     assert sign_test(scans[winner], scans[loser]) == pytest.approx(min(1.0, tail))
     assert gaps[winner] >= gaps[loser]

@@ -1,6 +1,7 @@
 """The SLURM executor on a real single-node SLURM on localhost (.ci/slurm-setup): submitit job arrays, one
 task preempted with USR2 mid-run (submitit checkpoints and requeues it), the same results.csv as the local
 executor. Skipped with a reason where slurm or submitit is missing."""
+
 import os
 import shutil
 import subprocess
@@ -32,13 +33,17 @@ def slurm():
     if not _slurm_up():
         if os.geteuid() != 0:
             pytest.skip("slurm is installed but not running, and starting it needs root (.ci/slurm-setup)")
-        setup = subprocess.run([str(ROOT / ".ci" / "slurm-setup")], capture_output=True, text=True, timeout=600)
+        setup = subprocess.run(
+            [str(ROOT / ".ci" / "slurm-setup")], capture_output=True, text=True, timeout=600
+        )
         if setup.returncode != 0 or not _slurm_up():
             pytest.skip(f"could not start slurm on localhost: {(setup.stdout + setup.stderr).strip()[-300:]}")
 
 
 def _squeue(array_id: str) -> list:
-    out = subprocess.run(["squeue", "-h", "-r", "-j", array_id, "-o", "%i %T %r"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-j", array_id, "-o", "%i %T %r"], capture_output=True, text=True
+    )
     return [line.split() for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -57,7 +62,9 @@ class _Preempter(threading.Thread):
         while not self.stop and time.monotonic() < deadline:
             adapt = self.out / "runs" / "adapt"
             if self.signalled is None and adapt.is_dir() and len(self.executor.jobs) > 1:
-                partial = [p.parent for p in adapt.rglob("checkpoint.pt") if not (p.parent / "summary.json").exists()]
+                partial = [
+                    p.parent for p in adapt.rglob("checkpoint.pt") if not (p.parent / "summary.json").exists()
+                ]
                 if partial:
                     array_id = self.executor.jobs[-1].job_id.split("_")[0]
                     subprocess.run(["scancel", "--signal=USR2", array_id], check=True)

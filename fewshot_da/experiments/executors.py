@@ -3,6 +3,7 @@
 Both executors only call `grid.execute_run` on run specs; what is finished is read from the run folders, so
 a grid can be interrupted anywhere (Ctrl-C, kill -9, a preempted job) and re-run to completion.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,11 @@ from . import grid as grid_mod
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 class GridProgress:
@@ -54,8 +59,11 @@ class GridProgress:
         else:
             return
         eta = self.eta_s()
-        line = (f"[{self.done + self.failed}/{self.total}] {status} {result['run']} ({result.get('seconds', 0):.1f} s)"
-                + (f" ETA {_duration(eta)}" if math.isfinite(eta) else ""))
+        line = (
+            f"[{self.done + self.failed}/{self.total}] {status} {result['run']} "
+            f"({result.get('seconds', 0):.1f} s)"
+            + (f" ETA {_duration(eta)}" if math.isfinite(eta) else "")
+        )
         if status == "failed":
             line += f": {result.get('error', '')}"
         if self.bar is not None:
@@ -120,7 +128,12 @@ def _slot_main(slot: int, env: dict, threads: int, tasks, results) -> None:
         try:
             result = grid_mod.execute_run(grid_dir, spec, context, num_threads=threads)
         except Exception as exc:  # execute_run catches run errors; this is a bug or a broken folder
-            result = {"run": spec["run_id"], "status": "failed", "seconds": 0.0, "error": f"{type(exc).__name__}: {exc}"}
+            result = {
+                "run": spec["run_id"],
+                "status": "failed",
+                "seconds": 0.0,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
         results.put((slot, result))
 
 
@@ -137,8 +150,11 @@ class LocalExecutor:
         if self.slots == 0:
             return "local executor, in this process"
         env = slot_environments(self.slots, self.gpus, _cpu_count())
-        where = f"GPUs {', '.join(e['CUDA_VISIBLE_DEVICES'] for e, _ in env)}" if self.gpus else \
-            f"{env[0][1]} CPU thread(s) each"
+        where = (
+            f"GPUs {', '.join(e['CUDA_VISIBLE_DEVICES'] for e, _ in env)}"
+            if self.gpus
+            else f"{env[0][1]} CPU thread(s) each"
+        )
         return f"local executor, {self.slots} slot(s), {where}"
 
     def run(self, grid_dir, context: dict, specs: Sequence, progress: GridProgress) -> dict:
@@ -156,8 +172,9 @@ class LocalExecutor:
         def start(slot):
             env, threads = slot_environments(self.slots, self.gpus, _cpu_count())[slot]
             tasks = ctx.Queue()
-            proc = ctx.Process(target=_slot_main, args=(slot, env, threads, tasks, results),
-                               name=f"fewshot-da-slot{slot}")
+            proc = ctx.Process(
+                target=_slot_main, args=(slot, env, threads, tasks, results), name=f"fewshot-da-slot{slot}"
+            )
             proc.start()
             workers[slot] = {"proc": proc, "tasks": tasks, "spec": None}
 
@@ -178,7 +195,9 @@ class LocalExecutor:
                 if not any(w["spec"] for w in workers.values()):
                     if pending:  # nothing runnable: parents outside this grid never finished
                         for spec in pending:
-                            self._fail(spec, f"parent {spec.parent} is not finished", outcome, failed, progress)
+                            self._fail(
+                                spec, f"parent {spec.parent} is not finished", outcome, failed, progress
+                            )
                         pending.clear()
                     break
                 try:
@@ -187,14 +206,21 @@ class LocalExecutor:
                     for slot, worker in list(workers.items()):
                         if worker["spec"] is not None and not worker["proc"].is_alive():
                             spec = worker["spec"]
-                            self._fail(spec, f"worker died (exit code {worker['proc'].exitcode})", outcome, failed,
-                                       progress)
+                            self._fail(
+                                spec,
+                                f"worker died (exit code {worker['proc'].exitcode})",
+                                outcome,
+                                failed,
+                                progress,
+                            )
                             start(slot)
                     continue
                 spec = workers[slot]["spec"]
                 workers[slot]["spec"] = None
                 if result["status"] == "busy":  # another grid process holds it; its parent waits for it
-                    result = dict(result, status="failed", error="run held by another process (running elsewhere)")
+                    result = dict(
+                        result, status="failed", error="run held by another process (running elsewhere)"
+                    )
                 outcome[spec.run_id] = result
                 (done if result["status"] in ("done", "skipped") else failed).add(spec.run_id)
                 progress.update(result)
@@ -247,8 +273,9 @@ def _submitit():
     try:
         import submitit
     except ImportError:
-        raise InputError("--executor slurm needs submitit: pip install 'fewshot-da[slurm]' (or pip install submitit)") \
-            from None
+        raise InputError(
+            "--executor slurm needs submitit: pip install 'fewshot-da[slurm]' (or pip install submitit)"
+        ) from None
     return submitit
 
 
@@ -272,14 +299,18 @@ class GridTask(_Checkpointable):
 
 def chunks(specs: Sequence, runs_per_task: int) -> list:
     """Consecutive groups of `runs_per_task` specs (one group per array task)."""
-    return [list(specs[i:i + runs_per_task]) for i in range(0, len(specs), runs_per_task)]
+    return [list(specs[i : i + runs_per_task]) for i in range(0, len(specs), runs_per_task)]
 
 
 def _squeue_ids(array_ids: Sequence[str]) -> Optional[set]:
     """Job ids (array_task form) still queued or running, or None when squeue cannot be asked."""
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(array_ids)], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(array_ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -294,10 +325,20 @@ class SlurmExecutor:
     Requeue: submitit's USR2 handler checkpoints the GridTask and requeues the task on timeout or preemption.
     """
 
-    def __init__(self, *, partition: Optional[str] = None, time_min: int = 60, gpus_per_task: int = 0,
-                 cpus_per_task: Optional[int] = None, mem_gb: Optional[float] = None, array_parallelism: int = 64,
-                 runs_per_task: int = 4, signal_delay_s: int = 90, poll_s: float = 2.0,
-                 additional_parameters: Optional[dict] = None):
+    def __init__(
+        self,
+        *,
+        partition: Optional[str] = None,
+        time_min: int = 60,
+        gpus_per_task: int = 0,
+        cpus_per_task: Optional[int] = None,
+        mem_gb: Optional[float] = None,
+        array_parallelism: int = 64,
+        runs_per_task: int = 4,
+        signal_delay_s: int = 90,
+        poll_s: float = 2.0,
+        additional_parameters: Optional[dict] = None,
+    ):
         if time_min < 1 or runs_per_task < 1 or array_parallelism < 1:
             raise InputError("--time, --runs-per-task and --array-parallelism must be >= 1")
         self.partition, self.time_min, self.gpus_per_task = partition, int(time_min), int(gpus_per_task)
@@ -308,18 +349,24 @@ class SlurmExecutor:
         self.jobs = []
 
     def describe(self) -> str:
-        return (f"slurm executor: partition {self.partition or '(default)'}, {self.time_min} min, "
-                f"{self.gpus_per_task} GPU(s)/task, {self.runs_per_task} run(s)/task, at most "
-                f"{self.array_parallelism} tasks at once")
+        return (
+            f"slurm executor: partition {self.partition or '(default)'}, {self.time_min} min, "
+            f"{self.gpus_per_task} GPU(s)/task, {self.runs_per_task} run(s)/task, at most "
+            f"{self.array_parallelism} tasks at once"
+        )
 
     def _executor(self, grid_dir):
         submitit = _submitit()
         folder = Path(grid_dir) / "slurm" / "%j"
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         package_root = str(Path(__file__).resolve().parents[2])
-        params = dict(timeout_min=self.time_min, slurm_array_parallelism=self.array_parallelism,
-                      slurm_signal_delay_s=self.signal_delay_s, name="fewshot-da-grid",
-                      slurm_setup=[f"export PYTHONPATH={package_root}:${{PYTHONPATH:-}}"])
+        params = dict(
+            timeout_min=self.time_min,
+            slurm_array_parallelism=self.array_parallelism,
+            slurm_signal_delay_s=self.signal_delay_s,
+            name="fewshot-da-grid",
+            slurm_setup=[f"export PYTHONPATH={package_root}:${{PYTHONPATH:-}}"],
+        )
         if self.partition:
             params["slurm_partition"] = self.partition
         if self.gpus_per_task:
@@ -349,8 +396,10 @@ class SlurmExecutor:
             executor.update_parameters(slurm_additional_parameters=extra)
             groups = chunks(wave, self.runs_per_task)
             with executor.batch():
-                batch = [executor.submit(task, str(grid_dir), [s.to_dict() for s in g], context, threads)
-                         for g in groups]
+                batch = [
+                    executor.submit(task, str(grid_dir), [s.to_dict() for s in g], context, threads)
+                    for g in groups
+                ]
             jobs.extend(batch)
             previous = batch[0].job_id.split("_")[0]
         self.jobs = jobs
@@ -367,7 +416,11 @@ class SlurmExecutor:
             for spec in todo:
                 if spec.run_id not in reported and grid_mod.is_done(grid_dir, spec.run_id):
                     reported.add(spec.run_id)
-                    result = {"run": spec.run_id, "status": "done", "seconds": _run_seconds(grid_dir, spec.run_id)}
+                    result = {
+                        "run": spec.run_id,
+                        "status": "done",
+                        "seconds": _run_seconds(grid_dir, spec.run_id),
+                    }
                     outcome[spec.run_id] = result
                     progress.update(result)
             live = _squeue_ids(array_ids)
@@ -388,8 +441,12 @@ class SlurmExecutor:
                     progress.update(result)
         for spec in todo:
             if spec.run_id not in outcome and not grid_mod.is_done(grid_dir, spec.run_id):
-                result = {"run": spec.run_id, "status": "failed", "seconds": 0.0,
-                          "error": "its array task ended without finishing it (see DIR/slurm/ logs)"}
+                result = {
+                    "run": spec.run_id,
+                    "status": "failed",
+                    "seconds": 0.0,
+                    "error": "its array task ended without finishing it (see DIR/slurm/ logs)",
+                }
                 outcome[spec.run_id] = result
                 progress.update(result)
         return outcome
@@ -422,8 +479,18 @@ def make_executor(name: str = "local", **options):
     raise InputError(f"--executor {name!r}: choose local or slurm")
 
 
-def run_experiment(plan, out, *, executor="local", data=None, splits=None, dry_run: bool = False,
-                   progress: bool = False, log: Callable = print, **executor_options) -> dict:
+def run_experiment(
+    plan,
+    out,
+    *,
+    executor="local",
+    data=None,
+    splits=None,
+    dry_run: bool = False,
+    progress: bool = False,
+    log: Callable = print,
+    **executor_options,
+) -> dict:
     """Run (or resume) the grid of `plan` in folder `out`; returns {total, done, failed, results, seconds}.
 
     plan: a preset name, a YAML path or a dict (plans.load_plan). Finished runs are skipped; results.csv is
@@ -433,15 +500,21 @@ def run_experiment(plan, out, *, executor="local", data=None, splits=None, dry_r
 
     t0 = time.perf_counter()
     plan = load_plan(plan, data=data, splits=splits)
-    runner = make_executor(executor, **executor_options) if not isinstance(executor, (LocalExecutor, SlurmExecutor)) \
+    runner = (
+        make_executor(executor, **executor_options)
+        if not isinstance(executor, (LocalExecutor, SlurmExecutor))
         else executor
+    )
     out = Path(out)
     opened = grid_mod.open_grid(plan, out, log=log)
     specs, context = opened["specs"], opened["context"]
     done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
     kinds = {k: sum(s.kind == k for s in specs) for k in grid_mod.KINDS}
-    log(f"experiment {plan['name']}: {len(specs)} runs ({', '.join(f'{v} {k}' for k, v in kinds.items() if v)}), "
-        f"{done} already finished; {runner.describe()}; folder {out}")
+    log(
+        f"experiment {plan['name']}: {len(specs)} runs "
+        f"({', '.join(f'{v} {k}' for k, v in kinds.items() if v)}), "
+        f"{done} already finished; {runner.describe()}; folder {out}"
+    )
     if dry_run:
         return {"total": len(specs), "done": done, "failed": 0, "results": None, "seconds": 0.0}
     domains = sorted({s.source for s in specs} | {s.target for s in specs} - {""})
@@ -456,7 +529,15 @@ def run_experiment(plan, out, *, executor="local", data=None, splits=None, dry_r
     n_done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
     failed = [r for r in outcome.values() if r["status"] == "failed"]
     seconds = time.perf_counter() - t0
-    log(f"experiment {plan['name']}: {n_done}/{len(specs)} runs finished, {len(failed)} failed, "
-        f"{_duration(seconds)}; {results}")
-    return {"total": len(specs), "done": n_done, "failed": len(failed), "results": str(results), "seconds": seconds,
-            "outcome": outcome}
+    log(
+        f"experiment {plan['name']}: {n_done}/{len(specs)} runs finished, {len(failed)} failed, "
+        f"{_duration(seconds)}; {results}"
+    )
+    return {
+        "total": len(specs),
+        "done": n_done,
+        "failed": len(failed),
+        "results": str(results),
+        "seconds": seconds,
+        "outcome": outcome,
+    }

@@ -8,6 +8,7 @@ Run ids: `source/<arch>/<domain>`, `oracle/<arch>/<domain>/f<fold>`, `baseline/<
 `adapt/<arch>/<source>-<target>/<method>/<budget>/s<seed>` (budget 1/8 written 1_8). Source models are shared
 by their baseline and adapted runs; a run with `summary.json` is finished and never recomputed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,7 +77,9 @@ def parse_budget(label: str) -> tuple:
     try:
         scans, k = int(head), (int(tail) if tail else None)
     except ValueError:
-        raise InputError(f"budget {label!r}: expected N (scans or images) or 1/k (a share of one scan)") from None
+        raise InputError(
+            f"budget {label!r}: expected N (scans or images) or 1/k (a share of one scan)"
+        ) from None
     if scans < 1 or (k is not None and (scans != 1 or k < 2)):
         raise InputError(f"budget {label!r}: expected N >= 1 or 1/k with k >= 2")
     return scans, k
@@ -101,16 +104,29 @@ def _strategy_entries(plan: dict) -> list:
     out = []
     for entry in plan["strategies"]:
         if isinstance(entry, str):
-            out.append({"name": "freeze", "layers": entry, "options": {}, "pairs": None, "by_budget": {}, "grid": {}})
+            out.append(
+                {"name": "freeze", "layers": entry, "options": {}, "pairs": None, "by_budget": {}, "grid": {}}
+            )
             continue
         if not isinstance(entry, dict) or "name" not in entry:
-            raise InputError(f"plan {plan['name']}: a strategy is a layer group name or a mapping with a name")
+            raise InputError(
+                f"plan {plan['name']}: a strategy is a layer group name or a mapping with a name"
+            )
         unknown = set(entry) - {"name", "layers", "options", "pairs", "options_by_budget", "grid"}
         if unknown:
-            raise InputError(f"plan {plan['name']}: strategy {entry['name']}: unknown key {sorted(unknown)[0]!r}")
-        out.append({"name": entry["name"], "layers": entry.get("layers", ""), "options": dict(entry.get("options") or {}),
-                    "pairs": entry.get("pairs"), "by_budget": dict(entry.get("options_by_budget") or {}),
-                    "grid": dict(entry.get("grid") or {})})
+            raise InputError(
+                f"plan {plan['name']}: strategy {entry['name']}: unknown key {sorted(unknown)[0]!r}"
+            )
+        out.append(
+            {
+                "name": entry["name"],
+                "layers": entry.get("layers", ""),
+                "options": dict(entry.get("options") or {}),
+                "pairs": entry.get("pairs"),
+                "by_budget": dict(entry.get("options_by_budget") or {}),
+                "grid": dict(entry.get("grid") or {}),
+            }
+        )
     return out
 
 
@@ -149,8 +165,10 @@ def build_specs(plan: dict, splits: dict) -> list:
         if plan[key] != "all":
             missing = [d for d in plan[key] if d not in domains]
             if missing:
-                raise InputError(f"plan {name}: {key[:-1]} {missing[0]!r} is not a domain of the data "
-                                 f"({', '.join(domains)})")
+                raise InputError(
+                    f"plan {name}: {key[:-1]} {missing[0]!r} is not a domain of the data "
+                    f"({', '.join(domains)})"
+                )
     sources = domains if plan["sources"] == "all" else plan["sources"]
     targets = domains if plan["targets"] == "all" else plan["targets"]
     pairs = [p for p in splits["pairs"] if p["source"] in sources and p["target"] in targets]
@@ -167,33 +185,67 @@ def build_specs(plan: dict, splits: dict) -> list:
     known = available_strategies()
     for s in strategies:
         if s["name"] not in known:
-            raise InputError(f"plan {name}: strategy {s['name']!r} is not registered in this install "
-                             f"(available: {', '.join(known)})")
+            raise InputError(
+                f"plan {name}: strategy {s['name']!r} is not registered in this install "
+                f"(available: {', '.join(known)})"
+            )
     budgets = [(b, *parse_budget(b)) for b in plan["budgets"]]
     for target in sorted({p["target"] for p in pairs}):
         have = set((splits["one2one"].get(target) or {}).get("finetune", {}))
         for label, scans, _ in budgets:
             if str(scans) not in have:
-                raise InputError(f"plan {name}: budget {label} needs {scans} fine-tune scan(s) of {target}; the "
-                                 f"splits have {', '.join(sorted(have, key=int)) or 'none'} (data.splits_options)")
+                raise InputError(
+                    f"plan {name}: budget {label} needs {scans} fine-tune scan(s) of {target}; the "
+                    f"splits have {', '.join(sorted(have, key=int)) or 'none'} (data.splits_options)"
+                )
     source_over = dict(plan["schedules"].get("source") or {}, seed=plan["model_seed"])
     specs = []
     for source in dict.fromkeys(p["source"] for p in pairs):
-        specs.append(RunSpec(f"source/{arch}/{source}", "source", arch, source=source, target=source,
-                             seed=plan["model_seed"], overrides=_json(source_over)))
+        specs.append(
+            RunSpec(
+                f"source/{arch}/{source}",
+                "source",
+                arch,
+                source=source,
+                target=source,
+                seed=plan["model_seed"],
+                overrides=_json(source_over),
+            )
+        )
     if plan["oracles"]:
         for domain in [d for d in domains if d in {p["target"] for p in pairs}]:  # D_O of every target
             folds = splits["oracle"].get(domain) or []
             for fold in [f for f in plan["folds"] if f < len(folds)]:
-                specs.append(RunSpec(f"oracle/{arch}/{domain}/f{fold}", "oracle", arch, source=domain, target=domain,
-                                     strategy="oracle", seed=plan["model_seed"], fold=fold,
-                                     overrides=_json(source_over)))
+                specs.append(
+                    RunSpec(
+                        f"oracle/{arch}/{domain}/f{fold}",
+                        "oracle",
+                        arch,
+                        source=domain,
+                        target=domain,
+                        strategy="oracle",
+                        seed=plan["model_seed"],
+                        fold=fold,
+                        overrides=_json(source_over),
+                    )
+                )
     min_scans = min(scans for _, scans, _ in budgets)
     for p in pairs if plan["baselines"] else []:
         pair = f"{p['source']}-{p['target']}"
-        specs.append(RunSpec(f"baseline/{arch}/{pair}", "baseline", arch, source=p["source"], target=p["target"],
-                             strategy="baseline", seed=plan["model_seed"], parent=f"source/{arch}/{p['source']}",
-                             options=_json({"test_scans_of_budget": min_scans}), pair_index=p["index"]))
+        specs.append(
+            RunSpec(
+                f"baseline/{arch}/{pair}",
+                "baseline",
+                arch,
+                source=p["source"],
+                target=p["target"],
+                strategy="baseline",
+                seed=plan["model_seed"],
+                parent=f"source/{arch}/{p['source']}",
+                options=_json({"test_scans_of_budget": min_scans}),
+                pair_index=p["index"],
+            )
+        )
     for p in pairs:
         pair = f"{p['source']}-{p['target']}"
         for s in strategies:
@@ -205,8 +257,11 @@ def build_specs(plan: dict, splits: dict) -> list:
                 grid_points = [dict(g, **{key: v}) for g in grid_points for v in s["grid"][key]]
             for label, _, _ in budgets:
                 for point in grid_points:
-                    options = dict(s["options"], **{k: v[label] for k, v in s["by_budget"].items() if label in v},
-                                   **point)
+                    options = dict(
+                        s["options"],
+                        **{k: v[label] for k, v in s["by_budget"].items() if label in v},
+                        **point,
+                    )
                     if s["name"] == "freeze":
                         method, layers = s["layers"], s["layers"]
                     else:
@@ -214,11 +269,23 @@ def build_specs(plan: dict, splits: dict) -> list:
                         method = "-".join(x for x in (s["name"], s["layers"], _slug(point)) if x)
                     for seed in plan["seeds"]:
                         over = dict(plan["schedules"].get("finetune") or {}, seed=seed)
-                        specs.append(RunSpec(
-                            f"adapt/{arch}/{pair}/{method}/{budget_slug(label)}/s{seed}", "adapt", arch,
-                            source=p["source"], target=p["target"], strategy=s["name"], layers=layers,
-                            options=_json(options), budget=label, seed=seed, parent=f"source/{arch}/{p['source']}",
-                            overrides=_json(over), pair_index=p["index"]))
+                        specs.append(
+                            RunSpec(
+                                f"adapt/{arch}/{pair}/{method}/{budget_slug(label)}/s{seed}",
+                                "adapt",
+                                arch,
+                                source=p["source"],
+                                target=p["target"],
+                                strategy=s["name"],
+                                layers=layers,
+                                options=_json(options),
+                                budget=label,
+                                seed=seed,
+                                parent=f"source/{arch}/{p['source']}",
+                                overrides=_json(over),
+                                pair_index=p["index"],
+                            )
+                        )
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -252,7 +319,10 @@ def prepare_data(plan: dict, grid_dir, *, num_workers: int = 2, log=print) -> di
     elif data.get("generator") == "phantoms":
         from ..data.phantoms import write_phantom_dataset
 
-        log(f"data: phantoms {data.get('domains')} x {data.get('scans_per_domain', 6)} scans {data.get('shape')}")
+        log(
+            f"data: phantoms {data.get('domains')} x {data.get('scans_per_domain', 6)} scans "
+            f"{data.get('shape')}"
+        )
         options = {k: data[k] for k in ("domains", "scans_per_domain", "shape", "seed") if k in data}
         records = write_phantom_dataset(out / "phantoms", **options)
         manifest = write_manifest(records, out / "manifest.csv")
@@ -268,7 +338,7 @@ def prepare_data(plan: dict, grid_dir, *, num_workers: int = 2, log=print) -> di
 
 
 def _ixi_shift(data: dict, out: Path, log):
-    """IXI-HH as domain `ixi`, plus one simulated scanner per entry of data.shifts (n subjects each, moved)."""
+    """IXI-HH as domain `ixi`, plus a simulated scanner per data.shifts entry (n subjects each, moved)."""
     from ..data.datasets import index_folder
     from ..data.manifest import write_manifest
     from ..data.shift import ScannerShift, shift_domain
@@ -281,8 +351,16 @@ def _ixi_shift(data: dict, out: Path, log):
             settings["blur_sigma_vox"] = tuple(settings["blur_sigma_vox"])
         log(f"data: simulated scanner {name} from {data.get('n', 16)} ixi subjects ({settings})")
         nxt = out / f"manifest-{i + 1}.csv"
-        records = shift_domain(manifest, "ixi", int(data.get("n", 16)), out / name, nxt, new_domain=name,
-                               shift=ScannerShift(**settings), seed=i)
+        records = shift_domain(
+            manifest,
+            "ixi",
+            int(data.get("n", 16)),
+            out / name,
+            nxt,
+            new_domain=name,
+            shift=ScannerShift(**settings),
+            seed=i,
+        )
         manifest = nxt
     return records, write_manifest(records, out / "manifest.csv")
 
@@ -308,8 +386,13 @@ def preprocess_all(context: dict, domains: Sequence[str], *, num_workers: int, p
     from ..data.preprocess import preprocess_manifest, preprocess_options
 
     records = [r for r in read_manifest(context["manifest"]) if r.domain in set(domains)]
-    preprocess_manifest(records, context["cache"], preprocess_options(context["preprocess"]),
-                        num_workers=num_workers, progress=progress)
+    preprocess_manifest(
+        records,
+        context["cache"],
+        preprocess_options(context["preprocess"]),
+        num_workers=num_workers,
+        progress=progress,
+    )
 
 
 # ---- one run ----------------------------------------------------------------------------------------------
@@ -327,36 +410,69 @@ def _run_spec(spec: RunSpec, context: dict, grid_dir, num_threads: Optional[int]
     out = run_dir(grid_dir, spec.run_id)
     overrides = json.loads(spec.overrides)
     tolerances = tuple(context["tolerances_mm"])
-    common = dict(arch=spec.arch, preset=context["preset"], preprocess=context["preprocess"], cache=context["cache"],
-                  overrides=overrides, tolerances_mm=tolerances, num_threads=num_threads, progress=False)
+    common = dict(
+        arch=spec.arch,
+        preset=context["preset"],
+        preprocess=context["preprocess"],
+        cache=context["cache"],
+        overrides=overrides,
+        tolerances_mm=tolerances,
+        num_threads=num_threads,
+        progress=False,
+    )
     if spec.kind == "source":
-        return runs.train(manifest=context["manifest"], splits=context["splits"], source=spec.source, out=out,
-                          **common)
+        return runs.train(
+            manifest=context["manifest"], splits=context["splits"], source=spec.source, out=out, **common
+        )
     split = splits_mod.read_splits(context["splits"])
     if spec.kind == "oracle":
         fold = splits_mod.oracle_fold(split, spec.target, spec.fold)
-        return runs.train(manifest=context["manifest"], splits=context["splits"], ids=fold["train"],
-                          eval_ids=fold["test"], out=out, **common)
+        return runs.train(
+            manifest=context["manifest"],
+            splits=context["splits"],
+            ids=fold["train"],
+            eval_ids=fold["test"],
+            out=out,
+            **common,
+        )
     parent = run_dir(grid_dir, spec.parent)
     if spec.kind == "baseline":
         scans = json.loads(spec.options)["test_scans_of_budget"]
         test_ids = splits_mod.pair_test_ids(split, spec.target, scans)
-        return runs.predict(model=parent, out=out, ids=",".join(test_ids), tolerances_mm=tolerances,
-                            progress=False)
+        return runs.predict(
+            model=parent, out=out, ids=",".join(test_ids), tolerances_mm=tolerances, progress=False
+        )
     if spec.strategy != "freeze":
         raise InputError(f"{spec.run_id}: strategy {spec.strategy!r} needs the stages API (not installed)")
-    return runs.adapt(model=parent, target=spec.target, out=out, layers=spec.layers, scans=spec.scans,
-                      slices=spec.slices, preset=context["preset"], overrides=overrides, tolerances_mm=tolerances,
-                      num_threads=num_threads, progress=False)
+    return runs.adapt(
+        model=parent,
+        target=spec.target,
+        out=out,
+        layers=spec.layers,
+        scans=spec.scans,
+        slices=spec.slices,
+        preset=context["preset"],
+        overrides=overrides,
+        tolerances_mm=tolerances,
+        num_threads=num_threads,
+        progress=False,
+    )
 
 
 def result_rows(spec: RunSpec, summary: dict) -> list:
     """results.csv rows of a finished run (none for source models: they are scored on their own val scans)."""
     if spec.kind == "source":
         return []
-    fields = dict(arch=spec.arch, source=spec.source, target=spec.target, strategy=spec.strategy,
-                  layers=spec.layers, budget=spec.budget, seed=spec.seed,
-                  fold="" if spec.fold is None else spec.fold)
+    fields = dict(
+        arch=spec.arch,
+        source=spec.source,
+        target=spec.target,
+        strategy=spec.strategy,
+        layers=spec.layers,
+        budget=spec.budget,
+        seed=spec.seed,
+        fold="" if spec.fold is None else spec.fold,
+    )
     return rows_from_summary(summary, spec.run_id, **fields)
 
 
@@ -377,8 +493,10 @@ def _check_spec_file(folder: Path, spec: RunSpec) -> None:
         saved = _read_summary(path)
         if saved is not None and saved != spec.to_dict():
             diff = sorted(k for k in spec.to_dict() if saved.get(k) != spec.to_dict()[k])
-            raise InputError(f"{folder}: made by a different plan ({', '.join(diff)} differ); "
-                             "use a new --out folder or delete this run")
+            raise InputError(
+                f"{folder}: made by a different plan ({', '.join(diff)} differ); "
+                "use a new --out folder or delete this run"
+            )
     else:
         write_json_atomic(path, spec.to_dict())
 
@@ -394,7 +512,8 @@ def check_existing(grid_dir, specs: Sequence[RunSpec]) -> None:
 def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] = None) -> dict:
     """Run one spec (a dict) unless it is finished or held by another worker; append its results rows.
 
-    Returns {run, status: done|skipped|busy|failed, seconds, error}. Errors are caught and written to the run's
+    Returns {run, status: done|skipped|busy|failed, seconds, error}. Errors are caught and written to the
+    run's
     error.txt (one line); SystemExit/KeyboardInterrupt (a preemption, a kill) propagate.
     """
     spec = RunSpec(**spec)
@@ -415,12 +534,23 @@ def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] 
         try:
             summary = _run_spec(spec, context, grid_dir, num_threads)
         except Exception as exc:  # one failed run must not stop the grid; the error is kept with the run
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0] if not isinstance(exc, InputError) else str(exc)
+            message = (
+                f"{type(exc).__name__}: {exc}".splitlines()[0]
+                if not isinstance(exc, InputError)
+                else str(exc)
+            )
             (folder / "error.txt").write_text(message + "\n")
-            return {"run": spec.run_id, "status": "failed", "seconds": time.perf_counter() - start, "error": message}
+            return {
+                "run": spec.run_id,
+                "status": "failed",
+                "seconds": time.perf_counter() - start,
+                "error": message,
+            }
         seconds = time.perf_counter() - start
-        write_json_atomic(folder / "grid_timing.json", {"wall_s": seconds, "host": socket.gethostname(),
-                                                        "pid": os.getpid(), "threads": num_threads})
+        write_json_atomic(
+            folder / "grid_timing.json",
+            {"wall_s": seconds, "host": socket.gethostname(), "pid": os.getpid(), "threads": num_threads},
+        )
         rows = result_rows(spec, summary)
         if rows:
             append_results(Path(grid_dir) / RESULTS, rows)
@@ -442,10 +572,18 @@ def open_grid(plan: dict, grid_dir, *, num_workers: int = 2, log=print) -> dict:
     splits = splits_mod.read_splits(data["splits"])
     specs = build_specs(plan, splits)
     check_existing(grid_dir, specs)
-    context = {"manifest": data["manifest"], "splits": data["splits"], "cache": str((grid_dir / "cache").resolve()),
-               "preset": plan["preset"], "preprocess": plan["preprocess"], "tolerances_mm": plan["tolerances_mm"],
-               "keep_checkpoints": bool(plan["keep_checkpoints"])}
-    write_json_atomic(grid_dir / GRID_FILE, {"plan": plan, "context": context, "specs": [s.to_dict() for s in specs]})
+    context = {
+        "manifest": data["manifest"],
+        "splits": data["splits"],
+        "cache": str((grid_dir / "cache").resolve()),
+        "preset": plan["preset"],
+        "preprocess": plan["preprocess"],
+        "tolerances_mm": plan["tolerances_mm"],
+        "keep_checkpoints": bool(plan["keep_checkpoints"]),
+    }
+    write_json_atomic(
+        grid_dir / GRID_FILE, {"plan": plan, "context": context, "specs": [s.to_dict() for s in specs]}
+    )
     return {"context": context, "specs": specs}
 
 
@@ -453,7 +591,9 @@ def load_grid(grid_dir) -> dict:
     """{plan, context, specs} of a grid folder made by `open_grid`."""
     path = Path(grid_dir) / GRID_FILE
     if not path.is_file():
-        raise InputError(f"{grid_dir}: not an experiment grid folder (no {GRID_FILE}); run `fewshot-da experiment`")
+        raise InputError(
+            f"{grid_dir}: not an experiment grid folder (no {GRID_FILE}); run `fewshot-da experiment`"
+        )
     data = json.loads(path.read_text())
     return {"plan": data["plan"], "context": data["context"], "specs": [RunSpec(**s) for s in data["specs"]]}
 
@@ -474,7 +614,7 @@ def finish_results(grid_dir, specs: Sequence[RunSpec]) -> Path:
 
 
 def run_state(grid_dir, spec: RunSpec) -> str:
-    """done | running (a worker holds the run's lock) | failed (error.txt) | interrupted (a checkpoint) | pending."""
+    """done, running (a worker holds its lock), failed (error.txt), interrupted (a checkpoint), pending."""
     folder = run_dir(grid_dir, spec.run_id)
     if (folder / "summary.json").is_file():
         return "done"
@@ -508,15 +648,21 @@ def grid_status(grid_dir) -> dict:
             failed.append((spec.run_id, (run_dir(grid_dir, spec.run_id) / "error.txt").read_text().strip()))
     results = Path(grid_dir) / RESULTS
     n_rows = len(read_results(results)) if results.is_file() and results.stat().st_size else 0
-    return {"counts": {k: v for k, v in counts.items() if sum(v.values())}, "failed": failed,
-            "total": len(grid["specs"]), "results_rows": n_rows}
+    return {
+        "counts": {k: v for k, v in counts.items() if sum(v.values())},
+        "failed": failed,
+        "total": len(grid["specs"]),
+        "results_rows": n_rows,
+    }
 
 
 def format_status(status: dict) -> str:
     lines = [f"{'kind':<10}" + "".join(f"{s:>13}" for s in STATES) + f"{'total':>8}"]
     totals = dict.fromkeys(STATES, 0)
     for kind, counts in status["counts"].items():
-        lines.append(f"{kind:<10}" + "".join(f"{counts[s]:>13}" for s in STATES) + f"{sum(counts.values()):>8}")
+        lines.append(
+            f"{kind:<10}" + "".join(f"{counts[s]:>13}" for s in STATES) + f"{sum(counts.values()):>8}"
+        )
         for s in STATES:
             totals[s] += counts[s]
     lines.append(f"{'all':<10}" + "".join(f"{totals[s]:>13}" for s in STATES) + f"{status['total']:>8}")

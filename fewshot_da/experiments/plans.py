@@ -6,6 +6,7 @@ data), "1/48" (1/k of one scan's slices). Strategies are names ("first", "last",
 fine-tune that layer group, the `freeze` strategy) or mappings {name, options, pairs, options_by_budget,
 grid} for strategies with parameters (SpotTUnet). REFERENCE.md §3 and §10 item 11 give the CC359 grid.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,17 @@ from ..errors import InputError
 CC359_DART20_BUDGETS = ["3", "1", "1/3", "1/6", "1/12", "1/24", "1/36", "1/48"]  # REFERENCE §3 (DART20)
 CC359_DSA_BUDGETS = ["3", "2", "1", "1/3", "1/6", "1/12", "1/24", "1/36", "1/48"]  # DSA adds 2 scans
 # SpotTUnet's chosen lambda per budget and its search grid (REFERENCE §6; the code's normalisation).
-SPOTTUNE_LAMBDA = {"3": 0.0, "2": 0.005, "1": 0.005, "1/3": 0.007, "1/6": 0.005, "1/12": 0.005,
-                   "1/24": 0.012, "1/36": 0.007, "1/48": 0.010}
+SPOTTUNE_LAMBDA = {
+    "3": 0.0,
+    "2": 0.005,
+    "1": 0.005,
+    "1/3": 0.007,
+    "1/6": 0.005,
+    "1/12": 0.005,
+    "1/24": 0.012,
+    "1/36": 0.007,
+    "1/48": 0.010,
+}
 SPOTTUNE_LAMBDA_GRID = [0.0, 0.001, 0.003, 0.005, 0.007, 0.010, 0.012, 0.015, 0.020]
 
 DEFAULTS = {
@@ -45,70 +55,153 @@ DEFAULTS = {
 }
 
 _PHANTOM_SCHEDULES = {
-    "source": {"epochs": 2, "iters_per_epoch": 15, "batch_size": 8, "crop": 32, "lr": 0.01, "lr_steps": {0: 0.1}},
+    "source": {
+        "epochs": 2,
+        "iters_per_epoch": 15,
+        "batch_size": 8,
+        "crop": 32,
+        "lr": 0.01,
+        "lr_steps": {0: 0.1},
+    },
     "finetune": {"epochs": 1, "iters_per_epoch": 6, "batch_size": 4, "crop": 32, "lr": 0.01, "lr_steps": {}},
 }
 
 PRESETS = {
     # The first-layers paper (Zakazov et al. 2020): 6 one2all sources, 3-fold CV oracles, 30 pairs x 3 x 8.
     "cc359-dart20": {
-        "name": "cc359-dart20", "arch": "dart20", "preset": "paper", "preprocess": "paper",
+        "name": "cc359-dart20",
+        "arch": "dart20",
+        "preset": "paper",
+        "preprocess": "paper",
         "data": {"manifest": "cc359.csv", "splits": "splits.json"},
-        "strategies": ["first", "last", "all"], "budgets": CC359_DART20_BUDGETS,
+        "strategies": ["first", "last", "all"],
+        "budgets": CC359_DART20_BUDGETS,
     },
     # SpotTUnet (Zakazov et al. 2021): dsa net, the code's schedules; SpotTUnet on pairs 5-29 with the chosen
     # lambda per budget, and the lambda search on pairs 0-4 (source siemens15).
     "cc359-dsa": {
-        "name": "cc359-dsa", "arch": "dsa", "preset": "dsa-code", "preprocess": "dart20-code",
+        "name": "cc359-dsa",
+        "arch": "dsa",
+        "preset": "dsa-code",
+        "preprocess": "dart20-code",
         "data": {"manifest": "cc359.csv", "splits": "splits.json"},
         "budgets": CC359_DSA_BUDGETS,
-        "strategies": ["first", "last", "all",
-                       {"name": "spottune", "pairs": "5-29", "options": {"temperature": 0.1},
-                        "options_by_budget": {"lam": SPOTTUNE_LAMBDA}},
-                       {"name": "spottune", "pairs": "0-4", "options": {"temperature": 0.1},
-                        "grid": {"lam": SPOTTUNE_LAMBDA_GRID}}],
+        "strategies": [
+            "first",
+            "last",
+            "all",
+            {
+                "name": "spottune",
+                "pairs": "5-29",
+                "options": {"temperature": 0.1},
+                "options_by_budget": {"lam": SPOTTUNE_LAMBDA},
+            },
+            {
+                "name": "spottune",
+                "pairs": "0-4",
+                "options": {"temperature": 0.1},
+                "grid": {"lam": SPOTTUNE_LAMBDA_GRID},
+            },
+        ],
     },
     # Amiri et al. 2019 on open data: BUSI (source) -> BUS-BRA (target), 2D images resized to 256 x 256;
     # budgets are images. Needs the 2D resize preprocessing (lands separately).
     "ultrasound": {
-        "name": "ultrasound", "arch": "vanilla", "preset": "paper",
+        "name": "ultrasound",
+        "arch": "vanilla",
+        "preset": "paper",
         "preprocess": {"target_spacing_mm": None, "clip_percentiles": None, "slice_axis": 0},
-        "data": {"index": [{"layout": "images2d", "root": "/work/shared/data/busi", "domain": "busi"},
-                           {"layout": "images2d", "root": "/work/shared/data/bus-bra-mini", "domain": "bus-bra"}],
-                 "splits_options": {"finetune_scans": [5, 10, 20]}},
-        "sources": ["busi"], "targets": ["bus-bra"],
-        "strategies": ["contracting", "expanding", "first", "last", "all"], "budgets": ["5", "10", "20"],
-        "seeds": [0, 1, 2], "folds": [0, 1, 2],
-        "schedules": {"source": {"epochs": 40, "iters_per_epoch": 50, "batch_size": 16},
-                      "finetune": {"epochs": 20, "iters_per_epoch": 25, "batch_size": 8, "lr_steps": {}}},
+        "data": {
+            "index": [
+                {"layout": "images2d", "root": "/work/shared/data/busi", "domain": "busi"},
+                {"layout": "images2d", "root": "/work/shared/data/bus-bra-mini", "domain": "bus-bra"},
+            ],
+            "splits_options": {"finetune_scans": [5, 10, 20]},
+        },
+        "sources": ["busi"],
+        "targets": ["bus-bra"],
+        "strategies": ["contracting", "expanding", "first", "last", "all"],
+        "budgets": ["5", "10", "20"],
+        "seeds": [0, 1, 2],
+        "folds": [0, 1, 2],
+        "schedules": {
+            "source": {"epochs": 40, "iters_per_epoch": 50, "batch_size": 16},
+            "finetune": {"epochs": 20, "iters_per_epoch": 25, "batch_size": 8, "lr_steps": {}},
+        },
         "tolerances_mm": [1.0],
     },
     # The README's real-data check as a grid: IXI-HH plus three simulated scanners (`data shift` settings).
     "ixi-shift": {
-        "name": "ixi-shift", "arch": "dart20", "preset": "paper",
+        "name": "ixi-shift",
+        "arch": "dart20",
+        "preset": "paper",
         "preprocess": {"target_spacing_mm": [2.0, 2.0, 2.0], "reorient_ras": True},
-        "data": {"generator": "ixi-shift", "root": "/work/shared/data/ixi-hh", "n": 16,
-                 "shifts": {"shift-gamma": {"gamma": 0.6, "bias_amplitude": 0.35, "noise_sigma": 0.04,
-                                            "blur_sigma_vox": [0.0, 0.0, 1.0]},
-                            "shift-bright": {"gamma": 1.6, "bias_amplitude": 0.2, "noise_sigma": 0.02,
-                                             "blur_sigma_vox": [0.0, 0.0, 0.0]},
-                            "shift-noisy": {"gamma": 0.85, "bias_amplitude": 0.5, "noise_sigma": 0.08,
-                                            "blur_sigma_vox": [1.0, 0.0, 0.0]}}},
-        "sources": ["ixi"], "targets": "all",
-        "strategies": ["first", "last", "all"], "budgets": ["1", "1/12"], "seeds": [0, 1],
-        "schedules": {"source": {"epochs": 10, "iters_per_epoch": 100, "batch_size": 8, "crop": 128,
-                                 "lr_steps": {7: 0.1}},
-                      "finetune": {"epochs": 4, "iters_per_epoch": 25, "batch_size": 8, "crop": 128,
-                                   "lr_steps": {2: 0.1}}},
+        "data": {
+            "generator": "ixi-shift",
+            "root": "/work/shared/data/ixi-hh",
+            "n": 16,
+            "shifts": {
+                "shift-gamma": {
+                    "gamma": 0.6,
+                    "bias_amplitude": 0.35,
+                    "noise_sigma": 0.04,
+                    "blur_sigma_vox": [0.0, 0.0, 1.0],
+                },
+                "shift-bright": {
+                    "gamma": 1.6,
+                    "bias_amplitude": 0.2,
+                    "noise_sigma": 0.02,
+                    "blur_sigma_vox": [0.0, 0.0, 0.0],
+                },
+                "shift-noisy": {
+                    "gamma": 0.85,
+                    "bias_amplitude": 0.5,
+                    "noise_sigma": 0.08,
+                    "blur_sigma_vox": [1.0, 0.0, 0.0],
+                },
+            },
+        },
+        "sources": ["ixi"],
+        "targets": "all",
+        "strategies": ["first", "last", "all"],
+        "budgets": ["1", "1/12"],
+        "seeds": [0, 1],
+        "schedules": {
+            "source": {
+                "epochs": 10,
+                "iters_per_epoch": 100,
+                "batch_size": 8,
+                "crop": 128,
+                "lr_steps": {7: 0.1},
+            },
+            "finetune": {
+                "epochs": 4,
+                "iters_per_epoch": 25,
+                "batch_size": 8,
+                "crop": 128,
+                "lr_steps": {2: 0.1},
+            },
+        },
         "tolerances_mm": [1.0, 2.0],
     },
-    # Generated CC359-like phantoms: 3 scanners (6 pairs) x first/last/all x 3 budgets x 2 seeds, tiny schedules:
+    # Generated CC359-like phantoms: 3 scanners (6 pairs) x first/last/all x 3 budgets x 2 seeds, tiny
+    # schedules:
     # the whole grid runs end to end on 2 CPU cores in a few minutes.
     "phantoms": {
-        "name": "phantoms", "arch": "dart20", "preset": "paper",
-        "data": {"generator": "phantoms", "domains": ["siemens3", "ge15", "philips15"], "scans_per_domain": 6,
-                 "shape": [32, 32, 12], "seed": 0, "splits_options": {"val_scans": 2}},
-        "strategies": ["first", "last", "all"], "budgets": ["1", "1/2", "1/4"], "seeds": [0, 1],
+        "name": "phantoms",
+        "arch": "dart20",
+        "preset": "paper",
+        "data": {
+            "generator": "phantoms",
+            "domains": ["siemens3", "ge15", "philips15"],
+            "scans_per_domain": 6,
+            "shape": [32, 32, 12],
+            "seed": 0,
+            "splits_options": {"val_scans": 2},
+        },
+        "strategies": ["first", "last", "all"],
+        "budgets": ["1", "1/2", "1/4"],
+        "seeds": [0, 1],
         "schedules": _PHANTOM_SCHEDULES,
     },
 }
@@ -194,12 +287,16 @@ def _check(plan: dict, where: str) -> None:
     if not isinstance(plan["strategies"], list) or not plan["strategies"]:
         raise InputError(f"{where}: strategies must be a non-empty list")
     for key in ("sources", "targets"):
-        if plan[key] != "all" and not (isinstance(plan[key], list) and all(isinstance(v, str) for v in plan[key])):
+        if plan[key] != "all" and not (
+            isinstance(plan[key], list) and all(isinstance(v, str) for v in plan[key])
+        ):
             raise InputError(f"{where}: {key} must be 'all' or a list of domains, got {plan[key]!r}")
     data = plan["data"]
     if not (data.get("manifest") or data.get("generator") or data.get("index")):
-        raise InputError(f"{where}: data needs a manifest (and splits), a generator or an index list "
-                         "(or pass --data manifest.csv --splits splits.json)")
+        raise InputError(
+            f"{where}: data needs a manifest (and splits), a generator or an index list "
+            "(or pass --data manifest.csv --splits splits.json)"
+        )
     if data.get("generator") not in (None, "phantoms", "ixi-shift"):
         raise InputError(f"{where}: data.generator {data['generator']!r}: choose phantoms or ixi-shift")
     for stage in ("source", "finetune"):
