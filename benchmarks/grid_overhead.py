@@ -66,7 +66,8 @@ def main():
         book = fit.get("bookkeeping_s", 0.0)
         pred = predict_s[spec.run_id]
         rows.setdefault(spec.kind, []).append((wall, steps, pred, book, wall - steps - pred - book))
-    print(f"grid {args.plan} sources={args.sources} seeds={args.seeds}: {result['done']} runs in {total:.1f} s "
+    print(f"grid {args.plan} sources={args.sources} seeds={args.seeds}: {result['done']} runs in "
+          f"{total:.1f} s "
           f"(this process, 1 torch thread)")
     print(f"{'kind':<9}{'n':>4}{'wall s':>9}{'steps s':>9}{'predict s':>11}{'fit book s':>12}{'other s':>9}"
           f"{'overhead %':>12}")
