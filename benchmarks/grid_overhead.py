@@ -5,7 +5,7 @@ splits each run's wall time (grid_timing.json) into: training steps (fit's data_
 scoring (timed here), fit bookkeeping (checkpoint, metrics.csv, progress.png per epoch) and the rest (reading
 volumes, building and loading the model, run files, results append).
 
-    python benchmarks/grid_overhead.py OUT [--plan phantoms] [--sources siemens3] [--seeds 0]
+    python benchmarks/grid_overhead.py OUT [--plan phantoms|PLAN.yaml] [--sources siemens3] [--seeds 0]
 """
 import argparse
 import json
@@ -51,7 +51,12 @@ def main():
         return summary
 
     grid_mod._run_spec = run_spec
-    plan = {"base": args.plan, "sources": args.sources, "seeds": args.seeds}
+    if Path(args.plan).is_file():  # a YAML plan as is
+        import yaml
+
+        plan = yaml.safe_load(Path(args.plan).read_text())
+    else:
+        plan = {"base": args.plan, "sources": args.sources, "seeds": args.seeds}
     t0 = time.perf_counter()
     result = run_experiment(plan, args.out, slots=0, log=lambda _: None)
     total = time.perf_counter() - t0

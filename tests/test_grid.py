@@ -276,3 +276,12 @@ def test_pair_gap_and_winner_by_hand(tiny_grid):
     tail = sum(math.comb(n, k) for k in range(n + 1) if math.comb(n, k) <= math.comb(n, wins)) / 2**n
     assert sign_test(scans[winner], scans[loser]) == pytest.approx(min(1.0, tail))
     assert gaps[winner] >= gaps[loser]
+
+
+def test_presets_point_at_the_shared_data_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEWSHOT_DA_SHARED_DATA", str(tmp_path))
+    roots = [e["root"] for e in load_plan("ultrasound")["data"]["index"]]
+    assert roots == [str(tmp_path / "busi"), str(tmp_path / "bus-bra-mini")]
+    assert load_plan("ixi-shift")["data"]["root"] == str(tmp_path / "ixi-hh")
+    for name in PRESETS:
+        assert load_plan(name)["name"] == name

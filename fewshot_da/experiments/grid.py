@@ -375,7 +375,10 @@ def _indexed(data: dict, out: Path, log):
         entry = dict(entry)
         layout, root = entry.pop("layout", "folder"), entry.pop("root")
         log(f"data: index {layout} {root} {entry}")
-        records += list(index_dataset(layout, root, **entry))
+        found, problems = index_dataset(layout, root, **entry)
+        records += list(found)
+        for problem in problems[:5]:
+            log(f"data: {problem}")
     check_unique_ids(records, "plan data.index")
     return records, write_manifest(records, out / "manifest.csv")
 

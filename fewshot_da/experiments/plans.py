@@ -10,6 +10,7 @@ grid} for strategies with parameters (SpotTUnet). REFERENCE.md §3 and §10 item
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -110,11 +111,11 @@ PRESETS = {
         "name": "ultrasound",
         "arch": "vanilla",
         "preset": "paper",
-        "preprocess": {"target_spacing_mm": None, "clip_percentiles": None, "slice_axis": 0},
+        "preprocess": "paper",  # 2D images are one-slice volumes; the 256 x 256 resize lands with 2D support
         "data": {
             "index": [
-                {"layout": "images2d", "root": "/work/shared/data/busi", "domain": "busi"},
-                {"layout": "images2d", "root": "/work/shared/data/bus-bra-mini", "domain": "bus-bra"},
+                {"layout": "images2d", "root": "shared:busi", "domain": "busi"},
+                {"layout": "images2d", "root": "shared:bus-bra-mini", "domain": "bus-bra"},
             ],
             "splits_options": {"finetune_scans": [5, 10, 20]},
         },
@@ -138,7 +139,7 @@ PRESETS = {
         "preprocess": {"target_spacing_mm": [2.0, 2.0, 2.0], "reorient_ras": True},
         "data": {
             "generator": "ixi-shift",
-            "root": "/work/shared/data/ixi-hh",
+            "root": "shared:ixi-hh",
             "n": 16,
             "shifts": {
                 "shift-gamma": {
@@ -262,14 +263,23 @@ def load_plan(plan, *, data: Optional[str] = None, splits: Optional[str] = None)
     return out
 
 
+def _path(text: str, folder: Path) -> str:
+    """A plan path: 'shared:NAME' is NAME in $FEWSHOT_DA_SHARED_DATA (default ../shared/data, the project's
+    real-data folder); anything else is relative to the plan's folder."""
+    if str(text).startswith("shared:"):
+        base = Path(os.environ.get("FEWSHOT_DA_SHARED_DATA", "../shared/data"))
+        return str((base / str(text)[len("shared:"):]).resolve())
+    return str((folder / text).resolve())
+
+
 def _resolve_data(data: dict, folder: Path, where: str) -> dict:
     for key in ("manifest", "splits", "root"):
         if data.get(key):
-            data[key] = str((folder / data[key]).resolve())
+            data[key] = _path(data[key], folder)
     for entry in data.get("index") or []:
         if not isinstance(entry, dict) or "root" not in entry:
             raise InputError(f"{where}: data.index entries need a root (and layout, domain)")
-        entry["root"] = str((folder / entry["root"]).resolve())
+        entry["root"] = _path(entry["root"], folder)
     return data
 
 
