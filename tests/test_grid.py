@@ -285,3 +285,14 @@ def test_presets_point_at_the_shared_data_folder(monkeypatch, tmp_path):
     assert load_plan("ixi-shift")["data"]["root"] == str(tmp_path / "ixi-hh")
     for name in PRESETS:
         assert load_plan(name)["name"] == name
+
+
+def test_cli_refuses_a_plan_whose_strategy_is_not_registered(tiny_grid, cli_runner, cli_app, tmp_path):
+    manifest = tiny_grid[0] / "data" / "manifest.csv"
+    result = cli_runner.invoke(cli_app, ["experiment", "cc359-dsa", "--out", str(tmp_path / "dsa"),
+                                         "--data", str(manifest)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(
+        "Error: plan cc359-dsa: strategy 'spottune' is not registered")
+    result = cli_runner.invoke(cli_app, ["experiment", "status", str(tmp_path)])
+    assert result.exit_code == 1 and "not an experiment grid folder" in result.output
