@@ -11,7 +11,7 @@ import sys
 import tempfile
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 CORE_SOURCES = sorted(glob.glob("csrc/*.cpp"))
 CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
@@ -109,8 +109,7 @@ setup(
     name="fewshot-da",
     version="0.1.0",
     description="Few-shot domain adaptation of segmentation U-Nets: which layers to fine-tune, and how much target data",
-    packages=["fewshot_da", "fewshot_da.metrics", "fewshot_da.data", "fewshot_da.models",
-              "fewshot_da.training", "fewshot_da.experiments", "fewshot_da.reports", "fewshot_da_cli"],
+    packages=find_packages(include=["fewshot_da", "fewshot_da.*"]) + ["fewshot_da_cli"],
     package_dir={"fewshot_da_cli": "cli"},
     package_data={"fewshot_da": ["*.pyi"]},
     ext_modules=extensions(),

@@ -1,6 +1,7 @@
 """CLI verbs of `fewshot-da data`: index a dataset, preprocess a manifest, write the splits, write phantoms."""
-import click
+import sys
 
+import click
 from fewshot_da_cli.errors import one_line_errors
 
 
@@ -17,15 +18,17 @@ def data():
 @click.option("--masks", default=None, help="Masks subfolder (folder/images2d; default masks, or labelsTr).")
 @click.option("--mask-suffix", default=None,
               help="Mask name = image stem + this (default: folder auto-detects, images2d _mask).")
+@click.option("--image-suffix", default=None,
+              help="Image name = case + this (e.g. _t1 for <case>_t1.nii.gz + <case>_mask.nii.gz); id = case.")
 @click.option("--domain", default=None, help="Domain name for all scans (default: subfolder names or ROOT's name).")
 @one_line_errors
-def index_command(layout, root, out, images, masks, mask_suffix, domain):
+def index_command(layout, root, out, images, masks, mask_suffix, image_suffix, domain):
     """Index ROOT in LAYOUT (cc359 | folder | images2d) into a manifest; print counts per domain and problems."""
     from fewshot_da.data.datasets import index_dataset
     from fewshot_da.data.manifest import domain_counts
 
     records, problems = index_dataset(layout, root, out, images=images, masks=masks,
-                                      mask_suffix=mask_suffix, domain=domain)
+                                      mask_suffix=mask_suffix, image_suffix=image_suffix, domain=domain)
     for name, count in domain_counts(records).items():
         click.echo(f"{name}\t{count}")
     click.echo(f"{len(records)} scans -> {out}")
@@ -35,10 +38,23 @@ def index_command(layout, root, out, images, masks, mask_suffix, domain):
         click.echo("no problems found")
 
 
-def _parse_spacing(text):
+def _parse_numbers(text, option, kind=float):
+    """'1,0.95,0.95' or '1 0.95 0.95' -> a tuple; InputError naming `option` when it is not numbers."""
+    from fewshot_da.errors import InputError
+
     if text is None:
         return None
-    return tuple(float(v) for v in text.replace(",", " ").split())
+    try:
+        values = tuple(kind(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected comma-separated numbers, e.g. 1,1,1") from None
+    if not values:
+        raise InputError(f"{option} {text!r}: expected comma-separated numbers, e.g. 1,1,1")
+    return values
+
+
+def _parse_spacing(text, option="--spacing-mm"):
+    return _parse_numbers(text, option)
 
 
 @data.command("preprocess")
@@ -54,18 +70,26 @@ def _parse_spacing(text):
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None, help="Storage type (default: preset).")
 @click.option("--cache-key", type=click.Choice(["stat", "content"]), default=None,
               help="Identify files by path+size+mtime (stat, default) or by a hash of their bytes (content).")
+@click.option("--resize", default=None,
+              help="In-plane size of every slice in pixels, '256' or 'H,W' (the ultrasound protocol: 256); "
+                   "linear, aspect ratio not kept, spacing grows to match. Default: keep the grid.")
+@click.option("--histogram", type=click.Path(dir_okay=False), default=None,
+              help="Histogram reference JSON: map intensities onto it after scaling (label-free matching).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Parallel processes.")
 @one_line_errors
-def preprocess_command(manifest, cache_dir, preset, spacing_mm, reorient_ras, slice_axis, dtype, cache_key, workers):
+def preprocess_command(manifest, cache_dir, preset, spacing_mm, reorient_ras, slice_axis, dtype, cache_key,
+                       resize, histogram, workers):
     """Resample, clip and scale every scan of MANIFEST into slice-major .npy files under --cache (resumable)."""
     from fewshot_da.data.manifest import read_manifest
-    from fewshot_da.data.preprocess import PRESETS, preprocess_manifest
+    from fewshot_da.data.preprocess import PRESETS, parse_resize, preprocess_manifest
 
-    changes = {"reorient_ras": reorient_ras, "slice_axis": slice_axis, "dtype": dtype, "cache_key": cache_key}
+    changes = {"reorient_ras": reorient_ras, "slice_axis": slice_axis, "dtype": dtype, "cache_key": cache_key,
+               "resize": parse_resize(resize) if resize is not None else None, "histogram": histogram}
     if spacing_mm is not None:
         changes["target_spacing_mm"] = None if spacing_mm.strip().lower() == "none" else _parse_spacing(spacing_mm)
     options = PRESETS[preset].replace(**{k: v for k, v in changes.items() if v is not None or k == "target_spacing_mm"})
-    volumes = preprocess_manifest(read_manifest(manifest), cache_dir, options, num_workers=workers)
+    volumes = preprocess_manifest(read_manifest(manifest), cache_dir, options, num_workers=workers,
+                                  progress=sys.stderr.isatty())
     click.echo(f"{len(volumes)} volumes cached in {cache_dir}")
 
 
@@ -73,15 +97,19 @@ def preprocess_command(manifest, cache_dir, preset, spacing_mm, reorient_ras, sl
 @click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Splits JSON to write.")
 @click.option("--seed", default=0xBadCafe, show_default=True, type=int, help="Seed of all splits (0xBadCafe).")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(0),
+              help="k of the k-fold cross-validation written per domain (0: none).")
 @one_line_errors
-def split_command(manifest, out, seed):
-    """Write the reference splits of MANIFEST (one2all, oracle CV, nested one2one, budgets) as JSON."""
+def split_command(manifest, out, seed, folds):
+    """Write the reference splits of MANIFEST (one2all, oracle CV, nested one2one, k-fold CV, budgets) as JSON."""
     from fewshot_da.data.manifest import read_manifest
     from fewshot_da.data.splits import write_splits
 
-    splits = write_splits(read_manifest(manifest), out, seed)
+    splits = write_splits(read_manifest(manifest), out, seed, cv_folds=folds)
     click.echo(f"{len(splits['domains'])} domains, {len(splits['one2all'])} one2all sources, "
-               f"{sum(len(f) for f in splits['oracle'].values())} oracle folds, {len(splits['pairs'])} pairs -> {out}")
+               f"{sum(len(f) for f in splits['oracle'].values())} oracle folds, {len(splits['pairs'])} pairs, "
+               f"{folds}-fold CV of {len(splits['cv'])} domains -> {out}")
+    click.echo("budgets: " + ", ".join(b["name"] for b in splits["budgets"]))
     for note in splits["notes"]:
         click.echo(f"note: {note}")
 
@@ -97,7 +125,7 @@ def phantoms_command(out, scans_per_domain, shape, spacing_mm, seed):
     """Write synthetic six-scanner head phantoms to OUT in the CC359 layout, plus OUT/manifest.csv."""
     from fewshot_da.data.phantoms import write_phantom_manifest
 
-    shape = tuple(int(v) for v in shape.replace(",", " ").split())
+    shape = _parse_numbers(shape, "--shape", int)
     records = write_phantom_manifest(out, scans_per_domain=scans_per_domain, shape=shape,
                                      spacing_mm=_parse_spacing(spacing_mm), seed=seed)
     click.echo(f"{len(records)} phantoms -> {out} (manifest {out}/manifest.csv)")

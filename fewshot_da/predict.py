@@ -12,6 +12,16 @@ def _pad_widths(size: int, multiple: int) -> tuple:
     return total // 2, total - total // 2
 
 
+def pad_slices(chunk: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(n, H, W) slices -> (n, H', W') padded to a multiple of `multiple` with each slice's own minimum, centred
+    (the odd pixel after), as the reference's inference does."""
+    n, height, width = chunk.shape
+    (top, bottom), (left, right) = _pad_widths(height, multiple), _pad_widths(width, multiple)
+    x = chunk.amin(dim=(1, 2)).view(n, 1, 1).repeat(1, height + top + bottom, width + left + right)
+    x[:, top:top + height, left:left + width] = chunk
+    return x
+
+
 def _check_slices(image_slices) -> np.ndarray:
     images = np.asarray(image_slices) if not isinstance(image_slices, np.ndarray) else image_slices
     if images.ndim != 3 or 0 in images.shape:
@@ -50,7 +60,7 @@ def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_s
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     n_slices, height, width = images.shape
-    (top, bottom), (left, right) = _pad_widths(height, pad_multiple), _pad_widths(width, pad_multiple)
+    top, left = _pad_widths(height, pad_multiple)[0], _pad_widths(width, pad_multiple)[0]
     model.to(device)
     mask = np.empty((n_slices, height, width), dtype=np.uint8)
     probs = np.empty((n_slices, height, width), dtype=np.float32) if return_probs else None
@@ -65,9 +75,7 @@ def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_s
                 chunk = torch.from_numpy(np.array(images[start:start + batch_size], dtype=np.float32))
                 chunk = chunk.to(device, non_blocking=True)
                 n = chunk.shape[0]
-                x = chunk.amin(dim=(1, 2)).view(n, 1, 1).repeat(1, height + top + bottom, width + left + right)
-                x[:, top:top + height, left:left + width] = chunk
-                x = x.unsqueeze(1).contiguous(memory_format=layout)
+                x = pad_slices(chunk, pad_multiple).unsqueeze(1).contiguous(memory_format=layout)
                 p = torch.sigmoid(model(x))[:, 0, top:top + height, left:left + width]
                 mask[start:start + n] = (p > 0.5).to(torch.uint8).cpu().numpy()
                 if return_probs:

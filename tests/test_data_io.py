@@ -64,6 +64,22 @@ def test_png_is_a_one_slice_volume_and_mask_255_is_binary(tmp_path):
     _raises_one_line("broken.png: cannot read image", load_volume, tmp_path / "broken.png")
 
 
+def test_png_pixel_spacing_from_the_manifest(tmp_path):
+    Image.fromarray(np.zeros((3, 4), dtype=np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(np.zeros((3, 4), dtype=np.uint8)).save(tmp_path / "img_mask.png")
+    for given, expected in [((0.2, 0.3), (0.2, 0.3, 1.0)), ((0.5,), (0.5, 0.5, 1.0)), ((0.2, 0.3, 2.0), (0.2, 0.3, 2.0))]:
+        volume = load_volume(tmp_path / "img.png", spacing_mm=given)
+        assert volume.spacing_mm == expected
+        np.testing.assert_array_equal(volume.affine, np.diag([*expected, 1.0]))
+        assert load_mask(tmp_path / "img_mask.png", spacing_mm=given).spacing_mm == expected
+    _raises_one_line(r"img.png: pixel spacing 1 1 1 1 mm must be 1-3 positive numbers", load_volume,
+                     tmp_path / "img.png", spacing_mm=(1, 1, 1, 1))
+    _raises_one_line(r"img.png: pixel spacing 0 1 mm", load_volume, tmp_path / "img.png", spacing_mm=(0, 1))
+    # a NIfTI header's spacing counts; the manifest's value is not applied to it
+    nifti = _save(tmp_path / "v.nii.gz", np.zeros((4, 4, 4), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert load_volume(nifti, spacing_mm=(1, 1, 1)).spacing_mm == (2.0, 2.0, 2.0)
+
+
 def test_image_mask_mismatch(tmp_path):
     image = _save(tmp_path / "img.nii.gz", np.ones((6, 6, 6), np.float32))
     small = _save(tmp_path / "small_ss.nii.gz", np.zeros((6, 6, 5), np.uint8))

@@ -171,3 +171,110 @@ def test_fake_cc359_tree_with_real_names_and_spacings(shared_data, tmp_path):
         assert volume.image.shape == (expected[2], expected[0], expected[1]), (volume.id, sp)
         assert volume.spacing_mm == (0.95, 1.0, 0.95)
     assert volumes[2].image.shape[1] == 11  # siemens3: 1.33 mm along axis 0 -> 8 * 1.33 = 10.6 -> 11 voxels
+
+
+def _png_pair(folder, name, shape, box, spacing_mm=None):
+    """A grey gradient PNG of `shape` (rows, cols) and a 0/255 mask that is 1 inside `box` (r0, r1, c0, c1)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    Image.fromarray(((rows + 2 * cols) % 251).astype(np.uint8)).save(folder / f"{name}.png")
+    mask = np.zeros(shape, np.uint8)
+    mask[box[0]:box[1], box[2]:box[3]] = 255
+    Image.fromarray(mask).save(folder / f"{name}_mask.png")
+    return Record(name, str(folder / f"{name}.png"), str(folder / f"{name}_mask.png"), "us", spacing_mm)
+
+
+def test_png_pixel_spacing_comes_from_the_manifest(tmp_path):
+    record = _png_pair(tmp_path / "png", "a", (40, 60), (10, 30, 20, 40), spacing_mm=(0.5, 0.5))
+    (volume,) = preprocess_manifest([record], tmp_path / "cache", PreprocessOptions(target_spacing_mm=None),
+                                    progress=False)
+    assert volume.image.shape == (1, 40, 60) and volume.spacing_mm == (1.0, 0.5, 0.5)
+    # the paper preset resamples 0.5 mm pixels to 1 mm; the one-slice axis is never resampled
+    for options in (PRESETS["paper"], PreprocessOptions(target_spacing_mm=(1.0, 1.0, 2.0))):
+        (volume,) = preprocess_manifest([record], tmp_path / "cache", options, progress=False)
+        assert volume.image.shape == (1, 20, 30) and volume.spacing_mm[1:] == (1.0, 1.0)
+        assert volume.mask.sum() == 10 * 10  # 20 x 20 pixels of 0.25 mm2 = 100 mm2 = 100 pixels of 1 mm2
+    # the manifest's spacing is part of the cache key of a 2D image (the file identity alone is not)
+    unitless = Record("a", record.image, record.mask, "us")
+    assert pp.cache_key(record, PRESETS["paper"]) != pp.cache_key(unitless, PRESETS["paper"])
+
+
+def test_resize_keeps_the_field_of_view_and_records_the_spacing(tmp_path):
+    # 512 x 512 at 0.1 mm (BUS-BRA's size) -> 256 x 256 at 0.2 mm; a 2x-aligned box stays exact
+    record = _png_pair(tmp_path / "png", "big", (512, 512), (100, 300, 50, 450), spacing_mm=(0.1, 0.1))
+    options = PRESETS["paper"].replace(resize=256)
+    (volume,) = preprocess_manifest([record], tmp_path / "cache", options, progress=False)
+    assert volume.image.shape == (1, 256, 256) and volume.spacing_mm == (1.0, 0.2, 0.2)
+    assert volume.to_slice_major(volume.to_array_order(volume.mask)).sum() == 100 * 200
+    expected = np.zeros((256, 256), np.uint8)
+    expected[50:150, 25:225] = 1
+    assert np.array_equal(volume.mask[0], expected)
+    # the corners of the field of view coincide: new pixel edge -0.5 maps onto old pixel edge -0.5
+    original = np.diag([0.1, 0.1, 1.0, 1.0])
+    for corner in ([-0.5, -0.5, 0, 1], [255.5, 255.5, 0, 1]):
+        scaled = [(c + 0.5) * 2 - 0.5 if i < 2 else c for i, c in enumerate(corner[:3])] + [1]
+        np.testing.assert_allclose(volume.affine @ corner, original @ scaled)
+    assert volume.image.min() == 0.0 and volume.image.max() == 1.0
+    # not square (BUSI is 256 wide, ~215 high): resized to 256 x 256 regardless, spacing per axis
+    small = _png_pair(tmp_path / "png", "small", (215, 256), (20, 120, 30, 200))
+    (volume,) = preprocess_manifest([small], tmp_path / "cache", options, progress=False)
+    assert volume.image.shape == (1, 256, 256)
+    np.testing.assert_allclose(volume.spacing_mm, (1.0, 215 / 256, 1.0))
+    area_mm2 = volume.mask.sum() * volume.spacing_mm[1] * volume.spacing_mm[2]
+    assert abs(area_mm2 - 100 * 170) < 0.02 * 100 * 170
+
+
+def test_resize_of_3d_volumes_is_in_plane(anisotropic_scan, tmp_path):
+    """(20, 16, 12) at (1, 1.5, 2) mm, slices along axis 2: the slice axis follows target_spacing_mm
+    (12 x 2 mm -> 24 x 1 mm), the in-plane axes go to the asked size with the field of view kept."""
+    options = PRESETS["paper"].replace(resize=(32, 24))
+    (volume,) = preprocess_manifest([anisotropic_scan], tmp_path / "cache", options, progress=False)
+    assert volume.image.shape == (24, 32, 24)
+    np.testing.assert_allclose(volume.spacing_mm, (1.0, 20 / 32, 1.5 * 16 / 24))
+    mask = nib.load(anisotropic_scan.mask).get_fdata() > 0
+    volume_ml = volume.mask.sum() * np.prod(volume.spacing_mm)
+    assert abs(volume_ml - mask.sum() * 3.0) < 0.05 * mask.sum() * 3.0
+
+
+def test_resize_equals_scipy_grid_mode_zoom():
+    data = np.random.default_rng(0).normal(size=(9, 7, 3))
+    for size in ((4, 13), (9, 7), (18, 2)):
+        out, index_map = pp.resize_inplane(data, size, slice_axis=2)
+        factors = (size[0] / 9, size[1] / 7, 1.0)
+        expected = ndimage.zoom(data, factors, order=1, grid_mode=True, mode="nearest")
+        np.testing.assert_allclose(out, expected, atol=1e-12)
+        np.testing.assert_allclose(np.diag(index_map)[:3], (9 / size[0], 7 / size[1], 1.0))
+
+
+def test_resize_option_parsing_and_cache_key(anisotropic_scan):
+    assert PreprocessOptions(resize=256).resize == (256, 256)
+    assert PreprocessOptions(resize="256,192").resize == (256, 192) == PreprocessOptions(resize=[256, 192]).resize
+    assert pp.preprocess_options({"resize": [128, 128], "target_spacing_mm": None}).resize == (128, 128)
+    assert pp.parse_resize("none") is None
+    for bad in ("0", "256,256,3", "big", 2.5):
+        with pytest.raises(pp.InputError, match="--resize"):
+            PreprocessOptions(resize=bad)
+    keys = {pp.cache_key(anisotropic_scan, PRESETS["paper"].replace(resize=r)) for r in (None, 64, (64, 32))}
+    assert len(keys) == 3
+
+
+def test_cli_preprocess_resize(cli_runner, cli_app, tmp_path):
+    import json
+
+    from fewshot_da.data.manifest import write_manifest
+
+    record = _png_pair(tmp_path / "png", "big", (64, 48), (8, 40, 8, 40), spacing_mm=(0.1, 0.1))
+    write_manifest([record], tmp_path / "manifest.csv")
+    result = cli_runner.invoke(cli_app, ["data", "preprocess", str(tmp_path / "manifest.csv"), "--cache",
+                                         str(tmp_path / "cache"), "--resize", "32", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    (entry,) = (tmp_path / "cache").iterdir()
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["shape"] == [1, 32, 32] and meta["spacing_mm"] == pytest.approx([1.0, 0.2, 0.15], abs=1e-12)
+    assert meta["options"]["resize"] == [32, 32]
+    result = cli_runner.invoke(cli_app, ["data", "preprocess", str(tmp_path / "manifest.csv"), "--cache",
+                                         str(tmp_path / "cache"), "--resize", "0"])
+    assert result.exit_code != 0 and result.output.strip().splitlines() == [
+        "Error: --resize '0': need one or two positive whole numbers of pixels (e.g. 256 or 256,192)"]

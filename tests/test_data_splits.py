@@ -1,4 +1,5 @@
-"""Reference splits on the 359 CC359 ids: sizes, disjointness, nesting, fold coverage, sklearn equality."""
+"""Reference splits on the 359 CC359 ids: sizes, disjointness, nesting, fold coverage, sklearn equality;
+budgets of any size, image budgets for 2D domains, k-fold CV and explicit fine-tune ids."""
 import csv
 import json
 
@@ -8,8 +9,9 @@ import pytest
 from fewshot_da.data.budgets import comb_slices, parse_slices
 from fewshot_da.data.datasets import CC359_DOMAINS
 from fewshot_da.data.manifest import Record
-from fewshot_da.data.splits import (REFERENCE_SEED, finetune_ids, kfold_shuffled, make_splits, oracle_fold,
-                                    oracle_fold_of, pair_test_ids, shuffle_split_first, source_train_ids,
+from fewshot_da.data.splits import (REFERENCE_SEED, check_finetune_ids, cv_fold_ids, domain_is_2d,
+                                    finetune_ids, kfold_shuffled, make_splits, oracle_fold, oracle_fold_of,
+                                    pair_test_ids, remaining_test_ids, shuffle_split_first, source_train_ids,
                                     source_val_ids, write_splits)
 from fewshot_da.errors import InputError
 
@@ -137,7 +139,8 @@ def test_small_domains_are_noted_not_fatal():
     assert list(splits["one2all"]) == ["big"] and list(splits["oracle"]) == ["big"]
     assert splits["one2one"]["tiny"]["finetune"] == {"1": splits["one2one"]["tiny"]["permutation"][:1]}
     assert [p["target"] for p in splits["pairs"]] == ["tiny"]
-    assert len(splits["notes"]) == 3 and all("domain tiny" in note for note in splits["notes"])
+    assert len(splits["notes"]) == 4 and all("domain tiny" in note for note in splits["notes"])
+    assert "too few for 5-fold cross-validation" in splits["notes"][-1] and list(splits["cv"]) == ["big"]
     with pytest.raises(InputError, match="no 2-scan fine-tuning set for 'tiny'"):
         finetune_ids(splits, "tiny", 2)
     with pytest.raises(InputError, match="no one2all entry for domain 'tiny'"):
@@ -170,3 +173,110 @@ def test_budgets():
     assert allowed["CC0122"].tolist() == [0, 24, 48, 72, 96, 120, 144, 168, 192, 216, 240]  # 270 // 24 = 11
     with pytest.raises(InputError, match="--scans 0"):
         make_budget(0)
+
+
+def test_budgets_of_any_size_keep_the_reference_1_2_3(splits, cc359_records):
+    for domain in CC359_DOMAINS:
+        ids = sorted(r.id for r in cc359_records if r.domain == domain)
+        # the reference's nested 1-3 scans are unchanged (pinned above) and stored as before
+        assert finetune_ids(splits, domain, 3) == PINNED_ONE2ALL_VAL[domain][:3]
+        assert {n: finetune_ids(splits, domain, int(n)) for n in splits["one2one"][domain]["finetune"]} == \
+            splits["one2one"][domain]["finetune"] and list(splits["one2one"][domain]["finetune"]) == ["1", "2", "3"]
+        # any N below the domain's size: nested, seeded, and the test set is the rest
+        previous = []
+        for n in (1, 2, 3, 4, 5, 10, 20, len(ids) - 1):
+            fine, test = finetune_ids(splits, domain, n), pair_test_ids(splits, domain, n)
+            assert len(fine) == n and fine[:len(previous)] == previous
+            assert sorted(fine + test) == ids and not set(fine) & set(test)
+            previous = fine
+        with pytest.raises(InputError, match=f"no {len(ids)}-scan fine-tuning set for '{domain}'"):
+            finetune_ids(splits, domain, len(ids))
+        with pytest.raises(InputError, match="no 0-scan"):
+            pair_test_ids(splits, domain, 0)
+    assert not domain_is_2d(splits, "ge3") and splits["dims"] == {d: 3 for d in CC359_DOMAINS}
+    assert [b["name"] for b in splits["budgets"]][:6] == ["1/48", "1/36", "1/24", "1/12", "1/6", "1/3"]
+
+
+def _records_2d(domain, n, prefix):
+    return [Record(f"{prefix}{i:03d}", f"/data/{domain}/images/{prefix}{i:03d}.png",
+                   f"/data/{domain}/masks/{prefix}{i:03d}_mask.png", domain) for i in range(n)]
+
+
+def test_2d_domains_get_image_budgets_not_slice_fractions():
+    from fewshot_da.data.budgets import make_budget
+
+    records = _records_2d("busi", 780, "b") + _records_2d("bus-bra-mini", 36, "m")
+    splits = make_splits(records)
+    assert splits["dims"] == {"bus-bra-mini": 2, "busi": 2}
+    assert domain_is_2d(splits, "bus-bra-mini")
+    names = [b["name"] for b in splits["budgets"]]
+    assert names == ["1 image", "3 images", "5 images", "10 images", "20 images", "50 images", "100 images",
+                     "200 images", "500 images"]  # the menu up to the largest 2D domain (780 images)
+    assert all(b["slice_interval"] == 1 for b in splits["budgets"])
+    assert list(splits["one2one"]["bus-bra-mini"]["finetune"]) == ["1", "3", "5", "10", "20"]
+    assert splits["notes"] == []  # budgets beyond a small 2D domain are not "missing"
+    assert len(finetune_ids(splits, "bus-bra-mini", 35)) == 35 and len(pair_test_ids(splits, "bus-bra-mini", 7)) == 29
+    with pytest.raises(InputError, match="no 36-image fine-tuning set for 'bus-bra-mini' .*choose 1..35"):
+        finetune_ids(splits, "bus-bra-mini", 36)
+    assert make_budget(5, images2d=True) == ("5 images", 5, 1)
+    with pytest.raises(InputError, match="--slices 1/3: the target is 2D"):
+        make_budget(1, "1/3", images2d=True)
+    # a manifest mixing 3D and 2D domains keeps the reference budgets and adds image budgets
+    mixed = make_splits(records[:10] + [Record(f"v{i}", f"v{i}.nii.gz", f"v{i}_ss.nii.gz", "mri") for i in range(6)])
+    assert mixed["dims"] == {"busi": 2, "mri": 3}
+    assert [b["name"] for b in mixed["budgets"]][-4:] == ["3 scans", "1 image", "3 images", "5 images"]
+
+
+def test_cv_folds_cover_each_id_once(splits, cc359_records):
+    for domain in ("philips15", "ge3"):
+        ids = sorted(r.id for r in cc359_records if r.domain == domain)
+        folds = splits["cv"][domain]
+        assert len(folds) == 5
+        assert [len(f["test"]) for f in folds] == ([12, 12, 12, 12, 11] if domain == "philips15" else [12] * 5)
+        assert sorted(i for f in folds for i in f["test"]) == ids
+        for k, fold in enumerate(folds):
+            train, test = cv_fold_ids(splits, 5, k, domain=domain)
+            assert (train, test) == (fold["train"], fold["test"])
+            assert sorted(train + test) == ids and not set(train) & set(test)
+            # the held-out fold is sklearn KFold(5, shuffle=True, random_state=seed)'s fold k
+            assert test == kfold_shuffled(ids, 5, REFERENCE_SEED)[k][1]
+            # the same folds from the manifest's records or from bare ids
+            assert cv_fold_ids(cc359_records, 5, k, domain=domain) == (train, test)
+            assert cv_fold_ids(list(reversed(ids)), 5, k) == (train, test)
+            # budgets within a fold are nested prefixes of the fine-tune ids
+            assert cv_fold_ids(splits, 5, k, domain=domain, n_finetune=3)[0] == train[:3]
+    assert cv_fold_ids(splits, 5, 1, domain="ge3", seed=1) != cv_fold_ids(splits, 5, 1, domain="ge3")
+    with pytest.raises(InputError, match="--fold 5: choose 0..4"):
+        cv_fold_ids(splits, 5, 5, domain="ge3")
+    with pytest.raises(InputError, match="cross-validation over one domain"):
+        cv_fold_ids(cc359_records, 5, 0)
+    with pytest.raises(InputError, match="--folds 7: need between 2 and 6"):
+        cv_fold_ids([f"s{i}" for i in range(6)], 7, 0)
+    with pytest.raises(InputError, match="--scans 60: fold 0 of 5 has 48"):
+        cv_fold_ids(splits, 5, 0, domain="ge3", n_finetune=60)
+    assert make_splits(cc359_records[:40], cv_folds=0)["cv"] == {} and make_splits(cc359_records[:40])["cv"]
+
+
+def test_explicit_finetune_ids(splits, cc359_records):
+    target = "ge3"
+    ids = sorted(r.id for r in cc359_records if r.domain == target)
+    chosen = [ids[5], ids[0]]
+    for source in (splits, cc359_records):
+        assert check_finetune_ids(source, target, chosen) == chosen
+        assert check_finetune_ids(source, target, f" {ids[5]}, {ids[0]} ") == chosen
+        test = remaining_test_ids(source, target, chosen)
+        assert sorted(test + chosen) == ids and not set(test) & set(chosen)
+    # in the splits' permutation order (the pair's order), sorted for records
+    assert remaining_test_ids(splits, target, chosen) == [i for i in splits["one2one"][target]["permutation"]
+                                                          if i not in chosen]
+    assert remaining_test_ids(cc359_records, target, chosen) == [i for i in ids if i not in chosen]
+    other = next(r.id for r in cc359_records if r.domain == "siemens15")
+    for bad, match in [([other], f"'{other}' belongs to domain 'siemens15', not the target 'ge3'"),
+                       (["CC9999"], "'CC9999' is not an id of the manifest"),
+                       ([ids[0], ids[0]], "is given twice"), ([], "no ids given"),
+                       (ids, "all 60 ids of 'ge3' chosen")]:
+        with pytest.raises(InputError, match=match) as info:
+            check_finetune_ids(splits, target, bad)
+        assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="target 'nowhere' is not a domain"):
+        check_finetune_ids(splits, "nowhere", chosen)

@@ -12,6 +12,7 @@ from fewshot_da.errors import InputError
 from fewshot_da.models import UNet2dDsa, build_model
 from fewshot_da.training.config import (TrainConfig, load_config, lr_at, preset_config, save_config)
 from fewshot_da.training.fit import fit, load_checkpoint, load_pretrained
+from fewshot_da.training.strategies import fixed
 
 
 
@@ -88,7 +89,7 @@ def test_fit_writes_run_files_and_resume_equals_uninterrupted(tmp_path):
     straight.load_state_dict(initial)
     summary = fit(straight, batches, config, tmp_path / "straight", progress=False)
     run = tmp_path / "straight"
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "log.txt", "metrics.csv", "progress.png",
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "log.txt", "metrics.csv",
                                                "checkpoint.pt"}
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
@@ -163,14 +164,14 @@ def test_validation_callback_and_no_trainable(tmp_path):
     fit(model, batches, tiny_config(epochs=2, iters_per_epoch=1), tmp_path / "v", validate=validate,
         progress=False)
     assert [c[0] for c in calls] == [0, 1]
-    assert list(csv.DictReader(open(tmp_path / "v" / "metrics.csv")))[0]["val_dice"] == "0.5"
+    assert float(list(csv.DictReader(open(tmp_path / "v" / "metrics.csv")))[0]["val_dice"]) == 0.5
     with pytest.raises(InputError, match="no trainable parameters"):
-        fit(model, batches, tiny_config(), tmp_path / "none", trainable=[], progress=False)
+        fit(model, batches, tiny_config(), tmp_path / "none", strategy=fixed([]), progress=False)
 
 
 def test_load_pretrained_errors(tmp_path):
     model = build_model("dsa")
-    fit(model, batches, tiny_config(epochs=1, iters_per_epoch=1), tmp_path / "run", progress=False)
+    fit(model, batches, tiny_config(epochs=1, iters_per_epoch=1, lr_steps={}), tmp_path / "run", progress=False)
     path = tmp_path / "run" / "checkpoint.pt"
     target = build_model("dsa")
     assert load_pretrained(target, path, arch="dsa") == {"copied": len(target.state_dict()), "skipped": 0}

@@ -1,6 +1,7 @@
 """Experiment grid: plans -> run specs (CC359 enumeration), a tiny phantoms grid end to end, kill -9 + resume,
 D_R and a budget's winner recomputed by hand from results.csv."""
 
+import json
 import math
 import os
 import signal
@@ -59,9 +60,26 @@ def test_cc359_dart20_enumeration_matches_reference():
     assert "adapt/dart20/siemens3-ge15/first/1_48/s0" in position
 
 
-def test_cc359_dsa_refuses_unregistered_spottune():
-    with pytest.raises(InputError, match="strategy 'spottune' is not registered"):
-        grid_mod.build_specs(load_plan("cc359-dsa"), _cc359_splits())
+def test_cc359_dsa_enumeration_with_spottune():
+    """§10 item 11: 30 pairs x {all, first, last} x 9 settings; SpotTUnet on pairs 5-29 with the paper's lambda
+    per budget; the lambda search (9 values) on pairs 0-4 (source siemens15)."""
+    specs = grid_mod.build_specs(load_plan("cc359-dsa"), _cc359_splits())
+    adapt = [s for s in specs if s.kind == "adapt"]
+    final = [s for s in adapt if s.strategy == "spottune" and not s.layers]
+    search = [s for s in adapt if s.strategy == "spottune" and s.layers]
+    assert len([s for s in adapt if s.strategy == "freeze"]) == 30 * 3 * 9
+    assert len(final) == 25 * 9 and {s.pair_index for s in final} == set(range(5, 30))
+    assert len(search) == 9 * 5 * 9 and {s.source for s in search} == {"siemens15"}
+    lam = {s.budget: json.loads(s.options)["lam"] for s in final}
+    assert lam == {"3": 0.0, "2": 0.005, "1": 0.005, "1/3": 0.007, "1/6": 0.005, "1/12": 0.005, "1/24": 0.012,
+                   "1/36": 0.007, "1/48": 0.010}
+    assert all(json.loads(s.options)["temperature"] == 0.1 for s in final + search)
+
+
+def test_unregistered_strategy_is_refused():
+    plan = load_plan({"base": "cc359-dart20", "strategies": ["first", {"name": "magic"}]})
+    with pytest.raises(InputError, match="strategy 'magic' is not registered"):
+        grid_mod.build_specs(plan, _cc359_splits())
 
 
 def test_dsa_plan_without_spottune_has_nine_budgets():
@@ -289,10 +307,12 @@ def test_presets_point_at_the_shared_data_folder(monkeypatch, tmp_path):
 
 def test_cli_refuses_a_plan_whose_strategy_is_not_registered(tiny_grid, cli_runner, cli_app, tmp_path):
     manifest = tiny_grid[0] / "data" / "manifest.csv"
-    result = cli_runner.invoke(cli_app, ["experiment", "cc359-dsa", "--out", str(tmp_path / "dsa"),
+    plan = tmp_path / "magic.yaml"
+    plan.write_text(yaml.safe_dump({"base": "phantoms", "strategies": [{"name": "magic"}]}))
+    result = cli_runner.invoke(cli_app, ["experiment", str(plan), "--out", str(tmp_path / "g"),
                                          "--data", str(manifest)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(
-        "Error: plan cc359-dsa: strategy 'spottune' is not registered")
+        "Error: plan magic: strategy 'magic' is not registered")
     result = cli_runner.invoke(cli_app, ["experiment", "status", str(tmp_path)])
     assert result.exit_code == 1 and "not an experiment grid folder" in result.output

@@ -1,4 +1,4 @@
-"""Target-data budgets: N fine-tuning scans and the 1/k slice comb (REFERENCE.md §3)."""
+"""Target-data budgets: N fine-tuning scans and the 1/k slice comb (REFERENCE.md §3); N images for 2D data."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -22,6 +22,13 @@ REFERENCE_BUDGETS = (
     Budget("1/6", 1, 6), Budget("1/3", 1, 3), Budget("1 scan", 1, 1), Budget("2 scans", 2, 1),
     Budget("3 scans", 3, 1),
 )
+# 2D datasets (one-slice volumes) are offered image budgets; slice fractions mean nothing there.
+IMAGE_BUDGETS = (1, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def image_budgets(n_images: int) -> list:
+    """The IMAGE_BUDGETS a 2D target of `n_images` images allows (at least one image left to test on)."""
+    return [Budget(budget_name(n, 1, unit="image"), n, 1) for n in IMAGE_BUDGETS if n < n_images]
 
 
 def comb_slices(n_slices: int, k: int) -> np.ndarray:
@@ -54,19 +61,26 @@ def parse_slices(text) -> int:
     return k
 
 
-def budget_name(n_scans: int, k: int) -> str:
-    """'1/48' for one scan at interval 48, '3 scans' for three full scans."""
+def budget_name(n_scans: int, k: int, unit: str = "scan") -> str:
+    """'1/48' for one scan at interval 48, '3 scans' for three full scans, '5 images' with unit='image'."""
     if k > 1:
-        return f"1/{k}" if n_scans == 1 else f"{n_scans} scans 1/{k}"
-    return "1 scan" if n_scans == 1 else f"{n_scans} scans"
+        return f"1/{k}" if n_scans == 1 else f"{n_scans} {unit}s 1/{k}"
+    return f"1 {unit}" if n_scans == 1 else f"{n_scans} {unit}s"
 
 
-def make_budget(n_scans: int = 1, slices="all") -> Budget:
-    """The budget of `--scans N --slices 1/k`: N fine-tuning scans, each restricted to the 1/k comb."""
+def make_budget(n_scans: int = 1, slices="all", *, images2d: bool = False) -> Budget:
+    """The budget of `--scans N --slices 1/k`: N fine-tuning scans, each restricted to the 1/k comb.
+
+    images2d=True (a 2D target: every scan is one image): the budget counts images and a slice fraction
+    is refused, since a one-slice image has no 1/k comb.
+    """
     if n_scans < 1:
-        raise InputError(f"--scans {n_scans}: need at least 1 fine-tuning scan")
+        raise InputError(f"--scans {n_scans}: need at least 1 fine-tuning {'image' if images2d else 'scan'}")
     k = parse_slices(slices)
-    return Budget(budget_name(n_scans, k), int(n_scans), k)
+    if images2d and k > 1:
+        raise InputError(f"--slices {slices}: the target is 2D (one slice per image); "
+                         "budgets count images (--scans N)")
+    return Budget(budget_name(n_scans, k, unit="image" if images2d else "scan"), int(n_scans), k)
 
 
 def budget_slices(budget: Budget, n_slices: dict) -> dict:

@@ -6,16 +6,19 @@ from typing import Sequence
 
 import numpy as np
 
-from fewshot_da.data.io import is_image2d, is_nifti
+from fewshot_da.data.io import check_voxel_spacing, is_image2d, is_nifti, stored_pixdim_mm
 from fewshot_da.data.manifest import Record, domain_counts
+from fewshot_da.errors import InputError
 
 
 def _header(path: str):
-    """(shape, affine or None) from the header only; raises on unreadable files."""
+    """(shape, affine or None) from the header only; raises on unreadable files, and InputError on a
+    stored voxel spacing (pixdim) that is 0, negative or NaN (nibabel would silently make it 1 mm)."""
     if is_nifti(path):
         import nibabel as nib
 
         img = nib.load(path)
+        check_voxel_spacing(stored_pixdim_mm(path), path)
         return tuple(img.shape), np.asarray(img.affine)
     if is_image2d(path):
         from PIL import Image
@@ -41,6 +44,8 @@ def find_problems(records: Sequence[Record], *, min_scans_per_domain: int = 5) -
                 continue
             try:
                 headers.append(_header(path))
+            except InputError as exc:
+                problems.append(str(exc))
             except Exception as exc:
                 problems.append(f"{path}: unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
         if len(headers) < 2:

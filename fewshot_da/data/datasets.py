@@ -67,8 +67,21 @@ def _pick_mask_suffix(image_names: Sequence[str], mask_names: set, suffixes: Seq
     return best
 
 
+def _missing_mask_error(path: Path, case: str, mask_dir: Path, tried: Sequence[str], mask_files: dict,
+                        image_suffix: str) -> InputError:
+    """One line naming the image, the mask names looked for and, when it fits, the --image-suffix to use."""
+    names = ", ".join(f"{case}{s}.*" for s in tried)
+    hint = ""
+    if not image_suffix and "_" in case:
+        prefix, tail = case.rsplit("_", 1)
+        found = [s for s in MASK_SUFFIXES if s and f"{prefix}{s}" in mask_files]
+        if found:
+            hint = f"; {prefix}{found[0]} exists: try --image-suffix _{tail} --mask-suffix {found[0]}"
+    return InputError(f"{path}: no mask in {mask_dir}; looked for {names}{hint}")
+
+
 def _index_pairs(image_dir: Path, mask_dir: Path, domain: str, mask_suffix: Optional[str], *,
-                 image_ok, strip_channel: bool) -> list[Record]:
+                 image_ok, strip_channel: bool, image_suffix: str = "") -> list[Record]:
     if not image_dir.is_dir():
         raise InputError(f"{image_dir}: images folder not found")
     if not mask_dir.is_dir():
@@ -85,10 +98,17 @@ def _index_pairs(image_dir: Path, mask_dir: Path, domain: str, mask_suffix: Opti
                  and not strip_suffix(p.name).endswith("_0000")]
         if extra:
             raise InputError(f"{extra[0]}: multi-channel nnU-Net input (_0001...) is not supported; one channel only")
+    if image_suffix:
+        stems = {case[:-len(image_suffix)]: p for case, p in stems.items()
+                 if case.endswith(image_suffix) and len(case) > len(image_suffix)}
+        if not stems:
+            raise InputError(f"{image_dir}: no images named <case>{image_suffix}.* (--image-suffix {image_suffix})")
     shared = image_dir.resolve() == mask_dir.resolve()
+    tried = [mask_suffix]
     if mask_suffix is None:
         candidates = [s for s in MASK_SUFFIXES if s] if shared else MASK_SUFFIXES
         mask_suffix = _pick_mask_suffix(list(stems), set(mask_files), candidates)
+        tried = [mask_suffix] + [s for s in candidates if s != mask_suffix]
     if shared and not mask_suffix:
         raise InputError(f"{image_dir}: images and masks share a folder, so a mask suffix is needed")
     if shared:
@@ -96,14 +116,15 @@ def _index_pairs(image_dir: Path, mask_dir: Path, domain: str, mask_suffix: Opti
         if extra_masks:
             raise InputError(f"{extra_masks[0]}: a second mask of one image; merge them into one "
                              f"<name>{mask_suffix} file first (one binary mask per image)")
-        stems = {case: p for case, p in stems.items() if not case.endswith(mask_suffix)}
+        if not image_suffix:
+            stems = {case: p for case, p in stems.items() if not case.endswith(mask_suffix)}
     if not stems:
         raise InputError(f"{image_dir}: no images found for domain {domain!r}")
     records = []
     for case, path in sorted(stems.items()):
         mask = mask_files.get(f"{case}{mask_suffix}")
         if mask is None:
-            raise InputError(f"{path}: no mask {case}{mask_suffix}.* in {mask_dir}")
+            raise _missing_mask_error(path, case, mask_dir, tried, mask_files, image_suffix)
         records.append(Record(case, str(path), str(mask), domain))
     return records
 
@@ -113,12 +134,14 @@ def _domain_folders(root: Path, images: str) -> list[Path]:
 
 
 def index_folder(root, *, images: str = "images", masks: str = "masks", mask_suffix: Optional[str] = None,
-                 domain: Optional[str] = None) -> list[Record]:
+                 domain: Optional[str] = None, image_suffix: str = "") -> list[Record]:
     """Index NIfTI pairs `root/<images>/<case>.nii.gz` + `root/<masks>/<case><mask_suffix>.nii.gz`.
 
     - nnU-Net layout (`imagesTr/<case>_0000.nii.gz`, `labelsTr/<case>.nii.gz`) is detected automatically.
     - `images` and `masks` may be the same folder ("."): files ending in `mask_suffix` are then masks.
     - `mask_suffix=None` picks the first of MASK_SUFFIXES that matches most images.
+    - `image_suffix` (e.g. "_t1"): images are `<case><image_suffix>.nii.gz`, their masks
+      `<case><mask_suffix>.nii.gz` and the id is `<case>`; other files in the images folder are ignored.
     - `domain=None`: each subfolder of `root` that has an `<images>` folder is a domain; if `root` itself
       has it, the domain is `root`'s name.
     Sorted by id within a domain, domains in name order.
@@ -132,7 +155,7 @@ def index_folder(root, *, images: str = "images", masks: str = "masks", mask_suf
         mask_suffix = "" if mask_suffix is None else mask_suffix
     if (root / images).is_dir():
         return _index_pairs(root / images, root / masks, domain or root.name, mask_suffix,
-                            image_ok=is_nifti, strip_channel=strip_channel)
+                            image_ok=is_nifti, strip_channel=strip_channel, image_suffix=image_suffix)
     if domain is not None:
         raise InputError(f"{root / images}: images folder not found")
     folders = _domain_folders(root, images)
@@ -141,13 +164,13 @@ def index_folder(root, *, images: str = "images", masks: str = "masks", mask_suf
     records = []
     for folder in folders:
         records += _index_pairs(folder / images, folder / masks, folder.name, mask_suffix,
-                                image_ok=is_nifti, strip_channel=strip_channel)
+                                image_ok=is_nifti, strip_channel=strip_channel, image_suffix=image_suffix)
     check_unique_ids(records, str(root))
     return records
 
 
 def index_images2d(root, *, images: str = "images", masks: str = "masks", mask_suffix: str = "_mask",
-                   domain: Optional[str] = None) -> list[Record]:
+                   domain: Optional[str] = None, image_suffix: str = "") -> list[Record]:
     """Index 2D image folders (PNG/JPEG); each image is a one-slice volume.
 
     Layouts: `root/images/<name>.png` + `root/masks/<name>_mask.png` (BUS-BRA, chest X-ray demo), or the
@@ -172,7 +195,8 @@ def index_images2d(root, *, images: str = "images", masks: str = "masks", mask_s
     records = []
     for group in groups:
         records += [(group, r) for r in _index_pairs(group / images, group / masks, domain, mask_suffix,
-                                                     image_ok=is_image2d, strip_channel=False)]
+                                                     image_ok=is_image2d, strip_channel=False,
+                                                     image_suffix=image_suffix)]
     ids = [r.id for _, r in records]
     if len(set(ids)) != len(ids):
         records = [(g, Record(f"{g.name}/{r.id}", r.image, r.mask, r.domain)) for g, r in records]
@@ -189,7 +213,7 @@ def index_dataset(layout: str, root, out=None, **options):
         raise InputError(f"layout {layout!r} unknown (choose from {', '.join(LAYOUTS)})")
     options = {k: v for k, v in options.items() if v is not None}
     if layout == "cc359" and options:
-        raise InputError(f"layout cc359 takes no options (got {', '.join(options)})")
+        raise InputError(f"layout cc359 takes no options (got {', '.join('--' + k.replace('_', '-') for k in options)})")
     records = LAYOUTS[layout](root, **options)
     problems = find_problems(records)
     if out is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -75,14 +76,23 @@ def read_manifest(path) -> list[Record]:
     if not path.is_file():
         raise InputError(f"{path}: manifest not found")
     base = path.parent.resolve()
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise InputError(f"{path}: manifest is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
+    if "\0" in text:
+        raise InputError(f"{path}: manifest holds NUL bytes; not a CSV text file")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise InputError(f"{path}: manifest lacks column(s) {', '.join(missing)} (need id,image,mask,domain)")
         records = []
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}:{line}"
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
             if not row["id"] or not row["image"] or not row["domain"]:
                 raise InputError(f"{where}: empty id, image or domain")
             records.append(Record(
@@ -92,6 +102,8 @@ def read_manifest(path) -> list[Record]:
                 domain=row["domain"],
                 spacing_mm=_parse_spacing(row.get("spacing") or "", where),
             ))
+    except csv.Error as exc:
+        raise InputError(f"{path}:{reader.line_num}: not a valid CSV manifest ({exc})") from None
     check_unique_ids(records, str(path))
     return records
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_csv_atomic
 from ..data import splits as splits_mod
 from ..data.datasets import index_cc359
 from ..data.manifest import write_manifest
@@ -22,8 +23,9 @@ from ..data.phantoms import write_phantom_dataset
 from ..models import build_model
 from ..reports.gap import format_mean_std, pair_gap_closed, scan_gap_closed, sign_test
 from ..training.fit import load_pretrained
-from . import runs
-from .scoring import score_volumes, write_scores
+from . import stages
+from .run_folder import read_run
+from .scoring import score_volumes
 
 CC359_HINT = """To run the real study on CC359 (359 T1 scans, 6 scanner domains):
   fewshot-da data index cc359 /path/to/CC359 --out cc359.csv
@@ -34,6 +36,7 @@ CC359_HINT = """To run the real study on CC359 (359 T1 scans, 6 scanner domains)
   fewshot-da predict --model runs/ge15-s3-first-1 --ids test --out preds/ge15-s3-first-1"""
 
 # Small enough for 2 CPU cores in a few minutes, large enough that the domain gap and its closing show.
+LABEL_FREE = ("adabn", "histogram")
 DEMO = dict(source="siemens3", target="ge15", scans_per_domain=12, n_test=6, shape=(48, 48, 40),
             source_steps=(8, 20), finetune_steps=(4, 10), batch_size=8, slices_k=8)
 
@@ -76,9 +79,9 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     common = dict(manifest=manifest, splits=splits_path, arch=arch, cache=out / "cache", progress=progress)
     log(f"[3/6] source model on {source}")
     source_overrides = _schedule(cfg["source_steps"], 1e-2, cfg["source_steps"][0] * 3 // 4, cfg["batch_size"], crop, seed)
-    runs.train(source=source, out=out / "runs" / "source", overrides=source_overrides, **common)
+    stages.train(source=source, out=out / "runs" / "source", overrides=source_overrides, **common)
     log(f"[4/6] oracle model on {target} ({len(oracle_ids)} scans outside the test set)")
-    runs.train(ids=oracle_ids, eval_ids=[], out=out / "runs" / "oracle", overrides=source_overrides, **common)
+    stages.train(ids=oracle_ids, eval_ids=[], out=out / "runs" / "oracle", overrides=source_overrides, **common)
 
     log(f"[5/6] adapt to {target}: layers first/last/all x budgets 1 scan, 1/{cfg['slices_k']} of a scan")
     ft_overrides = _schedule(cfg["finetune_steps"], 1e-3, cfg["finetune_steps"][0] * 3 // 4, cfg["batch_size"],
@@ -88,15 +91,21 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
         slices = None if budget == "1 scan" else f"1/{cfg['slices_k']}"
         for layers in ("first", "last", "all"):
             name = f"{layers}-{'1scan' if slices is None else 'k' + str(cfg['slices_k'])}"
-            runs.adapt(model=out / "runs" / "source", target=target, out=out / "runs" / name, layers=layers,
-                       scans=1, slices=slices, overrides=ft_overrides, evaluate=False, progress=progress)
+            stages.adapt(model=out / "runs" / "source", target=target, out=out / "runs" / name,
+                         strategy_options={"layers": layers}, scans=1, slices=slices, overrides=ft_overrides,
+                         evaluate=False, progress=progress)
             adapted[(layers, budget)] = out / "runs" / name
+    for strategy in LABEL_FREE:  # no target label: BN statistics or intensities of the fine-tune scan only
+        stages.adapt(model=out / "runs" / "source", target=target, out=out / "runs" / strategy, strategy=strategy,
+                     scans=1, overrides=ft_overrides, evaluate=False, progress=progress)
+        adapted[(strategy, "no labels")] = out / "runs" / strategy
 
     log(f"[6/6] predict and score {len(test_ids)} held-out {target} scans (surface Dice at 1 mm)")
-    volumes = runs.open_volumes(manifest, test_ids, cache=out / "cache", progress=False)
     models = {("baseline", "-"): out / "runs" / "source", ("oracle", "-"): out / "runs" / "oracle", **adapted}
     scores, masks = {}, {}
     for key, run_dir in models.items():
+        volumes = stages.open_volumes(manifest, test_ids, cache=out / "cache", progress=False,
+                                      preprocess=read_run(run_dir)["spec"]["preprocess"])
         net = build_model(arch)
         load_pretrained(net, Path(run_dir) / "checkpoint.pt", arch=arch)
         preds = []
@@ -104,8 +113,8 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
                              on_prediction=lambda v, m: preds.append(m))
         scores[key], masks[key] = rows, preds
     table = _table(scores, finetune_pool[0])
-    write_scores([dict(method=k[0], budget=k[1], **r) for k, rows in scores.items() for r in rows],
-                 out / "scores.csv")
+    write_csv_atomic(out / "scores.csv",
+                     [dict(method=k[0], budget=k[1], **r) for k, rows in scores.items() for r in rows])
     _figure(volumes[0], masks, out / "demo.png")
     elapsed = time.perf_counter() - t0
     report = "\n".join([
@@ -133,7 +142,8 @@ def _table(scores: dict, finetune_id: str) -> dict:
         rows.append({"method": key[0], "budget": key[1], "surface_dice_1mm": float(np.nanmean(d1)),
                      "surface_dice_2mm": float(np.nanmean(d2)), "gap_closed": gap})
         lines.append(f"{key[0]:<10}{key[1]:<12}{format_mean_std(d1):<28}{np.nanmean(d2):<10.3f}{gap:>7.2f}")
-    budgets = dict.fromkeys(k[1] for k in scores if k[0] not in ("baseline", "oracle"))
+    budgets = [b for b in dict.fromkeys(k[1] for k in scores if k[0] not in ("baseline", "oracle"))
+               if sum(k[1] == b for k in scores) > 1]
     for budget in budgets:
         ranked = sorted((r for r in rows if r["budget"] == budget), key=lambda r: -np.nan_to_num(r["gap_closed"], nan=-1e9))
         top, second = ranked[0], ranked[1]

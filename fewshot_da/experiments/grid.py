@@ -1,8 +1,8 @@
 """An experiment grid: a plan expanded into frozen run specs with stable ids, run folders and results.csv.
 
 Layout of a grid folder DIR: `grid.json` (plan, data and every spec), `data/` (generated or indexed data,
-manifest, splits), `cache/` (preprocessed volumes), `runs/<run id>/` (one run folder each, see runs.py, plus
-`spec.json`, `error.txt` on failure and `.lock` while a worker holds it) and `results.csv`.
+manifest, splits), `cache/` (preprocessed volumes), `runs/<run id>/` (one run folder each, see stages.py, plus
+`spec.json`, `error.txt` on failure and `.grid-lock` while a grid worker holds it) and `results.csv`.
 
 Run ids: `source/<arch>/<domain>`, `oracle/<arch>/<domain>/f<fold>`, `baseline/<arch>/<source>-<target>`,
 `adapt/<arch>/<source>-<target>/<method>/<budget>/s<seed>` (budget 1/8 written 1_8). Source models are shared
@@ -28,6 +28,7 @@ from .results import append_results, read_results, rows_from_summary, write_resu
 KINDS = ("source", "oracle", "baseline", "adapt")
 RESULTS = "results.csv"
 GRID_FILE = "grid.json"
+GRID_LOCK = ".grid-lock"  # the stages hold .lock themselves while they write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,19 +132,10 @@ def _strategy_entries(plan: dict) -> list:
 
 
 def available_strategies() -> tuple:
-    """Adaptation strategies the installed stages know: `freeze` (fine-tune a layer group) always."""
-    try:
-        from . import stages  # lands with issue 7
+    """Adaptation strategies registered in this install (training.strategies.STRATEGIES)."""
+    from ..training.strategies import STRATEGIES
 
-        registry = getattr(stages, "STRATEGIES", None) or getattr(stages, "strategies", None)
-        if isinstance(registry, dict):
-            return tuple(sorted(set(registry) | {"freeze"}))
-        names = getattr(stages, "strategy_names", None)
-        if callable(names):
-            return tuple(sorted(set(names()) | {"freeze"}))
-    except ImportError:
-        pass
-    return ("freeze",)
+    return tuple(STRATEGIES)
 
 
 def _slug(options: dict) -> str:
@@ -408,7 +400,7 @@ def run_dir(grid_dir, run_id: str) -> Path:
 def _run_spec(spec: RunSpec, context: dict, grid_dir, num_threads: Optional[int]) -> dict:
     """The one adapter between the grid and the stages: run `spec` into its folder and return its summary."""
     from ..data import splits as splits_mod
-    from . import runs
+    from . import stages
 
     out = run_dir(grid_dir, spec.run_id)
     overrides = json.loads(spec.overrides)
@@ -424,13 +416,13 @@ def _run_spec(spec: RunSpec, context: dict, grid_dir, num_threads: Optional[int]
         progress=False,
     )
     if spec.kind == "source":
-        return runs.train(
+        return stages.train(
             manifest=context["manifest"], splits=context["splits"], source=spec.source, out=out, **common
         )
     split = splits_mod.read_splits(context["splits"])
     if spec.kind == "oracle":
         fold = splits_mod.oracle_fold(split, spec.target, spec.fold)
-        return runs.train(
+        return stages.train(
             manifest=context["manifest"],
             splits=context["splits"],
             ids=fold["train"],
@@ -439,20 +431,21 @@ def _run_spec(spec: RunSpec, context: dict, grid_dir, num_threads: Optional[int]
             **common,
         )
     parent = run_dir(grid_dir, spec.parent)
-    if spec.kind == "baseline":
+    if spec.kind == "baseline":  # the source model on the pair's test scans: strategy `none`
+        strategy, options = "none", {}
         scans = json.loads(spec.options)["test_scans_of_budget"]
-        test_ids = splits_mod.pair_test_ids(split, spec.target, scans)
-        return runs.predict(
-            model=parent, out=out, ids=",".join(test_ids), tolerances_mm=tolerances, progress=False
-        )
-    if spec.strategy != "freeze":
-        raise InputError(f"{spec.run_id}: strategy {spec.strategy!r} needs the stages API (not installed)")
-    return runs.adapt(
+    else:
+        strategy, options = spec.strategy, json.loads(spec.options)
+        scans = spec.scans
+        if strategy == "freeze":
+            options = dict(options, layers=spec.layers)
+    return stages.adapt(
         model=parent,
         target=spec.target,
         out=out,
-        layers=spec.layers,
-        scans=spec.scans,
+        strategy=strategy,
+        strategy_options=options,
+        scans=scans,
         slices=spec.slices,
         preset=context["preset"],
         overrides=overrides,
@@ -524,7 +517,7 @@ def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] 
     if (folder / "summary.json").is_file():
         return {"run": spec.run_id, "status": "skipped", "seconds": 0.0}
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as lock:
+    with open(folder / GRID_LOCK, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -557,7 +550,7 @@ def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] 
         rows = result_rows(spec, summary)
         if rows:
             append_results(Path(grid_dir) / RESULTS, rows)
-        if spec.kind == "adapt" and not context.get("keep_checkpoints"):
+        if spec.kind in ("adapt", "baseline") and not context.get("keep_checkpoints"):
             (folder / "checkpoint.pt").unlink(missing_ok=True)
     return {"run": spec.run_id, "status": "done", "seconds": seconds}
 
@@ -621,7 +614,7 @@ def run_state(grid_dir, spec: RunSpec) -> str:
     folder = run_dir(grid_dir, spec.run_id)
     if (folder / "summary.json").is_file():
         return "done"
-    lock_path = folder / ".lock"
+    lock_path = folder / GRID_LOCK
     if lock_path.is_file():
         with open(lock_path, "a") as lock:
             try:

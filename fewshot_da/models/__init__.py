@@ -1,16 +1,19 @@
-"""2D U-Nets of the reference papers (DART20 residual, DSA residual, vanilla) built by name."""
+"""2D U-Nets by name: the reference papers' DART20 residual, DSA residual and vanilla nets, and the ultrasound
+paper's classic U-Net. Each model class declares what the rest of the package needs to know about it:
+`PAD_MULTIPLE` (inference padding), `GROUPS` (first, last, contracting, expanding as module-path prefixes) and
+`BLOCKS` (resolution stages in forward order, for gradual unfreezing)."""
 from torch import nn
 
 from ..errors import InputError
 from .blocks import PostActivation2d, PreActivation2d, ResBlock2d
+from .unet_classic import UNet2dClassic
 from .unet_dart20 import UNet2dDart20
 from .unet_dsa import UNet2dDsa
 from .unet_vanilla import UNet2dVanilla
 
-_MODELS = {"dart20": UNet2dDart20, "dsa": UNet2dDsa, "vanilla": UNet2dVanilla}
+_MODELS = {"dart20": UNet2dDart20, "dsa": UNet2dDsa, "vanilla": UNet2dVanilla, "classic": UNet2dClassic}
 ARCHS = tuple(_MODELS)
-# spatial size the input must be divisible by: 3 poolings (residual nets) or 4 (vanilla)
-_PAD_MULTIPLE = {"dart20": 8, "dsa": 8, "vanilla": 16}
+GROUP_NAMES = ("first", "last", "all", "contracting", "expanding")
 
 
 def check_arch(arch: str) -> str:
@@ -20,19 +23,47 @@ def check_arch(arch: str) -> str:
     return arch
 
 
-def build_model(arch: str, *, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
-    """A freshly initialised (PyTorch default init) U-Net by name: 'dart20', 'dsa' or 'vanilla'."""
-    return _MODELS[check_arch(arch)](in_channels=in_channels, out_channels=out_channels)
+def model_class(arch: str) -> type:
+    return _MODELS[check_arch(arch)]
+
+
+def build_model(arch: str, *, in_channels: int = 1, out_channels: int = 1, base_filters: int = 0) -> nn.Module:
+    """A freshly initialised (PyTorch default init) U-Net by name; base_filters 0 keeps the paper's width."""
+    width = {"n_filters": int(base_filters)} if base_filters else {}
+    if base_filters and int(base_filters) < 1:
+        raise InputError(f"--base-filters must be >= 1, got {base_filters}")
+    model = model_class(arch)(in_channels=in_channels, out_channels=out_channels, **width)
+    model.base_filters = int(base_filters)  # recorded so wrappers (SpotTUnet) can build the same width
+    return model
 
 
 def pad_multiple(arch: str) -> int:
-    """Slices are padded to a multiple of this at inference (8 for the residual nets, 16 for vanilla)."""
-    return _PAD_MULTIPLE[check_arch(arch)]
+    """Slices are padded to a multiple of this at inference (8 for the residual nets, 16 for vanilla/classic)."""
+    return model_class(arch).PAD_MULTIPLE
+
+
+def layer_groups(arch: str) -> dict:
+    """{group name: tuple of module-path prefixes} for `arch`, including `all` (every top-level module)."""
+    cls = model_class(arch)
+    groups = dict(cls.GROUPS)
+    groups["all"] = top_modules(arch)
+    return {name: groups[name] for name in GROUP_NAMES}
+
+
+def top_modules(arch: str) -> tuple:
+    """Names of the top-level modules that hold parameters, in block (forward) order."""
+    return tuple(dict.fromkeys(prefix for block in model_class(arch).BLOCKS for prefix in block))
+
+
+def blocks(arch: str) -> tuple:
+    """Resolution stages, shallow (input side) to deep (output side): tuples of module-path prefixes."""
+    return model_class(arch).BLOCKS
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["ARCHS", "build_model", "pad_multiple", "check_arch", "count_parameters", "PreActivation2d",
-           "PostActivation2d", "ResBlock2d", "UNet2dDart20", "UNet2dDsa", "UNet2dVanilla"]
+__all__ = ["ARCHS", "GROUP_NAMES", "build_model", "pad_multiple", "check_arch", "count_parameters", "layer_groups",
+           "blocks", "top_modules", "model_class", "PreActivation2d", "PostActivation2d", "ResBlock2d",
+           "UNet2dDart20", "UNet2dDsa", "UNet2dVanilla", "UNet2dClassic"]

@@ -28,6 +28,19 @@ class UNet2dDart20(nn.Module):
     Input (B, in_channels, H, W) with H, W divisible by 8; output logits (B, out_channels, H, W).
     """
 
+    PAD_MULTIPLE = 8
+    # first/last: the reference's trainable sets (REFERENCE.md 1.5: 3 convs each). contracting/expanding (our
+    # mapping for the ultrasound study): the encoder down to the deepest ResBlocks vs decoder, head and skip convs.
+    GROUPS = {
+        "first": ("init_path.0", "init_path.2"),
+        "last": ("out_path",),
+        "contracting": ("init_path", "down1", "down2", "down3"),
+        "expanding": ("up3", "up2", "up1", "out_path", "shortcut0", "shortcut1", "shortcut2"),
+    }
+    # resolution stages in forward order; a skip conv belongs to the decoder stage that consumes it
+    BLOCKS = (("init_path",), ("down1",), ("down2",), ("down3",), ("up3",), ("up2", "shortcut2"),
+              ("up1", "shortcut1"), ("out_path", "shortcut0"))
+
     def __init__(self, in_channels=1, out_channels=1, n_filters=16):
         super().__init__()
         n = n_filters

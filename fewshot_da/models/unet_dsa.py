@@ -21,6 +21,19 @@ class UNet2dDsa(nn.Module):
     Module names and nn.Sequential indices are those of the reference. Input H, W divisible by 8.
     """
 
+    PAD_MULTIPLE = 8
+    # DSA's last leaves the final BN(1) frozen. `bottleneck` is split: its strided conv and ResBlocks (.0-.3)
+    # contract, its transposed conv (.4) expands, mirroring DART20 where the transposed conv at 1/8 sits in `up3`.
+    GROUPS = {
+        "first": ("init_path.0", "init_path.1"),
+        "last": ("out_path.2", "out_path.3"),
+        "contracting": ("init_path", "down1", "down2", "bottleneck.0", "bottleneck.1", "bottleneck.2",
+                        "bottleneck.3"),
+        "expanding": ("bottleneck.4", "up2", "up1", "out_path", "shortcut0", "shortcut1", "shortcut2"),
+    }
+    BLOCKS = (("init_path",), ("down1",), ("down2",), ("bottleneck",), ("up2", "shortcut2"), ("up1", "shortcut1"),
+              ("out_path", "shortcut0"))
+
     def __init__(self, in_channels=1, out_channels=1, n_filters=16):
         super().__init__()
         n = n_filters

@@ -18,6 +18,16 @@ class UNet2dVanilla(nn.Module):
     conv-BN-ReLU blocks, and a bias-free 1x1 conv plus BatchNorm on the logit. Input H, W divisible by 16.
     """
 
+    PAD_MULTIPLE = 16
+    GROUPS = {
+        "first": ("init_path",),
+        "last": ("out_path",),
+        "contracting": ("init_path", "down1", "down2", "down3", "down4"),
+        "expanding": ("up4", "up3", "up2", "up1", "out_path"),
+    }
+    BLOCKS = (("init_path",), ("down1",), ("down2",), ("down3",), ("down4",), ("up4",), ("up3",), ("up2",),
+              ("up1",), ("out_path",))
+
     def __init__(self, in_channels=1, out_channels=1, n_filters=64):
         super().__init__()
         n = n_filters

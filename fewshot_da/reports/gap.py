@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -49,3 +50,134 @@ def format_mean_std(values: Sequence[float], digits: int = 3) -> str:
         return f"nan (n={v.size}, {n_nan} NaN)"
     text = f"{finite.mean():.{digits}f} ± {finite.std():.{digits}f} (n={v.size}"
     return text + (f", {n_nan} NaN)" if n_nan else ")")
+
+
+# ---- D_R from results.csv rows -------------------------------------------------------------------------------
+
+BASELINE, ORACLE = "baseline", "oracle"
+
+
+def method_label(strategy: str, layers: str) -> str:
+    """Display name of an adaptation method: the layers for `freeze` ('first'), else 'strategy' or 'strategy:layers'."""
+    strategy, layers = str(strategy or ""), str(layers or "")
+    if strategy in ("freeze", "") and layers:
+        return layers
+    return f"{strategy}:{layers}" if layers else strategy
+
+
+@dataclass(eq=False)
+class RunGap:
+    """D_R of one adapted run (one seed/fold) on its target cases that have a baseline and an oracle score.
+
+    `scores`, `baseline`, `oracle` and `scan_gaps` are per case, in the order of `cases`; `gap` is pair-level.
+    `n_dropped` counts the run's cases left out: no baseline or oracle row, or a NaN in any of the three.
+    """
+
+    arch: str
+    source: str
+    target: str
+    strategy: str
+    layers: str
+    budget: str
+    seed: str
+    fold: str
+    cases: tuple
+    scores: np.ndarray
+    baseline: np.ndarray
+    oracle: np.ndarray
+    gap: float
+    scan_gaps: np.ndarray
+    n_dropped: int
+
+    @property
+    def method(self) -> str:
+        return method_label(self.strategy, self.layers)
+
+
+@dataclass(eq=False)
+class PairGap:
+    """D_R of one (arch, source, target, method, budget), averaged over its replicates (seeds x folds).
+
+    `gap` is the mean of the replicates' finite pair-level D_R (NaN when none is finite); `scan_gaps` maps a case
+    to the mean of its scan-level D_R over the replicates that scored it.
+    """
+
+    arch: str
+    source: str
+    target: str
+    method: str
+    budget: str
+    gap: float
+    replicate_gaps: tuple
+    scan_gaps: dict
+
+
+def _finite_mean(values) -> float:
+    """Mean of the finite values (NaN when none); plain Python, as it runs once per case of a large grid."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _case_means(rows, metric, key):
+    """{key(row) + (case,): mean of the finite `metric` values of the rows with that key} (replicates averaged)."""
+    values = {}
+    for row in rows:
+        values.setdefault(key(row) + (row["case"],), []).append(float(row.get(metric, float("nan"))))
+    return {k: _finite_mean(v) for k, v in values.items()}
+
+
+def run_gaps(rows: Sequence[dict], metric: str) -> list:
+    """Pair- and scan-level D_R of every adapted run in `rows` (results.csv rows) on `metric`.
+
+    D_B is the `baseline` rows' score of the same case (source model, same arch, source and target); D_O is the
+    `oracle` rows' score of the case (same arch, source == target); several baseline/oracle runs of a case are
+    averaged. The pair-level D_R uses means over the same cases for D, D_B and D_O (REFERENCE §5).
+    """
+    base = _case_means([r for r in rows if r["strategy"] == BASELINE], metric,
+                       lambda r: (r["arch"], r["source"], r["target"]))
+    oracle = _case_means([r for r in rows if r["strategy"] == ORACLE], metric,
+                         lambda r: (r["arch"], r["target"]))
+    units = {}
+    for row in rows:
+        if row["strategy"] in (BASELINE, ORACLE):
+            continue
+        key = tuple(str(row[c]) for c in ("arch", "source", "target", "strategy", "layers", "budget", "seed", "fold"))
+        units.setdefault(key, []).append(row)
+    gaps = []
+    for key in sorted(units):
+        arch, source, target = key[:3]
+        cases, s, b, o = [], [], [], []
+        dropped = 0
+        for row in sorted(units[key], key=lambda r: r["case"]):
+            triple = (float(row.get(metric, float("nan"))), base.get((arch, source, target, row["case"]), float("nan")),
+                      oracle.get((arch, target, row["case"]), float("nan")))
+            if not all(math.isfinite(v) for v in triple):
+                dropped += 1
+                continue
+            cases.append(row["case"])
+            s.append(triple[0])
+            b.append(triple[1])
+            o.append(triple[2])
+        s, b, o = (np.asarray(v, dtype=float) for v in (s, b, o))
+        gap = pair_gap_closed(s, b, o) if s.size else float("nan")
+        gaps.append(RunGap(*key, cases=tuple(cases), scores=s, baseline=b, oracle=o, gap=gap,
+                           scan_gaps=scan_gap_closed(s, b, o), n_dropped=dropped))
+    return gaps
+
+
+def pair_gaps(gaps: Sequence[RunGap]) -> list:
+    """Replicates (seeds x folds) of each (arch, source, target, method, budget) averaged into one PairGap."""
+    groups = {}
+    for g in gaps:
+        groups.setdefault((g.arch, g.source, g.target, g.method, g.budget), []).append(g)
+    out = []
+    for key, members in groups.items():
+        finite = [g.gap for g in members if math.isfinite(g.gap)]
+        per_case = {}
+        for g in members:
+            for case, value in zip(g.cases, g.scan_gaps):
+                per_case.setdefault(case, []).append(value)
+        scan = {c: _finite_mean(v) for c, v in per_case.items()}
+        out.append(PairGap(*key, gap=float(np.mean(finite)) if finite else float("nan"),
+                           replicate_gaps=tuple(g.gap for g in members), scan_gaps=scan))
+    return out

@@ -1,5 +1,6 @@
 """Training configuration: a frozen dataclass, named presets (paper, dart20-code, dsa-code) and YAML round trip."""
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -8,9 +9,10 @@ import yaml
 from ..atomic import write_text_atomic
 from ..errors import InputError
 from ..models import check_arch
-from .groups import check_bn_stats
+from .layers import check_bn_stats
 
 STAGES = ("source", "finetune")
+LOSSES = ("bce", "dice", "bce+dice")
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,11 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     bn_stats: str = "update"
-    layers: str = "all"
     crop: int = 256
+    loss: str = "bce"
+    # {regex on parameter names: lr factor}, applied on top of the strategy's groups (first match wins)
+    lr_scale: dict = field(default_factory=dict)
+    base_filters: int = 0  # 0: the architecture's published width
 
     def __post_init__(self):
         check_arch(self.arch)
@@ -51,6 +56,19 @@ class TrainConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss {self.loss!r} is not valid; valid: {', '.join(LOSSES)}")
+        late = [e for e in self.lr_steps if e >= int(self.epochs)]
+        if late:
+            raise InputError(f"--lr-steps {late[0]}: at or beyond --epochs {self.epochs}, the drop would never "
+                             f"fire; give --lr-steps with an epoch below {self.epochs} (0-based)")
+        try:
+            scales = {str(k): float(v) for k, v in dict(self.lr_scale or {}).items()}
+            for pattern in scales:
+                re.compile(pattern)
+        except (TypeError, ValueError, re.error):
+            raise InputError(f"--lr-scale must be PATTERN=FACTOR with a valid regex, got {self.lr_scale!r}") from None
+        object.__setattr__(self, "lr_scale", scales)
 
     @property
     def total_steps(self) -> int:
@@ -58,8 +76,8 @@ class TrainConfig:
 
     def resolved(self) -> dict:
         """Plain dict of every field (what config.yaml holds)."""
-        return {f.name: (dict(getattr(self, f.name)) if f.name == "lr_steps" else getattr(self, f.name))
-                for f in fields(self)}
+        return {f.name: (dict(getattr(self, f.name)) if isinstance(getattr(self, f.name), dict)
+                         else getattr(self, f.name)) for f in fields(self)}
 
     def replace(self, **changes) -> "TrainConfig":
         return with_overrides(self, changes)
@@ -101,8 +119,6 @@ def preset_config(preset: str = "paper", stage: str = "source", arch: str = "dar
     settings = dict(_PRESETS[preset, stage], arch=check_arch(arch), stage=stage, preset=preset)
     if arch == "vanilla":
         settings["batch_size"] = 16
-    if stage == "finetune":
-        settings["layers"] = "all"
     return with_overrides(TrainConfig(**settings), overrides)
 
 
@@ -140,6 +156,11 @@ def _coerce(name, value, current):
                 value = dict(item.split(":") for item in value.split(",") if item.strip())
             except ValueError:
                 raise InputError(f"{name} must look like 80:0.1[,90:0.1], got {value!r}") from None
+        if isinstance(value, (list, tuple)):  # repeated PATTERN=FACTOR flags
+            try:
+                value = dict(item.rsplit("=", 1) for item in value)
+            except ValueError:
+                raise InputError(f"{name} must look like PATTERN=FACTOR, got {value!r}") from None
         return value
     return value
 

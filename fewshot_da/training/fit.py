@@ -1,6 +1,6 @@
 """One training loop for source training and few-shot adaptation, with per-epoch checkpoints and exact resume."""
-import csv
 import random
+import re
 import time
 from pathlib import Path
 
@@ -8,10 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_csv_atomic
 from ..errors import InputError
 from .config import TrainConfig, lr_at, save_config
-from .groups import freeze, set_train_mode
+from .layers import freeze, set_train_mode
+from .losses import segmentation_loss
+from .strategies import Strategy, train_all
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -106,76 +108,66 @@ def load_pretrained(model: nn.Module, path, *, arch: str = None, skip=()) -> dic
     return {"copied": len(target) - len(skipped), "skipped": len(skipped)}
 
 
-def _write_csv(rows, path) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _plot_progress(rows, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
-    epochs = [r["epoch"] for r in rows]
-    ax.plot(epochs, [r["train_loss"] for r in rows], label="train loss (BCE)", color="tab:blue")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss")
-    ax.set_yscale("log")
-    extra = [k for k in rows[-1] if k.startswith("val_")]
-    if extra:
-        ax2 = ax.twinx()
-        for key in extra:
-            ax2.plot(epochs, [r.get(key, float("nan")) for r in rows], label=key, linestyle="--")
-        ax2.set_ylabel("validation")
-        ax2.legend(loc="center right", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=72)
-    plt.close(fig)
-
-
 def _log(run_dir: Path, message: str) -> None:
     with open(run_dir / "log.txt", "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
-def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, trainable=None, validate=None,
+def _optimizer_groups(model: nn.Module, strategy: Strategy, names, config: TrainConfig) -> list:
+    """SGD parameter groups: the strategy's groups split further by the config's `lr_scale` patterns."""
+    params = dict(model.named_parameters())
+    patterns = [(re.compile(p), f) for p, f in config.lr_scale.items()]
+    groups = []
+    for group in strategy.param_groups(names):
+        by_factor = {}
+        for name in group["names"]:
+            factor = next((f for p, f in patterns if p.search(name)), 1.0)
+            by_factor.setdefault(factor, []).append(name)
+        for factor, members in by_factor.items():
+            groups.append({"params": [params[n] for n in members], "names": members,
+                           "lr_scale": float(group.get("lr_scale", 1.0)) * factor,
+                           "weight_decay": float(group.get("weight_decay", config.weight_decay))})
+    return groups
+
+
+def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: Strategy = None, validate=None,
         progress: bool = True) -> dict:
     """Train `model` for config.epochs x config.iters_per_epoch SGD steps and keep the last-epoch weights.
 
     batches(step) -> (x, y): float tensors (B, 1, H, W) for global step `step` (0-based); indexing by step is what
-    makes a resumed run identical to an uninterrupted one. trainable: parameter names to train (the rest is
-    frozen, see `groups.freeze`); None trains what currently has requires_grad. validate(model, epoch) -> dict of
-    floats, logged as `val_<key>` columns. Loss: BCE with logits, mean over pixels. Optimizer: fresh SGD
-    (momentum, Nesterov) over trainable parameters, lr from `lr_at` per epoch. CUDA runs use AMP when config.amp.
+    makes a resumed run identical to an uninterrupted one. strategy (default: every parameter trains) names the
+    trainable parameters of each epoch (the rest is frozen, see `layers.freeze`), the optimizer's parameter groups
+    and an optional extra loss term. validate(model, epoch) -> dict of floats, logged as `val_<key>` columns.
+    Loss: config.loss (BCE with logits, soft Dice or both). Optimizer: fresh SGD (momentum, Nesterov) over every
+    parameter the strategy ever trains; a group's lr is `lr_at(epoch)` x its factors. CUDA runs use AMP when
+    config.amp.
 
-    run_dir receives config.yaml, log.txt, metrics.csv, progress.png and checkpoint.pt (each epoch, atomic). If
-    run_dir already holds a checkpoint of the same config, training resumes after its last finished epoch.
-    Returns a summary dict (final loss and lr, trainable parameter count, timings in seconds).
+    run_dir receives config.yaml, log.txt, metrics.csv, checkpoint.pt (each epoch, atomic) and, when the strategy
+    keeps per-epoch records (Auto-RGN's scales, SpotTUnet's policy), its record file. If run_dir already holds a checkpoint of the same config and strategy,
+    training resumes after its last finished epoch. Returns a summary dict (final loss and lr, trainable parameter
+    count, timings in seconds).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     use_amp = bool(config.amp) and device.type == "cuda"
-    if trainable is not None:
-        freeze(model, trainable, config.bn_stats)
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
+    strategy = strategy or train_all(model)
+    if not strategy.trains:
+        raise InputError(f"strategy {strategy.name!r} trains nothing; it has no fit() step")
+    ever_trained = strategy.all_trainable(config.epochs)
+    if not ever_trained:
         raise InputError("no trainable parameters: the layer selection froze the whole model")
+    identity = {"name": strategy.name, "options": strategy.options, "trainable": ever_trained}
 
     seed_everything(config.seed)
     model.to(device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr_at(0, config),
-                                momentum=config.momentum, nesterov=config.nesterov,
+    groups = _optimizer_groups(model, strategy, ever_trained, config)
+    optimizer = torch.optim.SGD([{k: v for k, v in g.items() if k != "names"} for g in groups],
+                                lr=lr_at(0, config), momentum=config.momentum, nesterov=config.nesterov,
                                 weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = nn.BCEWithLogitsLoss()
-    history, start_epoch, resumed_from = [], 0, None
+    loss_fn = segmentation_loss(config.loss)
+    history, strategy_rows, start_epoch, resumed_from = [], [], 0, None
 
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.exists():
@@ -183,19 +175,21 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, trainable=No
         saved = {k: v for k, v in state["config"].items() if k != "device"}
         if saved != {k: v for k, v in config.resolved().items() if k != "device"}:
             raise InputError(f"{checkpoint_path}: holds a run with a different config; use a new --out folder")
-        if state["trainable"] != trainable:
-            raise InputError(f"{checkpoint_path}: holds a run with a different set of trainable layers")
+        if state.get("strategy") != identity:
+            raise InputError(f"{checkpoint_path}: holds a run with a different strategy or set of trainable layers")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         history, start_epoch, resumed_from = list(state["history"]), state["epoch"], state["epoch"]
+        strategy_rows = list(state.get("strategy_rows", []))
         _set_rng_state(state["rng"])
         _log(run_dir, f"resumed after epoch {start_epoch - 1}")
     else:
         save_config(config, run_dir / "config.yaml")
-        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(ever_trained))
         _log(run_dir, f"start {config.arch} {config.stage} preset={config.preset} device={device} amp={use_amp} "
-                      f"seed={config.seed} trainable={n_trainable} params in {len(trainable)} tensors")
+                      f"seed={config.seed} strategy={strategy.name} {strategy.options} trainable={n_trainable} "
+                      f"params in {len(ever_trained)} tensors")
 
     timings = {"data_s": 0.0, "compute_s": 0.0, "validate_s": 0.0, "bookkeeping_s": 0.0}
     bar = None
@@ -206,9 +200,15 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, trainable=No
                    desc=f"{config.stage} {config.arch}")
     for epoch in range(start_epoch, config.epochs):
         lr = lr_at(epoch, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        freeze(model, strategy.trainable_at(epoch), config.bn_stats)
         set_train_mode(model, config.bn_stats)
+        scales = {}
+        if strategy.epoch_scales is not None:
+            x, y = batches(epoch * config.iters_per_epoch)
+            scales, rows = strategy.epoch_scales(model, epoch, (x.to(device), y.to(device)), loss_fn)
+            strategy_rows.extend(rows)
+        for group, spec in zip(optimizer.param_groups, groups):
+            group["lr"] = lr * spec["lr_scale"] * (scales[spec["names"][0]] if scales else 1.0)
         loss_sum = torch.zeros((), device=device)
         epoch_start = time.perf_counter()
         data_s = 0.0
@@ -221,6 +221,8 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, trainable=No
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(x)
             loss = loss_fn(logits.float(), y.float())
+            if strategy.extra_loss is not None:
+                loss = loss + strategy.extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -234,19 +236,23 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, trainable=No
         timings["compute_s"] += seconds - data_s
 
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "seconds": round(seconds, 3),
-               "data_seconds": round(data_s, 3)}
+               "data_seconds": round(data_s, 3), **strategy.describe(epoch)}
         if validate is not None:
             t0 = time.perf_counter()
             row.update({f"val_{k}": float(v) for k, v in validate(model, epoch).items()})
             timings["validate_s"] += time.perf_counter() - t0
         history.append(row)
+        if strategy.epoch_end is not None:
+            strategy_rows.extend(strategy.epoch_end(model, epoch))
 
         t0 = time.perf_counter()
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "config": config.resolved(), "epoch": epoch + 1,
-                         "trainable": trainable, "history": history, "rng": _rng_state()}, checkpoint_path)
-        _write_csv(history, run_dir / "metrics.csv")
-        _plot_progress(history, run_dir / "progress.png")
+                         "strategy": identity, "strategy_rows": strategy_rows, "history": history,
+                         "rng": _rng_state()}, checkpoint_path)
+        write_csv_atomic(run_dir / "metrics.csv", history)
+        if strategy_rows:
+            write_csv_atomic(run_dir / strategy.record_file, strategy_rows)
         _log(run_dir, " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         timings["bookkeeping_s"] += time.perf_counter() - t0
         if bar is not None:
@@ -254,19 +260,22 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, trainable=No
     if bar is not None:
         bar.close()
 
+    trained = set(ever_trained)
     return {
         "arch": config.arch,
         "stage": config.stage,
+        "strategy": strategy.name,
         "epochs": config.epochs,
         "steps": config.total_steps,
         "resumed_from_epoch": resumed_from,
         "device": str(device),
         "amp": use_amp,
+        "loss": config.loss,
         "final_lr": history[-1]["lr"] if history else None,
         "final_train_loss": history[-1]["train_loss"] if history else None,
-        "trainable_tensors": len(trainable),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+        "trainable_tensors": len(ever_trained),
+        "trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trained),
+        "frozen_params": sum(p.numel() for n, p in model.named_parameters() if n not in trained),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "last_epoch": history[-1] if history else None,
     }

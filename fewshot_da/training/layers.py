@@ -1,70 +1,37 @@
-"""Named layer groups per architecture (first/last as in the papers, contracting/expanding, regex, lists) and freezing.
+"""Layer selection: which parameters a spec names (groups, blocks, regex, module lists), freezing, BN modes.
 
-A group is a tuple of module-path prefixes; a parameter belongs to it when its name equals a prefix or starts with
-prefix + ".". For the papers' sets this selects exactly what their substring match on `named_parameters()` did.
+A group is a tuple of module-path prefixes declared by the model class (`fewshot_da.models`); a parameter belongs
+to it when its name equals a prefix or starts with prefix + ".". For the papers' sets this selects exactly what
+their substring match on `named_parameters()` did. `bn` selects every BatchNorm affine parameter (Karani et al.
+2018's BN-only fine-tuning).
 """
 import re
 
 from torch import nn
 
 from ..errors import InputError
-from ..models import build_model, check_arch
+from ..models import GROUP_NAMES, blocks, build_model, layer_groups, top_modules
 
 BN_STATS = ("update", "freeze")
-
-_TOP = {
-    "dart20": ("init_path", "shortcut0", "down1", "shortcut1", "down2", "shortcut2", "down3", "up3", "up2", "up1",
-               "out_path"),
-    "dsa": ("init_path", "shortcut0", "down1", "shortcut1", "down2", "shortcut2", "bottleneck", "up2", "up1",
-            "out_path"),
-    "vanilla": ("init_path", "down1", "down2", "down3", "down4", "up4", "up3", "up2", "up1", "out_path"),
-}
-
-# first/last: the reference sets (3 convs each for the residual nets; DSA's last leaves the final BN(1) frozen).
-# contracting/expanding (ultrasound study, our mapping): the encoder up to and including the deepest ResBlocks vs the
-# decoder, head and skip convs. DSA's `bottleneck` is split: its strided conv and ResBlocks (.0-.3) contract, its
-# transposed conv (.4) expands, mirroring DART20 where the transposed conv at 1/8 sits in `up3`.
-_GROUPS = {
-    "dart20": {
-        "first": ("init_path.0", "init_path.2"),
-        "last": ("out_path",),
-        "contracting": ("init_path", "down1", "down2", "down3"),
-        "expanding": ("up3", "up2", "up1", "out_path", "shortcut0", "shortcut1", "shortcut2"),
-    },
-    "dsa": {
-        "first": ("init_path.0", "init_path.1"),
-        "last": ("out_path.2", "out_path.3"),
-        "contracting": ("init_path", "down1", "down2", "bottleneck.0", "bottleneck.1", "bottleneck.2",
-                        "bottleneck.3"),
-        "expanding": ("bottleneck.4", "up2", "up1", "out_path", "shortcut0", "shortcut1", "shortcut2"),
-    },
-    "vanilla": {
-        "first": ("init_path",),
-        "last": ("out_path",),
-        "contracting": ("init_path", "down1", "down2", "down3", "down4"),
-        "expanding": ("up4", "up3", "up2", "up1", "out_path"),
-    },
-}
-GROUP_NAMES = ("first", "last", "all", "contracting", "expanding")
+SPECIAL_SPECS = ("bn",)
 
 
-def layer_groups(arch: str) -> dict:
-    """{group name: tuple of module-path prefixes} for `arch`, including `all` (every top-level module)."""
-    groups = dict(_GROUPS[check_arch(arch)])
-    groups["all"] = _TOP[arch]
-    return {name: groups[name] for name in GROUP_NAMES}
-
-
-def _matches(name: str, prefix: str) -> bool:
+def matches(name: str, prefix: str) -> bool:
+    """True when parameter/module `name` is `prefix` or lies below it."""
     return name == prefix or name.startswith(prefix + ".")
+
+
+def _bn_parameters(model: nn.Module) -> list:
+    return [f"{module_name}.{p}" for module_name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) for p, _ in m.named_parameters(recurse=False)]
 
 
 def trainable_names(model: nn.Module, arch: str, spec: str) -> list:
     """Names of the parameters of `model` that `spec` selects, in model order.
 
-    spec: a group (first|last|all|contracting|expanding), `regex:PATTERN` (re.search on parameter names), or a
-    comma list of groups and module paths (e.g. `init_path.0,out_path`). Raises InputError (one line) when a name
-    is unknown or selects nothing.
+    spec: a group (first|last|all|contracting|expanding), `bn` (BatchNorm affine parameters only),
+    `regex:PATTERN` (re.search on parameter names), or a comma list of groups and module paths (e.g.
+    `init_path.0,out_path`). Raises InputError (one line) when a name is unknown or selects nothing.
     """
     groups = layer_groups(arch)
     names = [name for name, _ in model.named_parameters()]
@@ -79,20 +46,28 @@ def trainable_names(model: nn.Module, arch: str, spec: str) -> list:
             raise InputError(f"--layers {spec!r} matches no parameter of {arch}")
         return selected
     module_names = {name for name, _ in model.named_modules() if name}
-    prefixes = []
+    prefixes, chosen = [], set()
     for item in filter(None, (s.strip() for s in spec.split(","))):
         if item in groups:
             prefixes.extend(groups[item])
-        elif item in module_names and any(_matches(n, item) for n in names):
+        elif item == "bn":
+            chosen.update(_bn_parameters(model))
+        elif item in module_names and any(matches(n, item) for n in names):
             prefixes.append(item)
         else:
             raise InputError(
                 f"--layers: unknown group or module {item!r} for {arch}; valid groups: {', '.join(GROUP_NAMES)}, "
-                f"regex:PATTERN, or module paths with parameters such as {', '.join(_TOP[arch])}"
+                f"bn, regex:PATTERN, or module paths with parameters such as {', '.join(top_modules(arch))}"
             )
-    if not prefixes:
+    if not prefixes and not chosen:
         raise InputError(f"--layers is empty; valid groups: {', '.join(GROUP_NAMES)}")
-    return [n for n in names if any(_matches(n, p) for p in prefixes)]
+    return [n for n in names if n in chosen or any(matches(n, p) for p in prefixes)]
+
+
+def block_names(model: nn.Module, arch: str) -> list:
+    """Parameter names of each block (resolution stage) of `arch`, shallow to deep: a list of name lists."""
+    names = [name for name, _ in model.named_parameters()]
+    return [[n for n in names if any(matches(n, p) for p in block)] for block in blocks(arch)]
 
 
 def freeze(model: nn.Module, trainable, bn_stats: str = "update") -> list:
@@ -146,11 +121,22 @@ def layers_table(arch: str) -> list:
     params = dict(model.named_parameters())
     rows = []
     for group, prefixes in layer_groups(arch).items():
-        n = sum(p.numel() for name, p in params.items() if any(_matches(name, q) for q in prefixes))
+        n = sum(p.numel() for name, p in params.items() if any(matches(name, q) for q in prefixes))
         rows.append((group, ", ".join(prefixes), n))
+    rows.append(("bn", "BatchNorm affine parameters", sum(params[n].numel() for n in _bn_parameters(model))))
     for name, module in model.named_children():
-        rows.append(("module", name, sum(p.numel() for p in module.parameters())))
+        n = sum(p.numel() for p in module.parameters())
+        if n:
+            rows.append(("module", name, n))
     return rows
+
+
+def blocks_table(arch: str) -> list:
+    """Rows (block number 1.., modules, n_params): the stages gradual unfreezing adds, shallow to deep."""
+    model = build_model(arch)
+    params = dict(model.named_parameters())
+    return [(i + 1, ", ".join(block), sum(params[n].numel() for n in names))
+            for i, (block, names) in enumerate(zip(blocks(arch), block_names(model, arch)))]
 
 
 def selection_table(arch: str, spec: str) -> list:
@@ -160,9 +146,9 @@ def selection_table(arch: str, spec: str) -> list:
     return [(name, tuple(params[name].shape), params[name].numel()) for name in trainable_names(model, arch, spec)]
 
 
-def format_layers_table(rows) -> str:
-    """Plain-text table of `layers_table` rows."""
-    lines = [f"{'group':<12} {'params':>11}  modules"]
+def format_layers_table(rows, first: str = "group") -> str:
+    """Plain-text table of `layers_table` or `blocks_table` rows."""
+    lines = [f"{first:<12} {'params':>11}  modules"]
     for group, modules, n in rows:
-        lines.append(f"{group:<12} {n:>11,}  {modules}")
+        lines.append(f"{group!s:<12} {n:>11,}  {modules}")
     return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Options shared by several verbs, defined once so they mean the same everywhere (units in the names)."""
+import sys
+
+import click
+
+
+def _compose(*options):
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+tolerance = click.option("--tolerance", "tolerances", type=float, multiple=True, default=(1.0,), show_default=True,
+                         help="Surface Dice tolerance in mm (finite, > 0); repeat for several.")
+num_threads = click.option("--num-threads", type=int, default=None,
+                           help="CPU threads this command uses (torch and the slice loader; default: all cores).")
+spacing_mm = click.option("--spacing-mm", type=float, nargs=3, default=None,
+                          help="Voxel spacing in mm, three floats in array-axis order.")
+resize = click.option("--resize", default=None,
+                      help="Resize every slice to this in-plane size in pixels (256 or 256,192; spacing grows).")
+quiet = click.option("--quiet", is_flag=True, help="No progress bars (shown only on a terminal).")
+wait = click.option("--wait", is_flag=True, help="If another run is writing --out, wait for it instead of failing.")
+
+TRAINING_KEYS = ("epochs", "iters_per_epoch", "batch_size", "lr", "lr_steps", "crop", "seed", "device", "loss",
+                 "lr_scale", "base_filters")
+
+training = _compose(
+    click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's)."),
+    click.option("--iters-per-epoch", type=int, default=None, help="SGD steps per epoch (default: the preset's)."),
+    click.option("--batch-size", type=int, default=None, help="Slices per batch (default: the preset's)."),
+    click.option("--lr", type=float, default=None, help="Initial learning rate (default: the preset's)."),
+    click.option("--lr-steps", default=None,
+                 help="EPOCH:FACTOR[,..], applied after that 0-based epoch (< epochs - 1), e.g. 80:0.1."),
+    click.option("--lr-scale", multiple=True, default=None,
+                 help="PATTERN=FACTOR: multiply the lr of parameters whose name matches the regex; repeatable."),
+    click.option("--loss", type=click.Choice(["bce", "dice", "bce+dice"]), default=None,
+                 help="Segmentation loss (default bce, as the papers; bce+dice for small structures)."),
+    click.option("--crop", type=int, default=None, help="Square crop side in pixels (default 256)."),
+    click.option("--seed", type=int, default=None, help="Seed of the model init and of the slice sampler (default 0)."),
+    click.option("--device", default=None, help="auto (CUDA with AMP when present, else CPU), cpu, cuda, cuda:1."),
+    click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="YAML of TrainConfig keys; flags given on the command line override it."),
+    click.option("--preset", default=None, help="paper (default), dart20-code or dsa-code."),
+    num_threads,
+    tolerance,
+    quiet,
+    wait,
+)
+
+
+def training_overrides(kwargs: dict) -> dict:
+    """Pop the training flags out of a verb's kwargs: {TrainConfig key: value} for the ones given."""
+    values = {k: kwargs.pop(k, None) for k in TRAINING_KEYS}
+    return {k: v for k, v in values.items() if v not in (None, ())}
+
+
+def show_progress(quiet_flag: bool) -> bool:
+    """Progress bars on an interactive terminal only (CI logs and batch jobs get the per-epoch log lines)."""
+    return not quiet_flag and sys.stderr.isatty()

@@ -1,0 +1,146 @@
+"""The run-folder protocol: a lock, an identity, run.yaml (provenance), and summary.json written last.
+
+A folder with summary.json is finished. Its run.yaml records what the run is (`spec`) and an `identity` hash over
+the spec, the training config and the content of its data files (manifest, split file) and parent run, so a
+re-run into the same folder with other data or settings is refused instead of resuming the wrong checkpoint.
+While a run writes its folder it holds `.lock` (an flock, released by the kernel even after kill -9, with the pid
+and host written inside for the message).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import yaml
+
+from ..atomic import write_json_atomic, write_text_atomic
+from ..errors import InputError
+
+SUMMARY = "summary.json"
+RUN_FILE = "run.yaml"
+LOCK = ".lock"
+
+
+def finished_summary(run_dir) -> Optional[dict]:
+    """The summary of a finished run folder, or None when it has not finished."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{path}: not valid JSON; delete it to re-score the run") from None
+
+
+def read_run(run_dir) -> dict:
+    """run.yaml of a run folder (what the run is); one-line error when `run_dir` is not a run."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir}: not a fewshot-da run folder (no {RUN_FILE}); pass the --out of `fewshot-da train`")
+    try:
+        info = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise InputError(f"{path}: not valid YAML") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: not a run description")
+    return info
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes (identity of a manifest or split file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identity_of(spec: dict, config: Optional[dict], data_files=(), parent: Optional[str] = None) -> str:
+    """Stable hash of what determines a run's result: spec, config (device excluded), data file contents, parent."""
+    parts = {
+        "spec": spec,
+        "config": {k: v for k, v in (config or {}).items() if k != "device"},
+        "data": [file_digest(p) for p in data_files],
+        "parent": read_run(parent).get("identity") if parent else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _first_difference(old: dict, new: dict) -> str:
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return key
+    return "its data files or parent run"
+
+
+def claim(run_dir, spec: dict, identity: str) -> None:
+    """Write run.yaml for a new run, or check that an existing one is the same run (else a one-line error)."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if path.is_file():
+        old = read_run(run_dir)
+        started = (run_dir / SUMMARY).exists() or (run_dir / "checkpoint.pt").exists()
+        if old.get("identity") != identity and started:
+            what = _first_difference(old.get("spec") or {}, spec)
+            raise InputError(f"{run_dir}: holds another run (its {what} differs, or its data changed); "
+                             f"use a new --out folder or delete this one")
+        if old.get("identity") == identity:
+            return
+    write_text_atomic(path, yaml.safe_dump({"identity": identity, "spec": spec}, sort_keys=False))
+
+
+def write_summary(run_dir, summary: dict) -> dict:
+    """summary.json, strict JSON, written last and atomically; returns the summary as read back (NaN -> None)."""
+    path = write_json_atomic(Path(run_dir) / SUMMARY, summary)
+    return json.loads(path.read_text())
+
+
+def clean_leftovers(run_dir) -> list:
+    """Remove temporary files and folders a killed writer left (`*.tmp<pid>`, `.tmp-*`); returns their names."""
+    run_dir = Path(run_dir)
+    removed = []
+    if not run_dir.is_dir():
+        return removed
+    for entry in run_dir.iterdir():
+        if entry.name.startswith(".tmp-") or entry.suffix.startswith(".tmp"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            removed.append(entry.name)
+    return removed
+
+
+@contextmanager
+def locked(run_dir, *, wait: bool = False, poll_s: float = 1.0) -> Iterator[Path]:
+    """Hold the folder's lock while the block runs. Another holder -> one-line error naming its pid and host, or
+    (wait=True) block until it is released. A lock left by a killed process is free (the kernel drops flocks)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    handle = open(path, "a+")
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise InputError(f"{run_dir}: another run is writing this folder ({holder}); wait for it "
+                                     f"(--wait) or use a new --out") from None
+                time.sleep(poll_s)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        clean_leftovers(run_dir)
+        yield run_dir
+    finally:
+        handle.close()
