@@ -61,8 +61,8 @@ def test_cc359_dart20_enumeration_matches_reference():
 
 
 def test_cc359_dsa_enumeration_with_spottune():
-    """§10 item 11: 30 pairs x {all, first, last} x 9 settings; SpotTUnet on pairs 5-29 with the paper's lambda
-    per budget; the lambda search (9 values) on pairs 0-4 (source siemens15)."""
+    """§10 item 11: 30 pairs x {all, first, last} x 9 settings; SpotTUnet on pairs 5-29 with the paper's
+    lambda per budget; the lambda search (9 values) on pairs 0-4 (source siemens15)."""
     specs = grid_mod.build_specs(load_plan("cc359-dsa"), _cc359_splits())
     adapt = [s for s in specs if s.kind == "adapt"]
     final = [s for s in adapt if s.strategy == "spottune" and not s.layers]
