@@ -29,19 +29,19 @@ def main():
 
     torch.set_num_threads(1)
     from fewshot_da.experiments import grid as grid_mod
-    from fewshot_da.experiments import runs
+    from fewshot_da.experiments import stages
     from fewshot_da.experiments.executors import run_experiment
 
     predict_s = {}
-    original = runs.score_volumes
+    original = stages.score_volumes
 
-    def timed(*a, **k):  # runs.train/adapt/predict call score_volumes through the runs module
+    def timed(*a, **k):  # the stages call score_volumes through their module
         t0 = time.perf_counter()
         out = original(*a, **k)
         timed.last += time.perf_counter() - t0
         return out
 
-    runs.score_volumes = timed
+    stages.score_volumes = timed
     orig_execute = grid_mod._run_spec
 
     def run_spec(spec, context, grid_dir, num_threads):
