@@ -316,3 +316,18 @@ def test_cli_refuses_a_plan_whose_strategy_is_not_registered(tiny_grid, cli_runn
         "Error: plan magic: strategy 'magic' is not registered")
     result = cli_runner.invoke(cli_app, ["experiment", "status", str(tmp_path)])
     assert result.exit_code == 1 and "not an experiment grid folder" in result.output
+
+
+def test_cv_folds_give_one_adapted_run_and_baseline_per_fold():
+    """The ultrasound protocol (Amiri et al.): k-fold CV over the target; budgets are images of each fold's
+    training part; every fold's test part is scored by its own baseline."""
+    plan = load_plan({"base": "cc359-dart20", "sources": ["ge15"], "targets": ["ge3"], "budgets": ["5"],
+                      "strategies": ["first"], "cv_folds": 5})
+    specs = grid_mod.build_specs(plan, _cc359_splits())
+    adapt = [s for s in specs if s.kind == "adapt"]
+    base = [s for s in specs if s.kind == "baseline"]
+    assert [s.fold for s in adapt] == [0, 1, 2, 3, 4] and {s.folds for s in adapt} == {5}
+    assert adapt[2].run_id == "adapt/dart20/ge15-ge3/first/5/s0/f2"
+    assert [s.run_id for s in base][:2] == ["baseline/dart20/ge15-ge3/f0", "baseline/dart20/ge15-ge3/f1"]
+    with pytest.raises(InputError, match="cv_folds must be"):
+        load_plan({"base": "phantoms", "cv_folds": 1})

@@ -47,6 +47,7 @@ class RunSpec:
     budget: str = ""
     seed: int = 0
     fold: Optional[int] = None
+    folds: Optional[int] = None  # adapted runs on CV fold `fold` of `folds` over the target
     parent: str = ""
     overrides: str = "{}"
     pair_index: Optional[int] = None
@@ -182,7 +183,9 @@ def build_specs(plan: dict, splits: dict) -> list:
                 f"(available: {', '.join(known)})"
             )
     budgets = [(b, *parse_budget(b)) for b in plan["budgets"]]
-    for target in sorted({p["target"] for p in pairs}):
+    cv = plan["cv_folds"]
+    fold_list = list(range(cv)) if cv else [None]
+    for target in sorted({p["target"] for p in pairs}) if not cv else []:
         have = set((splits["one2one"].get(target) or {}).get("finetune", {}))
         for label, scans, _ in budgets:
             if str(scans) not in have:
@@ -222,22 +225,26 @@ def build_specs(plan: dict, splits: dict) -> list:
                     )
                 )
     min_scans = min(scans for _, scans, _ in budgets)
+    fold_suffix = {f: ("" if f is None else f"/f{f}") for f in fold_list}
     for p in pairs if plan["baselines"] else []:
         pair = f"{p['source']}-{p['target']}"
-        specs.append(
-            RunSpec(
-                f"baseline/{arch}/{pair}",
-                "baseline",
-                arch,
-                source=p["source"],
-                target=p["target"],
-                strategy="baseline",
-                seed=plan["model_seed"],
-                parent=f"source/{arch}/{p['source']}",
-                options=_json({"test_scans_of_budget": min_scans}),
-                pair_index=p["index"],
+        for f in fold_list:  # with CV folds, one baseline per fold scores that fold's test part
+            specs.append(
+                RunSpec(
+                    f"baseline/{arch}/{pair}{fold_suffix[f]}",
+                    "baseline",
+                    arch,
+                    source=p["source"],
+                    target=p["target"],
+                    strategy="baseline",
+                    seed=plan["model_seed"],
+                    fold=f,
+                    folds=cv,
+                    parent=f"source/{arch}/{p['source']}",
+                    options=_json({"test_scans_of_budget": min_scans}),
+                    pair_index=p["index"],
+                )
             )
-        )
     for p in pairs:
         pair = f"{p['source']}-{p['target']}"
         for s in strategies:
@@ -259,11 +266,11 @@ def build_specs(plan: dict, splits: dict) -> list:
                     else:
                         layers = s["layers"] or _slug(point)
                         method = "-".join(x for x in (s["name"], s["layers"], _slug(point)) if x)
-                    for seed in plan["seeds"]:
+                    for seed, f in [(seed, f) for seed in plan["seeds"] for f in fold_list]:
                         over = dict(plan["schedules"].get("finetune") or {}, seed=seed)
                         specs.append(
                             RunSpec(
-                                f"adapt/{arch}/{pair}/{method}/{budget_slug(label)}/s{seed}",
+                                f"adapt/{arch}/{pair}/{method}/{budget_slug(label)}/s{seed}{fold_suffix[f]}",
                                 "adapt",
                                 arch,
                                 source=p["source"],
@@ -273,6 +280,8 @@ def build_specs(plan: dict, splits: dict) -> list:
                                 options=_json(options),
                                 budget=label,
                                 seed=seed,
+                                fold=f,
+                                folds=cv,
                                 parent=f"source/{arch}/{p['source']}",
                                 overrides=_json(over),
                                 pair_index=p["index"],
@@ -446,6 +455,8 @@ def _run_spec(spec: RunSpec, context: dict, grid_dir, num_threads: Optional[int]
         strategy=strategy,
         strategy_options=options,
         scans=scans,
+        folds=spec.folds,
+        fold=spec.fold if spec.folds else None,
         slices=spec.slices,
         preset=context["preset"],
         overrides=overrides,

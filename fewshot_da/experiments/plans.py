@@ -48,6 +48,7 @@ DEFAULTS = {
     "seeds": [0],  # seeds of the adapted runs
     "model_seed": 0,  # seed of the source and oracle models (shared by every adapted run)
     "folds": [0, 1, 2],  # oracle cross-validation folds to train
+    "cv_folds": None,  # k: adapted runs fine-tune on CV fold f of k over the target (f = 0..k-1) and test on its rest
     "baselines": True,
     "oracles": True,
     "schedules": {"source": {}, "finetune": {}},  # TrainConfig overrides (epochs, iters_per_epoch, lr, ...)
@@ -111,19 +112,20 @@ PRESETS = {
         "name": "ultrasound",
         "arch": "vanilla",
         "preset": "paper",
-        "preprocess": "paper",  # 2D images are one-slice volumes; the 256 x 256 resize lands with 2D support
+        "preprocess": {"resize": 256},  # every image resized to 256 x 256 (REFERENCE §7)
         "data": {
             "index": [
                 {"layout": "images2d", "root": "shared:busi", "domain": "busi"},
                 {"layout": "images2d", "root": "shared:bus-bra-mini", "domain": "bus-bra"},
             ],
-            "splits_options": {"finetune_scans": [5, 10, 20]},
+            "splits_options": {"finetune_scans": [5, 10, 20], "cv_folds": 5},
         },
         "sources": ["busi"],
         "targets": ["bus-bra"],
         "strategies": ["contracting", "expanding", "first", "last", "all"],
         "budgets": ["5", "10", "20"],
-        "seeds": [0, 1, 2],
+        "seeds": [0],
+        "cv_folds": 5,  # 5-fold cross-validation on the target, as the paper
         "folds": [0, 1, 2],
         "schedules": {
             "source": {"epochs": 40, "iters_per_epoch": 50, "batch_size": 16},
@@ -292,6 +294,8 @@ def _check(plan: dict, where: str) -> None:
     plan["budgets"] = [str(b) for b in plan["budgets"]]
     need_list("budgets")
     need_list("seeds", int)
+    if plan["cv_folds"] is not None and (not isinstance(plan["cv_folds"], int) or plan["cv_folds"] < 2):
+        raise InputError(f"{where}: cv_folds must be a number of folds >= 2, got {plan['cv_folds']!r}")
     if not isinstance(plan["folds"], list) or not all(isinstance(v, int) for v in plan["folds"]):
         raise InputError(f"{where}: folds must be a list of oracle fold indices, got {plan['folds']!r}")
     if not isinstance(plan["strategies"], list) or not plan["strategies"]:
