@@ -331,3 +331,11 @@ def test_cv_folds_give_one_adapted_run_and_baseline_per_fold():
     assert [s.run_id for s in base][:2] == ["baseline/dart20/ge15-ge3/f0", "baseline/dart20/ge15-ge3/f1"]
     with pytest.raises(InputError, match="cv_folds must be"):
         load_plan({"base": "phantoms", "cv_folds": 1})
+
+
+def test_yaml_overrides_replace_schedule_values_whole():
+    plan = load_plan({"base": "ixi-shift", "schedules": {"source": {"epochs": 2, "lr_steps": {}}}})
+    assert plan["schedules"]["source"]["lr_steps"] == {} and plan["schedules"]["source"]["crop"] == 128
+    assert plan["schedules"]["finetune"]["lr_steps"] == {2: 0.1}
+    plan = load_plan({"base": "ixi-shift", "data": {"n": 4}})
+    assert plan["data"]["n"] == 4 and set(plan["data"]["shifts"]) == {"shift-gamma", "shift-bright", "shift-noisy"}

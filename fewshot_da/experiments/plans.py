@@ -128,7 +128,7 @@ PRESETS = {
         "cv_folds": 5,  # 5-fold cross-validation on the target, as the paper
         "folds": [0, 1, 2],
         "schedules": {
-            "source": {"epochs": 40, "iters_per_epoch": 50, "batch_size": 16},
+            "source": {"epochs": 40, "iters_per_epoch": 50, "batch_size": 16, "lr_steps": {30: 0.1}},
             "finetune": {"epochs": 20, "iters_per_epoch": 25, "batch_size": 8, "lr_steps": {}},
         },
         "tolerances_mm": [1.0],
@@ -210,12 +210,19 @@ PRESETS = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
-    """`override` on top of `base`; nested dicts merge key by key, everything else is replaced."""
+# How deep a YAML override merges into its base: data keys and each stage's schedule keys are replaced one by
+# one; anything deeper (lr_steps, shifts, options) is replaced whole, so `lr_steps: {}` clears the drops.
+_MERGE_DEPTH = {"data": 1, "schedules": 2}
+
+
+def _merge(base: dict, override: dict, depth: Optional[int] = None) -> dict:
+    """`override` on top of `base`: top-level keys are replaced, except `data` and `schedules`, which merge key
+    by key down to _MERGE_DEPTH levels."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        level = _MERGE_DEPTH.get(key, 0) if depth is None else depth
+        if level > 0 and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, level - 1)
         else:
             out[key] = copy.deepcopy(value)
     return out
