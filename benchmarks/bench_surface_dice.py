@@ -127,7 +127,7 @@ def bench_case(name, gt, pred, spacing, tolerance, args, sd, monai_run, rows):
     )
     results.append(
         (
-            f"fewshot_da score_case (exact EDT; + HD95, ASSD), {args.threads} thread(s)",
+            f"fewshot_da score_case (exact distances; + Dice, HD95, ASSD), {args.threads} thread(s)",
             scores[metrics.surface_dice_key(tolerance)],
             t,
             cpu,

@@ -3,6 +3,9 @@
 import click
 from fewshot_da_cli.errors import one_line_errors
 
+# kept in step with fewshot_da.metrics.scoring.METRICS (importing it here would load NumPy at start-up)
+_METRICS = "dice,sdsc,hd95,assd,pixel_error,ari"
+
 
 @click.command("eval")
 @click.option(
@@ -10,14 +13,14 @@ from fewshot_da_cli.errors import one_line_errors
     "gt",
     required=True,
     type=click.Path(),
-    help="Ground-truth mask: a NIfTI file or a folder of them.",
+    help="Ground-truth mask: a NIfTI or 2D image (PNG) file, or a folder of them.",
 )
 @click.option(
     "--pred",
     "pred",
     required=True,
     type=click.Path(),
-    help="Predicted mask(s): a NIfTI file or a folder, matched to --gt by case id.",
+    help="Predicted mask(s): a file or a folder, matched to --gt by case id.",
 )
 @click.option(
     "--tolerance",
@@ -30,27 +33,65 @@ from fewshot_da_cli.errors import one_line_errors
     help="Surface-Dice tolerance in mm; repeat for several.",
 )
 @click.option(
+    "--metrics",
+    "metrics",
+    default=None,
+    help=f"Comma-separated metrics to compute, from {_METRICS}  "
+    "[default: dice,sdsc,hd95,assd; plus pixel_error,ari for 2D images]",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
     default=None,
     help="Folder for metrics.csv and summary.json  [default: print only]",
 )
-@click.option("--label", type=int, default=None, help="Foreground label value  [default: any value > 0]")
+@click.option("--label", type=int, default=None, help="Foreground = this label value  [default: any value > 0]")
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Foreground = value > T, for probability maps  [default: masks must hold integers]",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Cases scored at once (threads: decoding and kernels overlap; 1 = one case at a time, on all cores)",
+)
 @click.option(
     "--num-threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads for the surface metrics  [default: all cores]",
+    help="CPU threads per case for the surface metrics  [default: all cores, 1 with --workers > 1]",
 )
 @one_line_errors
-def eval_command(gt, pred, tolerances_mm, out_dir, label, num_threads):
-    """Dice, surface Dice at each tolerance (mm), HD95 and ASSD of predictions against ground truth."""
+def eval_command(gt, pred, tolerances_mm, metrics, out_dir, label, threshold, workers, num_threads):
+    """Dice, surface Dice at each tolerance (mm), HD95 and ASSD (pixel error, ARI) of predictions."""
+    import sys
+
     from fewshot_da.metrics.evaluate import evaluate_paths, format_table
 
     summary = evaluate_paths(
-        gt, pred, tolerances_mm=tolerances_mm, out_dir=out_dir, label=label, num_threads=num_threads
+        gt,
+        pred,
+        tolerances_mm=tolerances_mm,
+        out_dir=out_dir,
+        label=label,
+        threshold=threshold,
+        metrics=None if metrics is None else metrics.split(","),
+        workers=workers,
+        num_threads=num_threads,
+        progress=sys.stderr.isatty(),
     )
+    if summary["n_label_absent"]:
+        cases = summary["label_absent_cases"]
+        click.echo(
+            f"Warning: label {label} is absent from both masks in {len(cases)} case(s) (first {cases[0]!r}); "
+            "their Dice is 1.0 by convention",
+            err=True,
+        )
     click.echo(format_table(summary))
     if out_dir is not None:
         click.echo(f"wrote {out_dir}/metrics.csv and {out_dir}/summary.json")

@@ -97,6 +97,82 @@ py::tuple core_surface_distances(const py::array& gt, const py::array& pred, con
                           to_numpy(std::move(r.gt_areas_mm2)), to_numpy(std::move(r.pred_areas_mm2)));
 }
 
+py::dict core_surface_distance_summary(const py::array& gt, const py::array& pred,
+                                       const std::vector<double>& spacing_mm, double percent, int num_threads) {
+    const fewshot_da::MaskPair m = mask_pair(gt, pred, spacing_mm);
+    if (!(percent >= 0 && percent <= 100)) throw py::value_error("percent must be in [0, 100]");
+    fewshot_da::DistanceSummary s;
+    {
+        py::gil_scoped_release release;
+        s = fewshot_da::surface_distance_summary(m, percent, num_threads);
+    }
+    py::dict d;
+    d["hd_gt_to_pred_mm"] = s.hd_gt_to_pred_mm;
+    d["hd_pred_to_gt_mm"] = s.hd_pred_to_gt_mm;
+    d["gt_area_mm2"] = s.gt_area_mm2;
+    d["gt_weighted_mm3"] = s.gt_weighted_mm3;
+    d["pred_area_mm2"] = s.pred_area_mm2;
+    d["pred_weighted_mm3"] = s.pred_weighted_mm3;
+    d["n_gt"] = s.n_gt;
+    d["n_pred"] = s.n_pred;
+    return d;
+}
+
+py::dict core_case_scores(const py::array& gt, const py::array& pred, const std::vector<double>& spacing_mm,
+                          const std::vector<double>& tolerances_mm, bool with_distances, double percent,
+                          int num_threads) {
+    const fewshot_da::MaskPair m = mask_pair(gt, pred, spacing_mm);
+    const std::vector<double> tol = checked_tolerances(tolerances_mm);
+    if (!(percent >= 0 && percent <= 100)) throw py::value_error("percent must be in [0, 100]");
+    fewshot_da::CaseScores c;
+    {
+        py::gil_scoped_release release;
+        c = fewshot_da::case_scores(m, tol.data(), static_cast<int>(tol.size()), with_distances, percent, num_threads);
+    }
+    py::array_t<double> areas({static_cast<py::ssize_t>(tol.size()), static_cast<py::ssize_t>(4)});
+    std::copy(c.surface_dice_areas.begin(), c.surface_dice_areas.end(), areas.mutable_data());
+    py::dict d;
+    d["surface_dice_areas"] = areas;
+    d["gt_voxels"] = c.voxels.gt;
+    d["pred_voxels"] = c.voxels.pred;
+    d["both_voxels"] = c.voxels.both;
+    if (c.has_distances) {
+        const fewshot_da::DistanceSummary& s = c.distances;
+        py::dict dist;
+        dist["hd_gt_to_pred_mm"] = s.hd_gt_to_pred_mm;
+        dist["hd_pred_to_gt_mm"] = s.hd_pred_to_gt_mm;
+        dist["gt_area_mm2"] = s.gt_area_mm2;
+        dist["gt_weighted_mm3"] = s.gt_weighted_mm3;
+        dist["pred_area_mm2"] = s.pred_area_mm2;
+        dist["pred_weighted_mm3"] = s.pred_weighted_mm3;
+        dist["n_gt"] = s.n_gt;
+        dist["n_pred"] = s.n_pred;
+        d["distances"] = dist;
+    } else {
+        d["distances"] = py::none();
+    }
+    return d;
+}
+
+// C-order uint8 copy of a Fortran-ordered bool/uint8 2D or 3D array (NIfTI data), without NumPy's strided copy.
+py::array_t<uint8_t> core_c_order_mask(const py::array& mask) {
+    const char kind = mask.dtype().kind();
+    if (!((kind == 'b' || kind == 'u') && mask.itemsize() == 1))
+        throw py::value_error("mask must be a bool or uint8 array");
+    if (!(mask.flags() & py::array::f_style)) throw py::value_error("mask must be Fortran-contiguous");
+    if (mask.ndim() != 2 && mask.ndim() != 3) throw py::value_error("mask must be 2D or 3D");
+    std::vector<py::ssize_t> shape(mask.shape(), mask.shape() + mask.ndim());
+    const int64_t n0 = mask.ndim() == 3 ? shape[0] : 1, n1 = shape[mask.ndim() - 2], n2 = shape[mask.ndim() - 1];
+    py::array_t<uint8_t> out(shape);
+    const uint8_t* in = static_cast<const uint8_t*>(mask.data());
+    uint8_t* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        fewshot_da::fortran_to_c_order(in, n0, n1, n2, o);
+    }
+    return out;
+}
+
 py::array_t<double> core_surface_dice_areas_plain(const py::array& gt, const py::array& pred,
                                                   const std::vector<double>& spacing_mm,
                                                   const std::vector<double>& tolerances_mm) {
@@ -138,10 +214,47 @@ struct PySliceBatcher {
     std::unique_ptr<fewshot_da::SliceBatcher> batcher;
 };
 
+// AugmentSpec from a dict of its field names (all keys required; checked by fewshot_da.data.augment).
+fewshot_da::AugmentSpec augment_spec(const py::dict& d) {
+    fewshot_da::AugmentSpec s;
+    const std::pair<const char*, double*> fields[] = {
+        {"rotation_p", &s.rotation_p}, {"rotation_deg", &s.rotation_deg}, {"rot90_p", &s.rot90_p},
+        {"zoom_p", &s.zoom_p}, {"zoom_min", &s.zoom_min}, {"zoom_max", &s.zoom_max}, {"shear_p", &s.shear_p},
+        {"shear", &s.shear}, {"flip_y_p", &s.flip_y_p}, {"flip_x_p", &s.flip_x_p},
+        {"translate_p", &s.translate_p}, {"translate_y_px", &s.translate_y_px},
+        {"translate_x_px", &s.translate_x_px}, {"bias_p", &s.bias_p}, {"bias", &s.bias},
+        {"gamma_p", &s.gamma_p}, {"gamma_min", &s.gamma_min}, {"gamma_max", &s.gamma_max},
+        {"contrast_p", &s.contrast_p}, {"contrast_min", &s.contrast_min}, {"contrast_max", &s.contrast_max},
+        {"brightness_p", &s.brightness_p}, {"brightness", &s.brightness}, {"noise_p", &s.noise_p},
+        {"noise_sd_min", &s.noise_sd_min}, {"noise_sd_max", &s.noise_sd_max}};
+    if (d.size() != sizeof(fields) / sizeof(fields[0]))
+        throw py::value_error("augment: expected " + std::to_string(sizeof(fields) / sizeof(fields[0])) +
+                              " fields, got " + std::to_string(d.size()));
+    for (const auto& f : fields) {
+        if (!d.contains(f.first)) throw py::value_error(std::string("augment: missing field ") + f.first);
+        *f.second = d[f.first].cast<double>();
+    }
+    return s;
+}
+
+py::dict augment_params_dict(const fewshot_da::AugmentParams& a) {
+    py::dict d;
+    d["angle_deg"] = a.angle_deg, d["rot90"] = a.rot90, d["zoom"] = a.zoom;
+    d["shear_y"] = a.shear_y, d["shear_x"] = a.shear_x, d["flip_y"] = a.flip_y, d["flip_x"] = a.flip_x;
+    d["translate_y_px"] = a.translate_y, d["translate_x_px"] = a.translate_x;
+    d["matrix"] = py::make_tuple(py::make_tuple(a.matrix[0], a.matrix[1]), py::make_tuple(a.matrix[2], a.matrix[3]));
+    d["bias"] = py::make_tuple(a.bias[0], a.bias[1], a.bias[2], a.bias[3]);
+    d["gamma"] = a.gamma, d["contrast"] = a.contrast, d["brightness"] = a.brightness;
+    d["noise_sd"] = a.noise_sd, d["noise_key"] = a.noise_key;
+    return d;
+}
+
 std::unique_ptr<PySliceBatcher> make_slice_batcher(const py::list& images, const py::list& masks,
                                                    const py::list& slices, int64_t batch_size, int64_t crop_h,
                                                    int64_t crop_w, uint64_t seed, int64_t n_fg_items,
-                                                   int num_threads) {
+                                                   int num_threads, const py::object& augment) {
+    std::unique_ptr<fewshot_da::AugmentSpec> spec;
+    if (!augment.is_none()) spec = std::make_unique<fewshot_da::AugmentSpec>(augment_spec(augment.cast<py::dict>()));
     const size_t n = images.size();
     if (masks.size() != n || slices.size() != n)
         throw py::value_error("images, masks and slices must have the same length, got " + std::to_string(n) +
@@ -180,7 +293,7 @@ std::unique_ptr<PySliceBatcher> make_slice_batcher(const py::list& images, const
     {
         py::gil_scoped_release release;
         owner->batcher = std::make_unique<fewshot_da::SliceBatcher>(std::move(volumes), batch_size, crop_h, crop_w,
-                                                                    seed, n_fg_items, num_threads);
+                                                                    seed, n_fg_items, num_threads, spec.get());
     }
     return owner;
 }
@@ -219,6 +332,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("surface_distances", &core_surface_distances, py::arg("gt"), py::arg("pred"), py::arg("spacing_mm"),
           py::arg("num_threads") = 0,
           "(gt_to_pred_mm, pred_to_gt_mm, gt_areas_mm2, pred_areas_mm2), surfels in raster order.");
+    m.def("surface_distance_summary", &core_surface_distance_summary, py::arg("gt"), py::arg("pred"),
+          py::arg("spacing_mm"), py::arg("percent") = 95.0, py::arg("num_threads") = 0,
+          "Directed percentile distances, surfel areas and area-weighted distance sums (mm) of both surfaces.");
+    m.def("case_scores", &core_case_scores, py::arg("gt"), py::arg("pred"), py::arg("spacing_mm"),
+          py::arg("tolerances_mm"), py::arg("with_distances"), py::arg("percent") = 95.0, py::arg("num_threads") = 0,
+          "One case in one call: voxel counts, surface-Dice areas per tolerance, optional HD/ASSD summary.");
+    m.def("c_order_mask", &core_c_order_mask, py::arg("mask"),
+          "C-order uint8 copy of a Fortran-ordered bool/uint8 2D/3D mask (tiled; GIL released).");
     m.def("surface_dice_areas_plain", &core_surface_dice_areas_plain, py::arg("gt"), py::arg("pred"),
           py::arg("spacing_mm"), py::arg("tolerances_mm"),
           "The CUDA kernel's per-corner algorithm on the host (for tests); same output as surface_dice_areas.");
@@ -229,7 +350,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<PySliceBatcher>(m, "SliceBatcher", "Registered volumes + sampling rule; see fewshot_da.data.loader.")
         .def(py::init(&make_slice_batcher), py::arg("images"), py::arg("masks"), py::arg("slices"),
              py::arg("batch_size"), py::arg("crop_h"), py::arg("crop_w"), py::arg("seed"), py::arg("n_fg_items"),
-             py::arg("num_threads"))
+             py::arg("num_threads"), py::arg("augment") = py::none())
         .def("fill", &slice_batcher_fill, py::arg("step"), py::arg("image_out"), py::arg("mask_out"),
              py::arg("num_threads"), "Fill (B, 1, ch, cw) float32 buffers with batch `step` (GIL released).")
         .def("draw", [](const PySliceBatcher& self, uint64_t step, int64_t item) {
@@ -237,6 +358,10 @@ PYBIND11_MODULE(_core, m) {
                  const fewshot_da::ItemDraw d = self.batcher->draw(step, item);
                  return py::make_tuple(d.volume, d.slice, d.y0, d.x0, d.centred);
              }, py::arg("step"), py::arg("item"), "(volume, slice, y0, x0, centred) of one batch item.")
+        .def("augment_params", [](const PySliceBatcher& self, uint64_t step, int64_t item) {
+                 if (item < 0 || item >= self.batcher->batch_size()) throw py::value_error("item out of range");
+                 return augment_params_dict(self.batcher->augment_params(step, item));
+             }, py::arg("step"), py::arg("item"), "Augmentation parameters of one batch item (dict).")
         .def("foreground_slices", [](const PySliceBatcher& self, int64_t volume) {
                  if (volume < 0 || static_cast<size_t>(volume) >= self.keep_alive.size() / 2)
                      throw py::value_error("volume out of range");

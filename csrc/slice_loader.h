@@ -12,7 +12,14 @@
 //      y0 = H/2 - ch/2, x0 = W/2 - cw/2 (integer division), and output pixel (r, c) reads (y0 + r, x0 + c)
 //      or, outside the slice, the slice's minimum (image) / 0 (mask).
 // Cost: O(B * ch * cw) per batch, plus one O(H * W) pass per slice the first time it needs padding.
-// Output rows are written with non-temporal AVX2 stores when the CPU has AVX2 + F16C (the batch is read
+// With an AugmentSpec, each item then draws its augmentation (augment.h) from the same engine and is
+// produced in one pass per output row: warp (bilinear, or the plain crop when the affine is the identity)
+// and intensity in a row buffer of doubles, then one float32 store; no intermediate image. The warp has
+// an AVX2 path (gathers) and the noise an AVX-512DQ path, both bit-identical to the scalar code; gamma
+// uses glibc's libmvec powf when it is there (about 2e-7 relative to std::pow). Slice max / mean (gamma,
+// contrast) are computed once per slice.
+// Masks must hold only 0 and 1 (checked over the allowed slices at construction).
+// Without augmentation, output rows are written with non-temporal AVX2 stores when the CPU has AVX2 + F16C (the batch is read
 // by someone else later, so skipping the read-for-ownership saves a third of the memory traffic);
 // otherwise portable loops. Both give bit-identical results.
 #pragma once
@@ -20,7 +27,10 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
+
+#include "augment.h"
 
 namespace fewshot_da {
 
@@ -30,7 +40,7 @@ enum class ImageDtype : int { kFloat32 = 0, kFloat16 = 1 };
 struct SliceVolume {
     const void* image = nullptr;  // (n_slices, height, width) float32 or float16
     ImageDtype dtype = ImageDtype::kFloat32;
-    const uint8_t* mask = nullptr;  // (n_slices, height, width), 0 = background, anything else = foreground
+    const uint8_t* mask = nullptr;  // (n_slices, height, width), 0 = background, 1 = foreground
     int64_t n_slices = 0, height = 0, width = 0;
     std::vector<int64_t> allowed;
 };
@@ -78,15 +88,19 @@ struct ItemDraw {
 class SliceBatcher {
 public:
     // Throws std::invalid_argument for empty volume lists, non-positive sizes, empty or out-of-range
-    // slice lists, n_fg_items outside [0, batch_size], or n_fg_items > 0 with no foreground slice at all.
-    // Finding the foreground slices (only when n_fg_items > 0) reads the allowed mask slices once.
+    // slice lists, n_fg_items outside [0, batch_size], n_fg_items > 0 with no foreground slice at all, or
+    // a mask value other than 0 and 1 ("volume k: mask value v at slice s ..."). Checking the masks and
+    // finding the foreground slices read the allowed mask slices once. `augment` null: no augmentation.
     SliceBatcher(std::vector<SliceVolume> volumes, int64_t batch_size, int64_t crop_h, int64_t crop_w,
-                 uint64_t seed, int64_t n_fg_items, int num_threads);
+                 uint64_t seed, int64_t n_fg_items, int num_threads, const AugmentSpec* augment = nullptr);
 
     // Fills image_out and mask_out, each (batch_size, 1, crop_h, crop_w) float32, with step `step`.
     void fill(uint64_t step, float* image_out, float* mask_out, int num_threads) const;
 
     ItemDraw draw(uint64_t step, int64_t item) const;
+    // Augmentation parameters of one item (identity values without augmentation).
+    AugmentParams augment_params(uint64_t step, int64_t item) const;
+    bool augmenting() const { return augment_; }
 
     int64_t batch_size() const { return batch_size_; }
     int64_t crop_h() const { return crop_h_; }
@@ -96,7 +110,15 @@ public:
 
 private:
     void fill_item(uint64_t step, int64_t item, float* image_out, float* mask_out) const;
+    void fill_item_augmented(const ItemDraw& d, const AugmentParams& a, float* x, float* y) const;
+    ItemDraw draw_from(ItemRng& rng, int64_t item) const;
     float slice_minimum(int64_t volume, int64_t slice) const;
+    // Maximum and mean (double accumulation) of one slice, computed once and cached.
+    struct SliceMoments {
+        float maximum;
+        double mean;
+    };
+    const SliceMoments& slice_moments(int64_t volume, int64_t slice) const;
 
     std::vector<SliceVolume> volumes_;
     int64_t batch_size_, crop_h_, crop_w_;
@@ -108,6 +130,10 @@ private:
     // same value, so the result is deterministic.
     std::vector<int64_t> min_offset_;  // per volume, index of its slice 0 in min_cache_
     std::unique_ptr<std::atomic<uint64_t>[]> min_cache_;
+    bool augment_ = false;
+    AugmentSpec spec_;
+    std::unique_ptr<std::once_flag[]> moments_once_;  // allocated only when augmenting
+    std::unique_ptr<SliceMoments[]> moments_;
 };
 
 // Exact IEEE half -> float conversion of n values (F16C when the CPU has it, bit manipulation otherwise).

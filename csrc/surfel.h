@@ -407,7 +407,7 @@ inline void areas_from_counts(const Count* hist, const double areas[256], double
     for (int k = 0; k < 4; ++k) out[k] = s[k];
 }
 
-// Stencils larger than this are not worth it: wide tolerances use the EDT on the CPU.
+// Stencils larger than this are not worth it: wide tolerances threshold exact distances on the CPU.
 constexpr int64_t kMaxStencilOffsets = 4096;
 
 // Integer corner offsets (d0, d1, d2) whose distance is <= tolerance_mm, nearest first (so the common

@@ -394,6 +394,26 @@ def _corrupt_checkpoint(t):
     return run
 
 
+def _interrupted_run_other_source(t):
+    """The project's source run copied as if killed before its summary, then re-run with another --source."""
+    shutil.copytree(t.project / "source", t.root / "out")
+    (t.root / "out" / "summary.json").unlink()
+    return t.train(source="ge3", out="out")
+
+
+def _locked_out(t):
+    """--out is being written by another run: its lock is held (flock) with a holder line."""
+    import fcntl
+
+    (t.root / "out").mkdir()
+    handle = open(t.root / "out" / ".lock", "a+")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.write("pid 4242 on another-host since 2026-12-02 06:00:00\n")
+    handle.flush()
+    t.held_lock = handle  # kept open (and locked) for the duration of the case
+    return t.train(out="out")
+
+
 CASES = [
     # NIfTI files (data preprocess)
     Case("gzip-corrupt-byte", _corrupt_gzip, r"a\.nii\.gz: corrupt gzip stream"),
@@ -457,6 +477,18 @@ CASES = [
     Case("adapt-unknown-layers", _adapt("--layers", "regex:^nothing$"), r"nothing"),
     Case("predict-unknown-id", _predict("--ids", "CC9999"), r"--ids: 'CC9999' is not an id"),
     Case("predict-corrupt-checkpoint", _predict(model=_corrupt_checkpoint), r"checkpoint\.pt: not a readable checkpoint"),
+    # one --tolerance validator for every verb; run-folder identity and lock
+    Case("train-tolerance-negative", lambda t: t.train() + ["--tolerance", "-1"], r"--tolerance -1: .*> 0"),
+    Case("adapt-tolerance-nan", _adapt("--tolerance", "nan"), r"--tolerance nan: .*> 0"),
+    Case("predict-tolerance-zero", _predict("--tolerance", "0"), r"--tolerance 0: .*> 0"),
+    Case("train-resume-other-source", _interrupted_run_other_source, r"out: holds another run \(its source differs"),
+    Case("train-folder-locked", _locked_out, r"out: another run is writing this folder \(pid 4242 on another-host"),
+    Case("adapt-lr-steps-late", _adapt("--lr-steps", "5:0.1"), r"--lr-steps 5: at or beyond --epochs 1"),
+    Case("adapt-spottune-bad-temperature", _adapt("--strategy", "spottune", "--temperature", "0"),
+         r"--temperature must be > 0"),
+    Case("adapt-gradual-too-many-blocks", _adapt("--strategy", "gradual", "--blocks-trained", "99"),
+         r"--blocks-trained 99: dart20 has 8 blocks"),
+    Case("adapt-slices-on-2d", _adapt("--finetune-ids", "CC9999"), r"--finetune-ids: 'CC9999' is not an id"),
 ]
 
 

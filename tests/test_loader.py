@@ -229,3 +229,14 @@ def test_core_fill_checks_buffers():
             batcher.fill(0, bad, good, 1)
     with pytest.raises(ValueError, match="alias"):
         batcher.fill(0, good, good, 1)
+
+
+@pytest.mark.parametrize("value", [2, 255])
+def test_mask_values_other_than_0_and_1_are_rejected(value):
+    images, masks = make_volumes(np.float32)
+    masks[1] = masks[1].copy()
+    masks[1][2, 0, 0] = value
+    with pytest.raises(InputError, match=rf"masks\[1\] \(id 'scan-1'\): mask value {value} at slice 2"):
+        SliceLoader(images, masks, ids=[f"scan-{k}" for k in range(len(images))])
+    with pytest.raises(InputError, match=r"masks\[1\]: mask value"):
+        SliceLoader(images, masks, fg_fraction=0.5)

@@ -318,3 +318,17 @@ def test_core_checks_arguments_itself():
         core.surface_distances(np.zeros((2, 3), np.uint8), np.zeros((2, 3), np.uint8), [1, -1], 1)
     with pytest.raises(ValueError, match="C-contiguous"):
         core.surface_distances(np.zeros((4, 6), np.uint8)[:, ::2], np.zeros((4, 3), np.uint8), [1, 1], 1)
+
+
+def test_fortran_order_masks_score_the_same():
+    # NIfTI volumes arrive in Fortran order; the tiled C-order copy must not change any value
+    rng = np.random.default_rng(11)
+    for shape in [(13, 9, 70), (70, 5, 3), (31, 40)]:
+        gt, pred = blob_pair(rng, shape, 0.05, 1)
+        spacing = tuple(float(s) for s in rng.uniform(0.5, 2.0, size=len(shape)))
+        expected = score_case(gt, pred, spacing_mm=spacing, tolerances_mm=(1.0, 2.0))
+        for convert in (np.asfortranarray, lambda a: np.asfortranarray(a.astype(np.uint8) * 3)):
+            got = score_case(convert(gt), convert(pred), spacing_mm=spacing, tolerances_mm=(1.0, 2.0))
+            assert got == expected
+        f = np.asfortranarray(gt)
+        np.testing.assert_array_equal(_backend.core.c_order_mask(f), gt.astype(np.uint8))

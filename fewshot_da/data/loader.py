@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from fewshot_da._backend import core
+from fewshot_da.data.augment import AugmentOptions, augment_options
 from fewshot_da.errors import InputError
 
 _RING = 3  # buffers in the ring: the batch of call n is overwritten from call n + 2 on
@@ -66,6 +67,16 @@ def _check_volumes(images, masks, slices):
     return lists
 
 
+def _name_volume(message: str, ids) -> str:
+    """'volume k: ...' from the C++ side as 'masks[k] (id ...): ...'."""
+    head, sep, rest = message.partition(": ")
+    if sep and head.startswith("volume ") and head[7:].isdigit():
+        k = int(head[7:])
+        name = f"masks[{k}]" + (f" (id {ids[k]!r})" if ids is not None else "")
+        return f"{name}: {rest}"
+    return message
+
+
 def _check_step(step, method: str) -> int:
     if not isinstance(step, (int, np.integer)) or not 0 <= step < 2**64:
         raise InputError(f"SliceLoader.{method}: step must be an int in [0, 2**64), got {step!r}")
@@ -93,6 +104,14 @@ class SliceLoader:
          0 (mask).
     Same distribution as the reference (dpipe: RandomState for the scan, global np.random for the slice),
     not the same random stream: that one depends on thread timing and cannot be reproduced.
+    augment: AugmentOptions (or a preset name / dict, see data.augment.augment_options), None or mode
+    "none" for no augmentation (the batches above, unchanged). Otherwise each item then draws its
+    augmentation from the same engine and the C++ pass warps the crop window (rotation, quarter turns,
+    zoom, shear, flips, translation about the crop centre; bilinear; outside the slice: its minimum for
+    the image, 0 for the mask) and applies the intensity transforms; masks are interpolated bilinearly
+    and thresholded at 0.5 (>= 0.5 -> 1). See csrc/augment.h for the exact formulas and
+    augment_params(step) for the drawn values; loader_reference.reference_batch reproduces it in SciPy.
+    Masks must hold only 0 and 1 (InputError otherwise); `ids` (one name per volume) names the offender.
     fg_fraction: the last round(fg_fraction * batch_size) items of every batch (Python round, half to even)
     draw their volume among the volumes with an allowed foreground slice and their slice among those
     (foreground = any nonzero mask pixel in the whole slice; the crop may still miss it). Default 0.0, as
@@ -112,10 +131,13 @@ class SliceLoader:
     """
 
     def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                 slices: Optional[Sequence[Optional[Sequence[int]]]] = None, *, batch_size: int = 32,
-                 crop=(256, 256), seed: int = 0, num_threads: Optional[int] = None, prefetch: bool = True,
-                 fg_fraction: float = 0.0, pin_memory: Optional[bool] = None):
+                 slices: Sequence[Sequence[int] | None] | None = None, *, batch_size: int = 32,
+                 crop=(256, 256), seed: int = 0, num_threads: int | None = None, prefetch: bool = True,
+                 fg_fraction: float = 0.0, pin_memory: bool | None = None,
+                 augment: AugmentOptions | None = None, ids: Sequence[str] | None = None):
         lists = _check_volumes(images, masks, slices)
+        if ids is not None and len(ids) != len(images):
+            raise InputError(f"SliceLoader: {len(images)} images but {len(ids)} ids")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"SliceLoader: batch_size must be a positive int, got {batch_size!r}")
         ch, cw = _crop_pair(crop)
@@ -128,13 +150,16 @@ class SliceLoader:
         self.batch_size, self.crop, self.seed = int(batch_size), (ch, cw), int(seed)
         self.num_threads = int(num_threads) if num_threads is not None else _default_threads()
         self.fg_fraction = float(fg_fraction)
-        self.n_fg_items = int(round(self.fg_fraction * self.batch_size))
+        self.n_fg_items = round(self.fg_fraction * self.batch_size)
+        options = augment_options(augment)
+        self.augment = options if options.enabled else None
+        spec = self.augment.core_spec((ch, cw)) if self.augment is not None else None
         masks = [m.view(np.uint8) if m.dtype == np.bool_ else m for m in masks]
         try:
             self._batcher = core.SliceBatcher(list(images), list(masks), lists, self.batch_size, ch, cw,
-                                              self.seed, self.n_fg_items, self.num_threads)
+                                              self.seed, self.n_fg_items, self.num_threads, spec)
         except ValueError as exc:
-            raise InputError(f"SliceLoader: {exc}") from None
+            raise InputError(f"SliceLoader: {_name_volume(str(exc), ids)}") from None
         self.slices = lists
         pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         shape = (self.batch_size, 1, ch, cw)
@@ -174,7 +199,7 @@ class SliceLoader:
         x, y, _, _ = self._ring[slot]
         return x, y
 
-    def start(self, step: int) -> "SliceLoader":
+    def start(self, step: int) -> SliceLoader:
         """Make iteration continue at `step` (resume); prefetches it."""
         self._next_step = _check_step(step, "start")
         if self._pending is not None and self._pending[0] != self._next_step:
@@ -192,6 +217,19 @@ class SliceLoader:
         """[(volume, slice, y0, x0, centred)] of the items of step `step` (no data is read)."""
         step = _check_step(step, "draws")
         return [tuple(self._batcher.draw(step, i)) for i in range(self.batch_size)]
+
+    def augment_params(self, step: int) -> list:
+        """Per item of step `step`, a dict of its draw (volume, slice, y0, x0, centred) and its augmentation
+        (angle_deg, rot90, zoom, shear_y, shear_x, flip_y, flip_x, translate_y_px, translate_x_px, the
+        2 x 2 `matrix` M, bias, gamma, contrast, brightness, noise_sd, noise_key; identity values for
+        transforms not applied, or without augmentation). Recomputed from (seed, step, item); no data read."""
+        step = _check_step(step, "augment_params")
+        out = []
+        for i in range(self.batch_size):
+            volume, sl, y0, x0, centred = self._batcher.draw(step, i)
+            out.append({"volume": volume, "slice": sl, "y0": y0, "x0": x0, "centred": centred,
+                        **self._batcher.augment_params(step, i)})
+        return out
 
     def foreground_slices(self, volume: int) -> np.ndarray:
         """Allowed slices of `volume` with foreground (computed only when fg_fraction > 0)."""

@@ -208,13 +208,14 @@ def _file_identity(path: str, mode: str) -> str:
 
 def cache_key(record: Record, options: PreprocessOptions) -> str:
     """16 hex digits identifying (record files, options); raises InputError for a missing file."""
-    for path in (record.image, record.mask):
+    for path in filter(None, (record.image, record.mask)):
         if not Path(path).is_file():
             raise InputError(f"{path}: file not found (scan {record.id})")
     # resize/histogram are left out while unset, so entries cached before they existed keep their keys
     fields = {k: v for k, v in dataclasses.asdict(options).items() if v is not None or k not in ("resize", "histogram")}
     parts = [json.dumps(fields, sort_keys=True), str(CACHE_VERSION),
-             _file_identity(record.image, options.cache_key), _file_identity(record.mask, options.cache_key)]
+             _file_identity(record.image, options.cache_key),
+             _file_identity(record.mask, options.cache_key) if record.mask else "no mask"]
     if record.spacing_mm is not None and is_image2d(record.image):
         parts.append(f"pixel spacing {record.spacing_mm}")  # the manifest sets a 2D image's geometry
     if options.histogram is not None:
@@ -350,6 +351,8 @@ def scale_intensities(image: np.ndarray, clip_percentiles) -> np.ndarray:
 
 def _load_pair(record: Record):
     image = load_volume(record.image, spacing_mm=record.spacing_mm)
+    if not record.mask:  # images only (label-free uses: shift map): an empty mask, no file read
+        return image, image._replace(data=np.zeros(image.data.shape, dtype=np.uint8))
     mask = load_mask(record.mask, spacing_mm=record.spacing_mm)
     if image.data.shape != mask.data.shape:
         raise InputError(f"{record.mask}: mask shape {mask.data.shape} differs from image shape "

@@ -75,26 +75,33 @@ def identity_of(spec: dict, config: Optional[dict], data_files=(), parent: Optio
 
 
 def _first_difference(old: dict, new: dict) -> str:
-    for key in sorted(set(old) | set(new)):
+    for key in dict.fromkeys([*new, *old]):  # the spec's own field order: kind, arch, data, source, target, ...
         if old.get(key) != new.get(key):
             return key
     return "its data files or parent run"
 
 
+def check_claim(run_dir, spec: dict, identity: str) -> bool:
+    """Read-only: True when `run_dir` already holds this run, False when it holds none (or an unstarted one);
+    a one-line error when it holds another run that has started (a checkpoint or a summary)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        return False
+    old = read_run(run_dir)
+    if old.get("identity") == identity:
+        return True
+    if (run_dir / SUMMARY).exists() or (run_dir / "checkpoint.pt").exists():
+        what = _first_difference(old.get("spec") or {}, spec)
+        raise InputError(f"{run_dir}: holds another run (its {what} differs, or its data changed); "
+                         f"use a new --out folder or delete this one")
+    return False
+
+
 def claim(run_dir, spec: dict, identity: str) -> None:
     """Write run.yaml for a new run, or check that an existing one is the same run (else a one-line error)."""
-    run_dir = Path(run_dir)
-    path = run_dir / RUN_FILE
-    if path.is_file():
-        old = read_run(run_dir)
-        started = (run_dir / SUMMARY).exists() or (run_dir / "checkpoint.pt").exists()
-        if old.get("identity") != identity and started:
-            what = _first_difference(old.get("spec") or {}, spec)
-            raise InputError(f"{run_dir}: holds another run (its {what} differs, or its data changed); "
-                             f"use a new --out folder or delete this one")
-        if old.get("identity") == identity:
-            return
-    write_text_atomic(path, yaml.safe_dump({"identity": identity, "spec": spec}, sort_keys=False))
+    if not check_claim(run_dir, spec, identity):
+        write_text_atomic(Path(run_dir) / RUN_FILE, yaml.safe_dump({"identity": identity, "spec": spec},
+                                                                   sort_keys=False))
 
 
 def write_summary(run_dir, summary: dict) -> dict:

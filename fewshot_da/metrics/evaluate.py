@@ -1,4 +1,4 @@
-"""Score predicted NIfTI masks against ground truth: files or folders matched by case id -> metrics.csv, summary.json."""
+"""Score predicted masks against ground truth: files or folders matched by case id -> metrics.csv, summary.json."""
 
 from __future__ import annotations
 
@@ -6,38 +6,42 @@ import csv
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from fewshot_da.atomic import write_text_atomic
+from fewshot_da.data.datasets import CC359_NAME, MASK_SUFFIXES
+from fewshot_da.data.io import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES, is_image2d, strip_suffix
 from fewshot_da.errors import InputError
-from fewshot_da.metrics.scoring import score_case, surface_dice_key
+from fewshot_da.metrics.masks import binarize, read_mask_file
+from fewshot_da.metrics.scoring import DEFAULT_METRICS, check_metrics, result_keys, score_case
+from fewshot_da.metrics.summary import summarize
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-# Mask-name suffixes dropped to get the case id: CC359 brain masks (`CC0001_philips_15_55_M_ss`), IXI-style
-# `_brain` / `_mask`, and nnU-Net's first-channel suffix (`case_0000`).
-_ID_SUFFIX = re.compile(r"(_ss|_brain|_mask|_0000)$")
-# CC359 names carry vendor, field, age and sex after the id; the manifest (and `predict`) use the id alone.
-_CC359_STEM = re.compile(r"^(CC\d{4})_(siemens|ge|philips)_(15|3)_\d+_[MF]$")
+MASK_FILE_SUFFIXES = NIFTI_SUFFIXES + IMAGE2D_SUFFIXES
+# nnU-Net's first-channel suffix, dropped like the data layer's mask suffixes
+_CHANNEL_SUFFIX = "_0000"
+_STRIPPED = sorted((s for s in MASK_SUFFIXES if s), key=len, reverse=True) + [_CHANNEL_SUFFIX]
 
 
 def case_id(path: str | os.PathLike) -> str:
-    """Case id of a NIfTI file name: extension and one known mask/channel suffix removed."""
+    """Case id of a mask file name, by the data layer's rules: a CC359 name gives its id (`CC0001`); otherwise
+    the image suffix and one mask suffix (`_mask`, `_brain`, `_ss`, ... or nnU-Net's `_0000`) are removed."""
     name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    name = _ID_SUFFIX.sub("", name)
-    cc359 = _CC359_STEM.match(name)
-    return cc359.group(1) if cc359 else name
+    cc359 = CC359_NAME.match(name)
+    if cc359:
+        return cc359.group(1)
+    stem = strip_suffix(name)
+    for suffix in _STRIPPED:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
 
 
 def _index_folder(folder: Path, option: str) -> dict[str, Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(MASK_FILE_SUFFIXES))
     cases: dict[str, Path] = {}
     for path in files:
         cid = case_id(path)
@@ -61,7 +65,7 @@ def match_cases(gt: str | os.PathLike, pred: str | os.PathLike) -> list[tuple[st
         raise InputError(f"--gt {gt} and --pred {pred} must both be files or both be folders")
     gt_cases, pred_cases = _index_folder(gt, "--gt"), _index_folder(pred, "--pred")
     if not gt_cases:
-        raise InputError(f"--gt {gt}: no NIfTI files (.nii / .nii.gz)")
+        raise InputError(f"--gt {gt}: no mask files (.nii / .nii.gz / .png ...)")
     common = sorted(set(gt_cases) & set(pred_cases))
     if not common:
         raise InputError(
@@ -79,49 +83,38 @@ def match_cases(gt: str | os.PathLike, pred: str | os.PathLike) -> list[tuple[st
     return [(cid, gt_cases[cid], pred_cases[cid]) for cid in common]
 
 
-def load_mask(path: Path, label: int | None = None):
-    """(binary mask, spacing_mm, affine, shape) of a 2D/3D NIfTI; foreground = value > 0, or == `label`."""
-    import zlib
-
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except (ImageFileError, OSError, ValueError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: cannot read NIfTI ({exc})".splitlines()[0]) from None
-    if data.ndim not in (2, 3):
-        raise InputError(f"{path}: expected a 2D or 3D mask, got shape {data.shape}")
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise InputError(f"{path}: mask contains NaN or infinite values")
-    mask = data > 0 if label is None else data == label
-    spacing = tuple(float(z) for z in image.header.get_zooms()[: data.ndim])
-    if not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"{path}: header voxel spacing {spacing} is not positive")
-    return mask, spacing, np.asarray(image.affine, dtype=float), data.shape
+def load_mask(path: Path, label: int | None = None, threshold: float | None = None):
+    """(binary mask, spacing_mm, affine, shape) of a 2D/3D NIfTI or 2D image; binarised by `masks.binarize`."""
+    mask_file = read_mask_file(path)
+    mask = binarize(mask_file.data, path, label=label, threshold=threshold)
+    return mask, mask_file.spacing_mm, mask_file.affine, mask_file.data.shape
 
 
-def _summary(rows: list[dict], metrics: list[str], tolerances: list[float]) -> dict:
-    """Per-case records plus mean/std over finite values; NaN and inf are counted, never averaged away."""
-    summary = {
-        "per_case": [],
-        "mean": {},
-        "std": {},
-        "n": {},
-        "n_nan": {},
-        "n_inf": {},
-        "tolerances_mm": tolerances,
-    }
-    summary["per_case"] = [dict(row) for row in rows]
-    for metric in metrics:
-        values = np.array([row[metric] for row in rows], dtype=float)
-        finite = values[np.isfinite(values)]
-        summary["n"][metric] = int(finite.size)
-        summary["n_nan"][metric] = int(np.isnan(values).sum())
-        summary["n_inf"][metric] = int(np.isinf(values).sum())
-        summary["mean"][metric] = float(finite.mean()) if finite.size else None
-        summary["std"][metric] = float(finite.std(ddof=1)) if finite.size > 1 else None
+def _score_pair(pair, *, tolerances, metrics, label, threshold, num_threads) -> tuple[dict, bool]:
+    """(row, label absent from both masks) of one case."""
+    cid, gt_path, pred_path = pair
+    gt_mask, spacing, gt_affine, gt_shape = load_mask(gt_path, label, threshold)
+    pred_mask, _, pred_affine, pred_shape = load_mask(pred_path, label, threshold)
+    if gt_shape != pred_shape:
+        raise InputError(f"{gt_path} and {pred_path}: shapes differ {gt_shape} vs {pred_shape}")
+    if not np.allclose(gt_affine, pred_affine, rtol=1e-5, atol=1e-5):
+        raise InputError(f"{gt_path} and {pred_path}: affines differ (not on the same grid)")
+    absent = label is not None and not gt_mask.any() and not pred_mask.any()
+    scores = score_case(
+        gt_mask, pred_mask, spacing_mm=spacing, tolerances_mm=tolerances, num_threads=num_threads,
+        metrics=metrics,
+    )
+    return {"case": cid, **{k: float(v) for k, v in scores.items()}}, absent
+
+
+def _summary(rows: list[dict], keys: list[str], tolerances: list[float]) -> dict:
+    """Per-case records plus `summarize` of every metric: mean/sd over finite values, NaN and inf counted."""
+    summary = {"per_case": [dict(row) for row in rows], "mean": {}, "sd": {}, "n": {}, "n_nan": {}, "n_inf": {},
+               "tolerances_mm": tolerances}
+    for key in keys:
+        stats = summarize(row[key] for row in rows)
+        for field in ("mean", "sd", "n", "n_nan", "n_inf"):
+            summary[field][key] = stats[field]
     return summary
 
 
@@ -132,54 +125,92 @@ def evaluate_paths(
     tolerances_mm: Sequence[float] = (1.0,),
     out_dir: str | os.PathLike | None = None,
     label: int | None = None,
+    threshold: float | None = None,
+    metrics: Sequence[str] | None = None,
+    workers: int = 1,
     num_threads: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict:
     """Score every prediction against its ground truth and return the summary (also written to `out_dir`).
 
-    `gt` / `pred` are NIfTI files or folders whose files are matched by case id (`case_id`: CC359 `_ss`,
-    `_brain`, `_mask` and nnU-Net `_0000` suffixes are ignored). Each pair must share shape and affine;
-    masks are binarised (> 0, or == `label`) and scored with the header spacing by `score_case`.
-    Writes `metrics.csv` (case, dice, surface_dice_<tol>mm..., hd95_mm, assd_mm) and `summary.json`
-    (per_case, mean, std, n, n_nan, n_inf per metric; mean/std over the finite values; NaN/inf written as
-    null) when `out_dir` is given; the returned dict keeps them as floats. Raises InputError with a one-line message on bad input.
+    `gt` / `pred` are mask files (NIfTI, or 2D images such as PNG with 1 mm pixels) or folders of them
+    matched by `case_id`. Each pair must share shape and affine. Masks must hold integers (binary, or a
+    label map whose labels > 0 are merged), else pass `threshold` (foreground = value > threshold) or
+    `label` (value == label). `metrics` names what is computed (scoring.METRICS; default dice, sdsc, hd95,
+    assd, plus pixel_error and ari when the masks are 2D images). `workers` cases are scored at once in
+    threads (decoding and kernels release the GIL; each case then uses one kernel thread unless
+    `num_threads` says otherwise). Writes `metrics.csv` and `summary.json` (per_case, and mean, sd, n,
+    n_nan, n_inf per metric from `summarize`; NaN/inf as null; n_label_absent, n_gt_unscored) when
+    `out_dir` is given. Raises InputError with a one-line message on bad input.
     """
     tolerances = [float(t) for t in tolerances_mm]
     if not tolerances or not all(t >= 0 and math.isfinite(t) for t in tolerances):
         raise InputError(f"--tolerance values must be finite and >= 0, got {tolerances_mm!r}")
+    if label is not None and threshold is not None:
+        raise InputError("--label and --threshold exclude each other (a label map or a probability map)")
+    if threshold is not None and not math.isfinite(float(threshold)):
+        raise InputError(f"--threshold must be finite, got {threshold!r}")
+    if int(workers) != workers or workers < 1:
+        raise InputError(f"--workers must be a positive integer, got {workers!r}")
     pairs = match_cases(gt, pred)
-    metrics = ["dice"] + [surface_dice_key(t) for t in tolerances] + ["hd95_mm", "assd_mm"]
-    iterator = pairs
+    if metrics is None:
+        two_d = any(is_image2d(g) or is_image2d(p) for _, g, p in pairs)
+        metrics = DEFAULT_METRICS + (("pixel_error", "ari") if two_d else ())
+    metrics = check_metrics(metrics)
+    keys = result_keys(metrics, tolerances)
+    threads = num_threads if num_threads is not None or workers == 1 else 1
+    score = lambda pair: _score_pair(
+        pair, tolerances=tolerances, metrics=metrics, label=label, threshold=threshold, num_threads=threads
+    )
+    bar = None
     if progress and len(pairs) > 1:
         from tqdm import tqdm
 
-        iterator = tqdm(pairs, desc="scoring", unit="case", leave=False)
-    rows = []
-    for cid, gt_path, pred_path in iterator:
-        gt_mask, spacing, gt_affine, gt_shape = load_mask(gt_path, label)
-        pred_mask, _, pred_affine, pred_shape = load_mask(pred_path, label)
-        if gt_shape != pred_shape:
-            raise InputError(f"{gt_path} and {pred_path}: shapes differ {gt_shape} vs {pred_shape}")
-        if not np.allclose(gt_affine, pred_affine, rtol=1e-5, atol=1e-5):
-            raise InputError(f"{gt_path} and {pred_path}: affines differ (not on the same grid)")
-        scores = score_case(
-            gt_mask, pred_mask, spacing_mm=spacing, tolerances_mm=tolerances, num_threads=num_threads
-        )
-        rows.append({"case": cid, **{m: float(scores[m]) for m in metrics}})
-    summary = _summary(rows, metrics, tolerances)
+        bar = tqdm(total=len(pairs), desc="scoring", unit="case", leave=False)
+    results = []
+    if workers == 1 or len(pairs) == 1:
+        for pair in pairs:
+            results.append(score(pair))
+            if bar is not None:
+                bar.update()
+    else:
+        with ThreadPoolExecutor(max_workers=min(int(workers), len(pairs))) as pool:
+            futures = [pool.submit(score, pair) for pair in pairs]
+            try:
+                for future in futures:
+                    results.append(future.result())
+                    if bar is not None:
+                        bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    if bar is not None:
+        bar.close()
+    rows = [row for row, _ in results]
+    summary = _summary(rows, keys, tolerances)
+    summary["metrics"] = list(metrics)
+    summary["label"] = label
+    summary["threshold"] = threshold
+    summary["n_label_absent"] = sum(absent for _, absent in results)
+    summary["label_absent_cases"] = [row["case"] for row, absent in results if absent]
     gt_path = Path(gt)
     summary["n_gt_unscored"] = (len(_index_folder(gt_path, "--gt")) - len(rows)) if gt_path.is_dir() else 0
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "metrics.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["case"] + metrics)
-            for row in rows:
-                writer.writerow([row["case"]] + [repr(row[m]) for m in metrics])
+        lines = [["case"] + keys] + [[row["case"]] + [repr(row[k]) for k in keys] for row in rows]
+        write_text_atomic(out / "metrics.csv", _csv_text(lines))
         write_text_atomic(out / "summary.json",
                           json.dumps(_json_safe(summary), indent=2, sort_keys=True, allow_nan=False) + "\n")
     return summary
+
+
+def _csv_text(lines: list[list[str]]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(lines)
+    return buffer.getvalue()
 
 
 def _json_safe(value):
@@ -194,10 +225,10 @@ def _json_safe(value):
 
 
 def format_table(summary: dict, max_rows: int = 20) -> str:
-    """Plain-text table: one row per case (up to `max_rows`), then 'mean ± std (n, NaN/inf counts)' per metric."""
+    """Plain-text table: one row per case (up to `max_rows`), then 'mean ± sd (n, NaN/inf counts)' per metric."""
     metrics = list(summary["mean"])
     cases = summary["per_case"]
-    width = max([len("case")] + [len(r["case"]) for r in cases[:max_rows]] + [len("mean ± std")])
+    width = max([len("case")] + [len(r["case"]) for r in cases[:max_rows]] + [len("mean ± sd")])
     header = "case".ljust(width) + "".join(f"  {m:>20}" for m in metrics)
     lines = [header, "-" * len(header)]
     for row in cases[:max_rows]:
@@ -208,9 +239,9 @@ def format_table(summary: dict, max_rows: int = 20) -> str:
     lines.append("-" * len(header))
     cells = []
     for m in metrics:
-        mean, std = summary["mean"][m], summary["std"][m]
-        cells.append(f"  {_fmt(mean) + (' ± ' + _fmt(std) if std is not None else ''):>20}")
-    lines.append("mean ± std".ljust(width) + "".join(cells))
+        mean, sd = summary["mean"][m], summary["sd"][m]
+        cells.append(f"  {_fmt(mean) + (' ± ' + _fmt(sd) if sd is not None else ''):>20}")
+    lines.append("mean ± sd".ljust(width) + "".join(cells))
     notes = []
     for m in metrics:
         bad = [
@@ -220,6 +251,8 @@ def format_table(summary: dict, max_rows: int = 20) -> str:
             notes.append(f"{m}: n={summary['n'][m]}, " + ", ".join(bad))
     if summary.get("n_gt_unscored"):
         notes.append(f"{summary['n_gt_unscored']} ground-truth case(s) without a prediction not scored")
+    if summary.get("n_label_absent"):
+        notes.append(f"label {summary['label']} absent from both masks in {summary['n_label_absent']} case(s)")
     lines.append(f"n = {len(cases)} case(s)" + ("; " + "; ".join(notes) if notes else ""))
     return "\n".join(lines)
 

@@ -1,22 +1,28 @@
-"""The one aggregate of per-case values: mean, sd (ddof=1), n, n_nan — for run summaries, eval and tables."""
+"""One aggregation for per-case scores: mean, sd (ddof=1), n, and counts of NaN and inf, never averaged away."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
-import numpy as np
+from collections.abc import Iterable
 
 
-def summarize(values: Sequence[float]) -> dict:
-    """{'mean', 'sd', 'n', 'n_nan'} over the finite values; NaN/inf are counted in n_nan, never hidden.
+def summarize(values: Iterable[float]) -> dict:
+    """{'mean', 'sd', 'n', 'n_nan', 'n_inf'} of the finite values.
 
-    mean is NaN when no value is finite; sd (sample, ddof=1) is NaN with fewer than two finite values.
+    mean is None when no value is finite, sd (sample, ddof=1) when fewer than two are; n counts the finite
+    values, n_nan / n_inf the others (None counts as NaN), so nothing is dropped silently.
     """
-    v = np.asarray([float("nan") if x is None else x for x in values], dtype=float)
-    finite = v[np.isfinite(v)]
-    return {
-        "mean": float(finite.mean()) if finite.size else math.nan,
-        "sd": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
-        "n": int(v.size),
-        "n_nan": int(v.size - finite.size),
-    }
+    finite: list[float] = []
+    n_nan = n_inf = 0
+    for value in values:
+        v = math.nan if value is None else float(value)
+        if math.isnan(v):
+            n_nan += 1
+        elif math.isinf(v):
+            n_inf += 1
+        else:
+            finite.append(v)
+    n = len(finite)
+    mean = math.fsum(finite) / n if n else None
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "sd": sd, "n": n, "n_nan": n_nan, "n_inf": n_inf}
