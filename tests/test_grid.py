@@ -338,4 +338,5 @@ def test_yaml_overrides_replace_schedule_values_whole():
     assert plan["schedules"]["source"]["lr_steps"] == {} and plan["schedules"]["source"]["crop"] == 128
     assert plan["schedules"]["finetune"]["lr_steps"] == {2: 0.1}
     plan = load_plan({"base": "ixi-shift", "data": {"n": 4}})
-    assert plan["data"]["n"] == 4 and set(plan["data"]["shifts"]) == {"shift-gamma", "shift-bright", "shift-noisy"}
+    assert plan["data"]["n"] == 4
+    assert set(plan["data"]["shifts"]) == {"shift-gamma", "shift-bright", "shift-noisy"}

@@ -48,7 +48,7 @@ DEFAULTS = {
     "seeds": [0],  # seeds of the adapted runs
     "model_seed": 0,  # seed of the source and oracle models (shared by every adapted run)
     "folds": [0, 1, 2],  # oracle cross-validation folds to train
-    "cv_folds": None,  # k: adapted runs fine-tune on CV fold f of k over the target (f = 0..k-1) and test on its rest
+    "cv_folds": None,  # k: adapted runs fine-tune on CV fold f of k of the target (f < k), test on the rest
     "baselines": True,
     "oracles": True,
     "schedules": {"source": {}, "finetune": {}},  # TrainConfig overrides (epochs, iters_per_epoch, lr, ...)
@@ -216,8 +216,8 @@ _MERGE_DEPTH = {"data": 1, "schedules": 2}
 
 
 def _merge(base: dict, override: dict, depth: Optional[int] = None) -> dict:
-    """`override` on top of `base`: top-level keys are replaced, except `data` and `schedules`, which merge key
-    by key down to _MERGE_DEPTH levels."""
+    """`override` on top of `base`: top-level keys are replaced, except `data` and `schedules`, which merge
+    key by key down to _MERGE_DEPTH levels."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         level = _MERGE_DEPTH.get(key, 0) if depth is None else depth
