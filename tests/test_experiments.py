@@ -111,7 +111,8 @@ def test_demo_quick_end_to_end(tmp_path):
     lines = []
     result = run_demo(tmp_path / "demo", quick=True, progress=False, log=lines.append)
     rows = {(r["method"], r["budget"]): r for r in result["rows"]}
-    assert len(rows) == 10 and {("adabn", "no labels"), ("histogram", "no labels")} <= set(rows)
+    label_free = {("adabn", "no labels"), ("histogram", "no labels"), ("src+aug", "no labels")}
+    assert len(rows) == 11 and label_free <= set(rows)
     assert rows[("baseline", "-")]["gap_closed"] == pytest.approx(0.0) or np.isnan(rows[("baseline", "-")]["gap_closed"])
     oracle = rows[("oracle", "-")]["gap_closed"]
     assert oracle == pytest.approx(1.0) or np.isnan(oracle)

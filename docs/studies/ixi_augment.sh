@@ -8,9 +8,9 @@ mkdir -p "$OUT" && cd "$OUT"
 fewshot-da data index folder "$DATA/ixi-hh" --domain ixi --out ixi.csv
 fewshot-da data shift ixi.csv --domain ixi --n 16 --new-domain ixi-shift --out-dir shifted --out ixi-shift.csv
 fewshot-da data split ixi-shift.csv --out splits.json
-GRID=(--reorient-ras --spacing-mm 2 2 2 --crop 128 --batch-size 8 --tolerance 1 --tolerance 2 --quiet)
+GRID=(--reorient-ras --spacing-mm 2 2 2 --crop 128 --batch-size 8 --tolerance 1 --tolerance 2 --quiet --num-threads 1)
 SRC=(--epochs 8 --iters-per-epoch 50 --lr-steps 5:0.1 --seed 0)
-FT=(--crop 128 --batch-size 8 --epochs 4 --iters-per-epoch 25 --lr-steps 2:0.1 --tolerance 1 --tolerance 2 --quiet)
+FT=(--crop 128 --batch-size 8 --epochs 4 --iters-per-epoch 25 --lr-steps 2:0.1 --tolerance 1 --tolerance 2 --quiet --num-threads 1)
 fewshot-da train --data ixi-shift.csv --splits splits.json --source ixi --arch dart20 "${GRID[@]}" "${SRC[@]}" \
   --out runs/src-plain
 fewshot-da train --data ixi-shift.csv --splits splits.json --source ixi --arch dart20 "${GRID[@]}" "${SRC[@]}" \

@@ -59,6 +59,7 @@ def main(argv=None):
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=None, help="Preprocessing cache (default OUT/cache).")
     parser.add_argument("--quick", action="store_true", help="Tiny schedules (a smoke run; numbers mean nothing).")
     args = parser.parse_args(argv)
     source_schedule, finetune_schedule = dict(SOURCE), dict(FINETUNE)
@@ -81,7 +82,8 @@ def main(argv=None):
         width = ARCHS[arch]
         source = args.out / "runs" / arch / "source"
         stages.train(manifest=manifest, splits=splits, source="busi", out=source, arch=arch, preprocess=prep,
-                     cache=args.out / "cache", overrides=dict(source_schedule, base_filters=width), progress=False)
+                     cache=args.cache or args.out / "cache", overrides=dict(source_schedule, base_filters=width),
+                     progress=False)
         # replicates: (budget label, scans, seed, folds, fold)
         settings = [(f"{n} images", n, s, None, None) for n in args.budgets for s in args.seeds]
         settings += [(f"CV {args.folds}-fold", None, 0, args.folds, f) for f in range(args.folds)]

@@ -83,6 +83,9 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     log(f"[4/6] oracle model on {target} ({len(oracle_ids)} scans outside the test set)")
     stages.train(ids=oracle_ids, eval_ids=[], out=out / "runs" / "oracle", overrides=source_overrides, **common)
 
+    log(f"[4/6] source model on {source} with intensity augmentation (a label-free baseline, as M3DA)")
+    stages.train(source=source, out=out / "runs" / "source-intensity-aug",
+                 overrides=dict(source_overrides, augment={"preset": "intensity", "mode": "intensity"}), **common)
     log(f"[5/6] adapt to {target}: layers first/last/all x budgets 1 scan, 1/{cfg['slices_k']} of a scan")
     ft_overrides = _schedule(cfg["finetune_steps"], 1e-3, cfg["finetune_steps"][0] * 3 // 4, cfg["batch_size"],
                              crop, seed)
@@ -99,6 +102,7 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
         stages.adapt(model=out / "runs" / "source", target=target, out=out / "runs" / strategy, strategy=strategy,
                      scans=1, overrides=ft_overrides, evaluate=False, progress=progress)
         adapted[(strategy, "no labels")] = out / "runs" / strategy
+    adapted[("src+aug", "no labels")] = out / "runs" / "source-intensity-aug"
 
     log(f"[6/6] predict and score {len(test_ids)} held-out {target} scans (surface Dice at 1 mm)")
     models = {("baseline", "-"): out / "runs" / "source", ("oracle", "-"): out / "runs" / "oracle", **adapted}
