@@ -13,8 +13,6 @@ and its two parts, `mean_shift_sd` (mean |mean_t - mean_s| / sd_s) and `log_sd_r
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path

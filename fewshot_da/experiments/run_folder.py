@@ -151,3 +151,13 @@ def locked(run_dir, *, wait: bool = False, poll_s: float = 1.0) -> Iterator[Path
         yield run_dir
     finally:
         handle.close()
+
+
+@contextmanager
+def open_run(run_dir, spec: dict, identity: str, *, wait: bool = False) -> Iterator[Optional[dict]]:
+    """Refuse a folder holding another run (before touching it), hold its lock, claim it; yields the finished
+    summary (the run is done: skip it) or None (work to do)."""
+    check_claim(run_dir, spec, identity)
+    with locked(run_dir, wait=wait):
+        claim(run_dir, spec, identity)
+        yield finished_summary(run_dir)

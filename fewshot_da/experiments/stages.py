@@ -26,7 +26,7 @@ from ..training.config import load_config, preset_config, with_overrides
 from ..training.fit import fit, load_checkpoint, load_pretrained, save_checkpoint
 from ..training.strategies import LABEL_FREE, make_strategy
 from .results import budget_label
-from .run_folder import check_claim, claim, finished_summary, identity_of, locked, read_run, write_summary
+from .run_folder import finished_summary, identity_of, locked, open_run, read_run, write_summary
 from .scoring import aggregate_scores, score_volumes
 
 
@@ -185,10 +185,7 @@ def train(*, manifest, splits, out, source: Optional[str] = None, ids: Optional[
                    eval_ids=list(eval_ids or []), seed=cfg.seed)
     identity = identity_of(spec.as_dict(), cfg.resolved(), [manifest, splits])
     run_dir = Path(out)
-    check_claim(run_dir, spec.as_dict(), identity)  # refuse another run before touching the folder
-    with locked(run_dir, wait=wait):
-        claim(run_dir, spec.as_dict(), identity)
-        done = finished_summary(run_dir)
+    with open_run(run_dir, spec.as_dict(), identity, wait=wait) as done:
         if done is not None:
             return done
         volumes = open_volumes(manifest, spec.train_ids + spec.eval_ids, cache=spec.cache, preprocess=options,
@@ -260,10 +257,7 @@ def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options
                    eval_ids=list(test_ids), parent=str(parent_dir.resolve()), seed=cfg.seed)
     run_dir = Path(out)
     identity = identity_of(spec.as_dict(), cfg.resolved(), [spec.manifest, spec.splits], parent=parent_dir)
-    check_claim(run_dir, spec.as_dict(), identity)  # refuse another run before touching the folder
-    with locked(run_dir, wait=wait):
-        claim(run_dir, spec.as_dict(), identity)
-        done = finished_summary(run_dir)
+    with open_run(run_dir, spec.as_dict(), identity, wait=wait) as done:
         if done is not None:
             return done
         tune_vols = open_volumes(spec.manifest, ids, cache=spec.cache, preprocess=tune_options,
