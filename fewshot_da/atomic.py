@@ -143,11 +143,9 @@ def write_json_atomic(path, data) -> Path:
 
 
 def format_cell(value) -> str:
-    """One CSV cell: floats with 6 significant decimals ('nan' kept, never dropped), the rest as str."""
-    import math
-
+    """One CSV cell: floats in their shortest exact form ('nan' and 'inf' kept, never dropped), the rest as str."""
     if isinstance(value, float):
-        return f"{value:.6f}" if math.isfinite(value) else ("nan" if math.isnan(value) else str(value))
+        return repr(float(value))
     return "" if value is None else str(value)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot_da.atomic import write_text_atomic
+from fewshot_da.atomic import write_csv_atomic, write_json_atomic
 from fewshot_da.data.datasets import CC359_NAME, MASK_SUFFIXES
 from fewshot_da.data.io import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES, is_image2d, strip_suffix
 from fewshot_da.errors import InputError
@@ -198,30 +196,10 @@ def evaluate_paths(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        lines = [["case"] + keys] + [[row["case"]] + [repr(row[k]) for k in keys] for row in rows]
-        write_text_atomic(out / "metrics.csv", _csv_text(lines))
-        write_text_atomic(out / "summary.json",
-                          json.dumps(_json_safe(summary), indent=2, sort_keys=True, allow_nan=False) + "\n")
+        write_csv_atomic(out / "metrics.csv", [{"case": row["case"], **{k: row[k] for k in keys}} for row in rows],
+                         ["case"] + keys)
+        write_json_atomic(out / "summary.json", summary)  # strict JSON: NaN/inf -> null, counted in n_nan/n_inf
     return summary
-
-
-def _csv_text(lines: list[list[str]]) -> str:
-    import io
-
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(lines)
-    return buffer.getvalue()
-
-
-def _json_safe(value):
-    """NaN / inf -> None, so summary.json is strict JSON (counts of each stay in n_nan / n_inf)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def format_table(summary: dict, max_rows: int = 20) -> str:
