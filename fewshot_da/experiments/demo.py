@@ -62,13 +62,13 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     source, target = cfg["source"], cfg["target"]
     crop = cfg["shape"][0]
 
-    log(f"[1/6] phantoms: {cfg['scans_per_domain']} scans each of {source} (source) and {target} (target) "
+    log(f"[1/7] phantoms: {cfg['scans_per_domain']} scans each of {source} (source) and {target} (target) "
         f"{cfg['shape']} voxels")
     records = write_phantom_dataset(out / "data", domains=(source, target), scans_per_domain=cfg["scans_per_domain"],
                                     shape=cfg["shape"], seed=seed)
     records = index_cc359(out / "data")
     manifest = write_manifest(records, out / "manifest.csv")
-    log("[2/6] splits (seed 0xBadCafe, as the reference)")
+    log("[2/7] splits (seed 0xBadCafe, as the reference)")
     splits_path = out / "splits.json"
     split = splits_mod.write_splits(records, splits_path)
 
@@ -77,16 +77,16 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     oracle_ids = [r.id for r in records if r.domain == target and r.id not in set(test_ids)]
 
     common = dict(manifest=manifest, splits=splits_path, arch=arch, cache=out / "cache", progress=progress)
-    log(f"[3/6] source model on {source}")
+    log(f"[3/7] source model on {source}")
     source_overrides = _schedule(cfg["source_steps"], 1e-2, cfg["source_steps"][0] * 3 // 4, cfg["batch_size"], crop, seed)
     stages.train(source=source, out=out / "runs" / "source", overrides=source_overrides, **common)
-    log(f"[4/6] oracle model on {target} ({len(oracle_ids)} scans outside the test set)")
+    log(f"[4/7] oracle model on {target} ({len(oracle_ids)} scans outside the test set)")
     stages.train(ids=oracle_ids, eval_ids=[], out=out / "runs" / "oracle", overrides=source_overrides, **common)
 
-    log(f"[4/6] source model on {source} with intensity augmentation (a label-free baseline, as M3DA)")
+    log(f"[5/7] source model on {source} with intensity augmentation (a label-free baseline, as M3DA)")
     stages.train(source=source, out=out / "runs" / "source-intensity-aug",
                  overrides=dict(source_overrides, augment={"preset": "intensity", "mode": "intensity"}), **common)
-    log(f"[5/6] adapt to {target}: layers first/last/all x budgets 1 scan, 1/{cfg['slices_k']} of a scan")
+    log(f"[6/7] adapt to {target}: layers first/last/all x budgets 1 scan, 1/{cfg['slices_k']} of a scan; AdaBN, histogram")
     ft_overrides = _schedule(cfg["finetune_steps"], 1e-3, cfg["finetune_steps"][0] * 3 // 4, cfg["batch_size"],
                              crop, seed)
     adapted = {}
@@ -104,7 +104,7 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
         adapted[(strategy, "no labels")] = out / "runs" / strategy
     adapted[("src+aug", "no labels")] = out / "runs" / "source-intensity-aug"
 
-    log(f"[6/6] predict and score {len(test_ids)} held-out {target} scans (surface Dice at 1 mm)")
+    log(f"[7/7] predict and score {len(test_ids)} held-out {target} scans (surface Dice at 1 mm)")
     models = {("baseline", "-"): out / "runs" / "source", ("oracle", "-"): out / "runs" / "oracle", **adapted}
     scores, masks = {}, {}
     for key, run_dir in models.items():
