@@ -86,7 +86,8 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     log(f"[5/7] source model on {source} with intensity augmentation (a label-free baseline, as M3DA)")
     stages.train(source=source, out=out / "runs" / "source-intensity-aug",
                  overrides=dict(source_overrides, augment={"preset": "intensity", "mode": "intensity"}), **common)
-    log(f"[6/7] adapt to {target}: layers first/last/all x budgets 1 scan, 1/{cfg['slices_k']} of a scan; AdaBN, histogram")
+    log(f"[6/7] adapt to {target}: layers first/last/all x budgets 1 scan, 1/{cfg['slices_k']} of a scan; "
+        "AdaBN and histogram matching (no labels)")
     ft_overrides = _schedule(cfg["finetune_steps"], 1e-3, cfg["finetune_steps"][0] * 3 // 4, cfg["batch_size"],
                              crop, seed)
     adapted = {}
