@@ -41,7 +41,7 @@ def test_markdown_and_csv(tmp_path):
     md = table.markdown()
     assert md.splitlines() == ["### Title", "", "cap", "", "| a | b\\|c |", "| --- | --- |", "| 1 | x |"]
     csv_path, md_path = write_table(table, tmp_path)
-    assert csv_path.read_text() == "a,b\n1.500000,nan\n" and md_path.read_text() == md
+    assert csv_path.read_text() == "a,b\n1.5,nan\n" and md_path.read_text() == md
 
 
 def test_policy_matrix_averages_runs_and_orders_units(tmp_path):
