@@ -29,7 +29,7 @@ def strategies(arch: str) -> list:
     if arch != "classic":
         return fixed
     gradual = [(f"gradual-{o}-K{k}", "gradual", {"order": o, "blocks_trained": k})
-               for o in ("shallow-deep", "deep-shallow") for k in (1, 3, 5)]
+               for o in ("shallow-deep", "deep-shallow") for k in (1, 3, 5, 7)]
     return fixed + gradual
 
 
@@ -55,7 +55,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 5, 10])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 5, 10])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
     parser.add_argument("--threads", type=int, default=2)
