@@ -22,6 +22,19 @@
 
 #include "surfel.h"
 
+// One 64-bit word of surface corners: corner bit b is on the surface when the 2 or 4 voxel rows around it (each
+// seen at voxels b - 1 and b) are neither all inside nor all outside the mask.
+static inline uint64_t surface_word(const uint64_t* const* rows, int nrows, int64_t wi) {
+    uint64_t all = ~0ULL, one = 0;
+    for (int k = 0; k < nrows; ++k) {
+        const uint64_t upper = rows[k][wi];
+        const uint64_t lower = (upper << 1) | (wi > 0 ? rows[k][wi - 1] >> 63 : 0);
+        all &= upper & lower;
+        one |= upper | lower;
+    }
+    return one & ~all;
+}
+
 namespace fewshot_da {
 namespace {
 
@@ -271,15 +284,7 @@ void stencil_counts(const MaskPair& m, const std::vector<std::vector<std::array<
                     }
                     uint64_t acc = 0;
                     for (int64_t wi = 0; wi < words; ++wi) {
-                        uint64_t all = ~0ULL, one = 0;
-                        for (int k = 0; k < nrows; ++k) {
-                            // corner bit b sees voxels b - 1 (row shifted up by one) and b
-                            const uint64_t upper = rows[k][wi];
-                            const uint64_t lower = (upper << 1) | (wi > 0 ? rows[k][wi - 1] >> 63 : 0);
-                            all &= upper & lower;
-                            one |= upper | lower;
-                        }
-                        o[wi] = one & ~all;
+                        o[wi] = surface_word(rows, nrows, wi);
                         acc |= o[wi];
                     }
                     any[c1] = acc != 0;
@@ -500,15 +505,7 @@ bool pack_surfaces(const MaskPair& m, int threads, PackedSurfaces* p) {
             uint64_t* o = p->surf[w].data() + r * words;
             int64_t count = 0;
             for (int64_t wi = 0; wi < words; ++wi) {
-                uint64_t all = ~0ULL, one = 0;
-                for (int k = 0; k < nrows; ++k) {
-                    // corner bit c sees voxels c - 1 (the row shifted up by one) and c
-                    const uint64_t upper = rows[k][wi];
-                    const uint64_t lower = (upper << 1) | (wi > 0 ? rows[k][wi - 1] >> 63 : 0);
-                    all &= upper & lower;
-                    one |= upper | lower;
-                }
-                o[wi] = one & ~all;
+                o[wi] = surface_word(rows, nrows, wi);
                 count += __builtin_popcountll(o[wi]);
             }
             p->sany[w][r] = count != 0;
