@@ -12,10 +12,10 @@ def cli():
 
 def _register():
     from fewshot_da_cli import commands_metrics, commands_data, commands_model, commands_experiments
-    from fewshot_da_cli import commands_diagnostics, commands_grid, commands_report
+    from fewshot_da_cli import commands_diagnostics, commands_grid, commands_recommend, commands_report
 
     for module in (commands_metrics, commands_data, commands_model, commands_experiments, commands_report,
-                   commands_diagnostics, commands_grid):
+                   commands_diagnostics, commands_grid, commands_recommend):
         for command in getattr(module, "COMMANDS", []):
             cli.add_command(command)
 

@@ -210,6 +210,33 @@ def _finetune_and_test_ids(split: dict, target: str, scans, finetune_ids, folds,
     return splits_mod.finetune_ids(split, target, int(scans)), splits_mod.pair_test_ids(split, target, int(scans))
 
 
+def strategy_model(parent_dir, arch: str, cfg, strategy: str, options: dict, *, budget):
+    """(module, Strategy): the source run's U-Net with `strategy` made for it (and its wrapper, if any).
+    Seeded with cfg.seed first, since a strategy's new weights (SpotTUnet's policy network) are part of a run."""
+    net = build_model(arch, base_filters=cfg.base_filters)
+    load_pretrained(net, Path(parent_dir) / "checkpoint.pt", arch=arch)
+    torch.manual_seed(cfg.seed)
+    chosen = make_strategy(strategy, net, arch, options, budget=budget)
+    return (chosen.wrap(net) if chosen.wrap is not None else net), chosen
+
+
+def tune(net, chosen, cfg, volumes, slices, run_dir, *, num_threads=None, progress: bool = True) -> dict:
+    """Adapt `net` in place on `volumes` (allowed slice indices per volume, or None: all) with `chosen`: train
+    (resuming from run_dir), or a label-free update on the images; checkpoint.pt is written either way.
+    Returns {"fit": fit's summary or None, "prepare": the label-free update's record or None}."""
+    done = {"fit": None, "prepare": None}
+    if chosen.trains:
+        with _batches(volumes, slices, cfg, num_threads) as loader:
+            done["fit"] = fit(net, loader.batch, cfg, run_dir, strategy=chosen, progress=progress)
+        _plot_curve(run_dir)
+        return done
+    if chosen.prepare is not None:
+        images = [v.image if c is None else v.image[c] for v, c in zip(volumes, slices or [None] * len(volumes))]
+        done["prepare"] = chosen.prepare(net, images, cfg.batch_size)
+    save_checkpoint({"model": net.state_dict(), "config": cfg.resolved()}, Path(run_dir) / "checkpoint.pt")
+    return done
+
+
 def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options: Optional[dict] = None,
           layers: Optional[str] = None, scans: Optional[int] = 1, slices: Optional[str] = None,
           finetune_ids: Optional[Sequence[str]] = None, folds: Optional[int] = None, fold: Optional[int] = None,
@@ -242,12 +269,7 @@ def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options
     cfg = _train_config(preset or parent_cfg.get("preset", "paper"), "finetune", arch, config, overrides)
     ids, test_ids = _finetune_and_test_ids(split, target, scans, finetune_ids, folds, fold)
     test_ids = test_ids if evaluate else []
-    net = build_model(arch, base_filters=cfg.base_filters)
-    load_pretrained(net, parent_dir / "checkpoint.pt", arch=arch)
-    torch.manual_seed(cfg.seed)  # a strategy's new weights (SpotTUnet's policy network) are part of the run
-    chosen = make_strategy(strategy, net, arch, options, budget=(scans or len(ids), k))
-    if chosen.wrap is not None:
-        net = chosen.wrap(net)
+    net, chosen = strategy_model(parent_dir, arch, cfg, strategy, options, budget=(scans or len(ids), k))
     tune_options = preprocess_options(parent["preprocess"])
     test_options = chosen.preprocess(tune_options, parent_dir) if chosen.preprocess else tune_options
     spec = RunSpec(kind="adapt", arch=arch, manifest=parent["manifest"], splits=parent["splits"],
@@ -267,20 +289,12 @@ def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options
             comb = [comb_slices(v.n_slices, k) for v in tune_vols]
             if any(len(c) == 0 for c in comb):
                 raise InputError(f"--slices 1/{k}: a fine-tune scan has fewer than {k} slices")
-        summary = {"kind": "adapt", "finetune_ids": list(ids), "fit": None, "prepare": None,
+        summary = {"kind": "adapt", "finetune_ids": list(ids),
                    "slice_indices": {v.id: c.tolist() for v, c in zip(tune_vols, comb)} if comb else "all",
                    "n_slices_available": int(sum(len(c) for c in comb)) if comb
                    else int(sum(v.n_slices for v in tune_vols))}
-        if chosen.trains:
-            with _batches(tune_vols, comb, cfg, num_threads) as loader:
-                summary["fit"] = fit(net, loader.batch, cfg, run_dir, strategy=chosen, progress=progress)
-            _plot_curve(run_dir)
-        elif chosen.prepare is not None:
-            images = [v.image if c is None else v.image[c] for v, c in zip(tune_vols, comb or [None] * len(ids))]
-            summary["prepare"] = chosen.prepare(net, images, cfg.batch_size)
-            save_checkpoint({"model": net.state_dict(), "config": cfg.resolved()}, run_dir / "checkpoint.pt")
-        else:
-            save_checkpoint({"model": net.state_dict(), "config": cfg.resolved()}, run_dir / "checkpoint.pt")
+        summary.update(tune(net, chosen, cfg, tune_vols, comb, run_dir, num_threads=num_threads,
+                            progress=progress))
         test_vols = open_volumes(spec.manifest, test_ids, cache=spec.cache, preprocess=test_options,
                                  progress=progress) if test_ids else []
         return _finish(run_dir, spec, net, test_vols, summary, tolerances_mm=tolerances_mm, progress=progress,

@@ -172,3 +172,31 @@ def plot_training_curve(run_dir) -> Path:
         ax2.legend(loc="center right", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, run_dir / "progress.png")
+
+
+def plot_learning_curve(points: Sequence[tuple], curve_x: Sequence[float], curve_y: Sequence[float], band,
+                        path, *, x_marks: Sequence[tuple] = (), target: float | None = None, title: str = "",
+                        x_label: str = "labelled slices", y_label: str = "score") -> Path:
+    """Measured (x, y) points, the fitted curve (curve_x, curve_y) and its band [(x, low, high)] on a log x axis;
+    x_marks [(x, label)] draw vertical guides (e.g. the user's own budget); `target` a horizontal one."""
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    if band:
+        bx, lo, hi = zip(*band)
+        ax.fill_between(bx, lo, hi, color=_COLORS[1], alpha=0.2, linewidth=0, label="95% fold-bootstrap band")
+    ax.plot(curve_x, curve_y, color=_COLORS[1], label="fitted curve")
+    if points:
+        px, py = zip(*points)
+        ax.scatter(px, py, color=_COLORS[0], s=18, zorder=3, label="validation folds")
+    for x, label in x_marks:
+        ax.axvline(x, color="#555555", linestyle=":", linewidth=1)
+        ax.annotate(label, (x, ax.get_ylim()[0]), rotation=90, fontsize=7, va="bottom", ha="right")
+    if target is not None:
+        ax.axhline(target, color=_COLORS[3], linestyle="--", linewidth=1, label=f"target {target:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

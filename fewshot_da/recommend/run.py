@@ -1,0 +1,290 @@
+"""`recommend`: validate the candidate strategies on the user's labelled target scans, rank them, forecast the
+score against labelled-data size, and put the label-free shift map beside it.
+
+Every validation fine-tune is a run folder under OUT/runs/<candidate>/<fold>-s<seed> (claimed, locked, summary
+written last, its checkpoint removed once scored), so an interrupted recommend resumes where it stopped and a
+finished one is re-read, not recomputed.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from ..data.budgets import parse_slices
+from ..data.manifest import read_manifest
+from ..data.preprocess import preprocess_options
+from ..errors import InputError
+from ..experiments.run_folder import finished_summary, identity_of, open_run, read_run, write_summary
+from ..experiments.scoring import score_volumes
+from ..experiments.stages import (_options_dict, _train_config, check_tolerances, open_volumes, set_threads,
+                                  strategy_model, tune)
+from ..training.config import with_overrides
+from ..training.fit import load_checkpoint
+from .candidates import CANDIDATES, parse_candidates, uses_labels
+from .folds import curve_folds, labelled_parts, sub_volume, validation_folds
+from .learning_curve import bootstrap, fit_curve
+from .ranking import decide, rank_candidates
+
+QUICK = {"epochs": 4, "iters_per_epoch": 25}  # the quick-validation schedule unless the adapt knobs say otherwise
+DEFAULT_CANDIDATES = tuple(CANDIDATES)
+SCAN_FORECASTS = (1, 2, 3, 5, 10)  # labelled scans (labelled as the user's) the learning-curve table shows
+
+
+def quick_overrides(overrides: Optional[dict]) -> dict:
+    """The adapt knobs given, on top of QUICK; the lr drops x0.1 halfway unless --lr-steps is given."""
+    merged = {**QUICK, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    if "lr_steps" not in (overrides or {}):
+        merged["lr_steps"] = {int(merged["epochs"]) // 2: 0.1} if int(merged["epochs"]) >= 2 else {}
+    return merged
+
+
+def _check_metric(metric: str) -> str:
+    if metric in ("dice", "ari") or (metric.startswith("surface_dice_") and metric.endswith("mm")):
+        return metric
+    raise InputError(f"--metric {metric!r}: choose dice, ari or surface_dice_<tol>mm (higher is better)")
+
+
+def _labelled_records(manifest, domain: Optional[str], ids: Optional[Sequence[str]]) -> list:
+    records = read_manifest(manifest)
+    if ids:
+        by_id = {r.id: r for r in records}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise InputError(f"{manifest}: --ids {missing[0]!r} is not an id of the manifest")
+        records = [by_id[i] for i in ids]
+    if domain:
+        records = [r for r in records if r.domain == domain]
+        if not records:
+            raise InputError(f"{manifest}: no scan of domain {domain!r}")
+    domains = sorted({r.domain for r in records})
+    if len(domains) > 1:
+        raise InputError(f"{manifest}: scans of several domains ({', '.join(domains)}); pass --domain")
+    unlabelled = [r.id for r in records if not r.mask]
+    if unlabelled:
+        raise InputError(f"{manifest}: scan {unlabelled[0]!r} has no mask; recommend needs labelled scans")
+    if not records:
+        raise InputError(f"{manifest}: no scans")
+    return records
+
+
+class _Context:
+    """What every validation run shares: the parent run, the labelled volumes, the config, the output folder."""
+
+    def __init__(self, parent_dir, arch, manifest, ids, volumes, options, cache, cfg, k, tolerances_mm, metric,
+                 num_threads, out):
+        self.parent_dir, self.arch, self.manifest, self.ids = parent_dir, arch, manifest, ids
+        self.volumes, self.options, self.cache, self.cfg, self.k = volumes, options, cache, cfg, k
+        self.tolerances_mm, self.metric, self.num_threads, self.out = tolerances_mm, metric, num_threads, out
+        self._harmonised = {}
+
+    def test_volumes(self, chosen):
+        """The labelled volumes as the strategy's test preprocessing makes them (histogram matching)."""
+        if chosen.preprocess is None:
+            return self.volumes
+        options = chosen.preprocess(self.options, self.parent_dir)
+        key = repr(options)
+        if key not in self._harmonised:
+            self._harmonised[key] = open_volumes(self.manifest, self.ids, cache=self.cache, preprocess=options,
+                                                 progress=False)
+        return self._harmonised[key]
+
+
+def _fold_score(rows: list, metric: str) -> float:
+    values = [r[metric] for r in rows if not r.get("empty_gt") and metric in r]
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _validate(ctx: _Context, candidate: str, fold, seed: int) -> dict:
+    """One validation run (or its finished summary): fine-tune on the fold's training slices, score its test."""
+    strategy, options = CANDIDATES[candidate]
+    cfg = with_overrides(ctx.cfg, {"seed": seed})
+    part = lambda p: [ctx.ids[p.scan], list(p.slices)]  # noqa: E731
+    spec = {"kind": "recommend-validation", "model": str(ctx.parent_dir.resolve()),
+            "manifest": str(Path(ctx.manifest).resolve()), "candidate": candidate, "strategy": strategy,
+            "options": dict(options), "fold": fold.name, "train": [part(p) for p in fold.train],
+            "test": [part(p) for p in fold.test], "seed": seed, "tolerances_mm": list(ctx.tolerances_mm),
+            "preprocess": _options_dict(ctx.options)}
+    run_dir = ctx.out / "runs" / candidate / f"{fold.name}-s{seed}"
+    identity = identity_of(spec, cfg.resolved(), [ctx.manifest], parent=ctx.parent_dir)
+    with open_run(run_dir, spec, identity) as done:
+        if done is not None:
+            return done
+        started = time.perf_counter()
+        net, chosen = strategy_model(ctx.parent_dir, ctx.arch, cfg, strategy, dict(options),
+                                     budget=(len(fold.train), ctx.k))
+        tuned = tune(net, chosen, cfg, [ctx.volumes[p.scan] for p in fold.train],
+                     [np.asarray(p.slices, dtype=np.int64) for p in fold.train], run_dir,
+                     num_threads=ctx.num_threads, progress=False)
+        test_source = ctx.test_volumes(chosen)
+        rows = score_volumes(net, ctx.arch, [sub_volume(test_source[p.scan], p.slices) for p in fold.test],
+                             tolerances_mm=ctx.tolerances_mm, progress=False)
+        summary = {"spec": spec, "kind": "recommend-validation", "scores": rows,
+                   "score": _fold_score(rows, ctx.metric), "metric": ctx.metric,
+                   "n_train_slices": fold.n_train_slices,
+                   "timings_s": (tuned["fit"] or {}).get("timings_s"),
+                   "seconds": time.perf_counter() - started}
+        summary = write_summary(run_dir, summary)
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        return summary
+
+
+def _learning_curve(points_by_fold: list, total_slices: int, slices_per_scan: float, n_scans: int,
+                    target_score: Optional[float], seed: int) -> dict:
+    """Fit on the pooled points, forecast at SCAN_FORECASTS and the user's own budget, size for the target."""
+    xs = [x for fold in points_by_fold for x, _ in fold]
+    ys = [y for fold in points_by_fold for _, y in fold]
+    curve = fit_curve(xs, ys)
+    scans = sorted(set(SCAN_FORECASTS) | {n_scans})
+    at = [s * slices_per_scan for s in scans]
+    boot = bootstrap(points_by_fold, at, target=target_score, seed=seed)
+    table = [{"labelled_scans": s, "labelled_slices": x, "forecast": float(curve(x)), "low": lo, "high": hi,
+              "measured_range": bool(x <= max(xs) if xs else False)}
+             for s, (x, lo, hi) in zip(scans, boot["forecast"])]
+    result = {"curve": {"kind": curve.kind, "a": curve.a, "b": curve.b, "c": curve.c},
+              "points": [{"fold": f, "labelled_slices": x, "score": y}
+                         for f, fold in enumerate(points_by_fold) for x, y in fold],
+              "slices_per_scan": slices_per_scan, "total_labelled_slices": total_slices,
+              "forecast_at_your_budget": float(curve(total_slices)), "table": table, "target": None}
+    if target_score is not None:
+        size = curve.size_for(target_score)
+        needed = math.ceil(size / slices_per_scan - 1e-9) if math.isfinite(size) else None
+        low, high = boot["size_for"]
+        result["target"] = {
+            "score": target_score, "labelled_slices": size if math.isfinite(size) else None,
+            "scans_needed": needed, "more_scans": None if needed is None else max(0, needed - n_scans),
+            "scans_interval": [math.ceil(low / slices_per_scan - 1e-9) if math.isfinite(low) else None,
+                               math.ceil(high / slices_per_scan - 1e-9) if math.isfinite(high) else None],
+            "reachable": math.isfinite(size)}
+    return result
+
+
+def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Optional[Sequence[str]] = None,
+              slices: Optional[str] = None, strategies=DEFAULT_CANDIDATES, seeds: Sequence[int] = (0,),
+              max_folds: int = 5, metric: Optional[str] = None, target_score: Optional[float] = None,
+              curve: bool = True, curve_points: int = 4, shift: bool = True, preset: Optional[str] = None,
+              config=None, overrides: Optional[dict] = None, tolerances_mm=(1.0,), cache=None,
+              num_threads: Optional[int] = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict:
+    """Rank `strategies` for adapting the source run `model` to the labelled scans of `manifest` (one domain;
+    `slices` '1/k' when only every k-th slice is labelled) by internal validation, forecast the score against
+    labelled-data size (`target_score`: how many scans reach it) and write OUT/recommendation.json, ranking.csv,
+    validation.csv, learning_curve.csv/.png, report.md and shift_map/. Returns the recommendation."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    tolerances_mm = check_tolerances(tolerances_mm)
+    set_threads(num_threads)
+    candidates = parse_candidates(strategies)
+    seeds = [int(s) for s in seeds] or [0]
+    parent_dir = Path(model)
+    parent = read_run(parent_dir).get("spec") or {}
+    if finished_summary(parent_dir) is None:
+        raise InputError(f"{parent_dir}: the source run has not finished (no summary.json)")
+    arch = parent["arch"]
+    parent_cfg = load_checkpoint(parent_dir / "checkpoint.pt")["config"]
+    if target_score is not None and not (0 < float(target_score) <= 1):
+        raise InputError(f"--target-score {target_score}: a score in (0, 1]")
+    records = _labelled_records(manifest, domain, ids)
+    ids = [r.id for r in records]
+    knobs = quick_overrides(overrides)
+    knobs.setdefault("base_filters", parent_cfg.get("base_filters", 0))
+    cfg = _train_config(preset or parent_cfg.get("preset", "paper"), "finetune", arch, config, knobs)
+    options = preprocess_options(parent["preprocess"])
+    cache = Path(cache) if cache else Path(manifest).resolve().parent / "cache"
+    volumes = open_volumes(manifest, ids, cache=cache, preprocess=options, progress=progress)
+    images2d = all(v.n_slices == 1 for v in volumes)
+    k = parse_slices(slices or "all")
+    if images2d and k > 1:
+        raise InputError(f"--slices {slices}: the target is 2D (one slice per image)")
+    if images2d and len(volumes) < 2:
+        raise InputError(f"{manifest}: one labelled image leaves nothing to validate on; give at least 2")
+    metric = _check_metric(metric or ("dice" if images2d else f"surface_dice_{tolerances_mm[0]:g}mm"))
+    parts = labelled_parts([v.n_slices for v in volumes], k)
+    folds = validation_folds(parts, max_folds=max_folds, seed=seeds[0])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(parent_dir, arch, manifest, ids, volumes, options, cache, cfg, k, tolerances_mm, metric,
+                   num_threads, out)
+    unit = "image" if images2d else "scan"
+    log(f"recommend: {len(candidates)} candidates x {len(folds)} folds x {len(seeds)} seed(s) on {len(ids)} "
+        f"labelled {unit}(s){'' if k == 1 else f' (1/{k} of the slices)'}; {cfg.epochs} x {cfg.iters_per_epoch} "
+        f"steps per fine-tune; metric {metric}")
+
+    bar = tqdm(total=len(candidates) * len(folds) * len(seeds), desc="validate", unit="run",
+               disable=not progress)
+    rows, scores = [], {}
+
+    def run(candidate, fold, seed):
+        summary = _validate(ctx, candidate, fold, seed)
+        rows.append({"candidate": candidate, "fold": fold.name, "seed": seed,
+                     "n_train_slices": summary["n_train_slices"], metric: summary["score"],
+                     "seconds": summary.get("seconds")})
+        bar.update(1)
+        return summary["score"]
+
+    for candidate in candidates:
+        per_fold = [float(np.nanmean([run(candidate, fold, s) for s in seeds])) for fold in folds]
+        scores[candidate] = per_fold
+        log(f"  {candidate}: {metric} {np.nanmean(per_fold):.4f} over {len(folds)} folds")
+    ranking = rank_candidates(scores, seed=seeds[0])
+    choice = decide(ranking, scores)
+
+    learning = None
+    labelled = [c for c in (r["candidate"] for r in ranking) if uses_labels(c)]
+    if curve and labelled:
+        curved = labelled[0]
+        sub = [curve_folds(fold, points=curve_points) for fold in folds]
+        bar.total += sum(len(s) - 1 for s in sub) * len(seeds)
+        bar.refresh()
+        points_by_fold = []
+        for fold, sizes in zip(folds, sub):
+            points = [(fold.n_train_slices, scores[curved][folds.index(fold)])]
+            for smaller in sizes[1:]:
+                value = float(np.nanmean([run(curved, smaller, s) for s in seeds]))
+                points.append((smaller.n_train_slices, value))
+            points_by_fold.append(points)
+        total = sum(p.n for p in parts)
+        learning = {"strategy": curved, **_learning_curve(points_by_fold, total, total / len(parts), len(parts),
+                                                          target_score, seeds[0])}
+    bar.close()
+
+    shift_summary = None
+    if shift:
+        from ..diagnostics.shift_map import shift_map
+
+        shift_summary = shift_map(model=parent_dir, manifest=manifest, out=out / "shift_map",
+                                  domains=[records[0].domain], progress=False)
+    result = {"kind": "recommendation", "model": str(parent_dir.resolve()), "arch": arch,
+              "manifest": str(Path(manifest).resolve()), "domain": records[0].domain, "ids": ids,
+              "labelled_slices_interval": k, "unit": unit, "metric": metric, "seeds": seeds,
+              "folds": [{"name": f.name, "train": [ids[p.scan] for p in f.train],
+                         "test": [ids[p.scan] for p in f.test], "n_train_slices": f.n_train_slices}
+                        for f in folds],
+              "schedule": {"epochs": cfg.epochs, "iters_per_epoch": cfg.iters_per_epoch,
+                           "batch_size": cfg.batch_size, "crop": cfg.crop, "lr": cfg.lr,
+                           "lr_steps": cfg.lr_steps, "preset": cfg.preset},
+              "ranking": ranking, "recommendation": choice, "learning_curve": learning,
+              "shift_map": None if shift_summary is None else {
+                  "csv": shift_summary["outputs"]["csv"], "figure": shift_summary["outputs"]["figure"],
+                  "ranks": shift_summary["ranks"][records[0].domain]},
+              "seconds": time.perf_counter() - started}
+    _write_outputs(out, result, rows)
+    return result
+
+
+def _write_outputs(out: Path, result: dict, rows: list) -> None:
+    from .report import learning_curve_figure, report_markdown
+
+    write_csv_atomic(out / "validation.csv", rows)
+    write_csv_atomic(out / "ranking.csv", result["ranking"])
+    if result["learning_curve"]:
+        write_csv_atomic(out / "learning_curve.csv", result["learning_curve"]["table"])
+        learning_curve_figure(result, out / "learning_curve.png")
+    write_json_atomic(out / "recommendation.json", result)
+    write_text_atomic(out / "report.md", report_markdown(result))
