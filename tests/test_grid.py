@@ -45,7 +45,16 @@ def test_cc359_dart20_enumeration_matches_reference():
     18 oracle runs (3 folds x 6 domains), 30 pairs x {first, last, all} x 8 budgets (§3, DART20)."""
     specs = grid_mod.build_specs(load_plan("cc359-dart20"), _cc359_splits())
     kinds = {k: [s for s in specs if s.kind == k] for k in grid_mod.KINDS}
-    assert {k: len(v) for k, v in kinds.items()} == {"source": 6, "oracle": 18, "baseline": 30, "adapt": 720}
+    # + the source + intensity augmentation baseline (issue 10): 6 augmented sources scored on the 30 pairs
+    assert {k: len(v) for k, v in kinds.items()} == {"source": 12, "oracle": 18, "baseline": 60, "adapt": 720}
+    augmented = [s for s in kinds["baseline"] if s.strategy == "baseline-aug"]
+    assert len(augmented) == 30 and all(s.parent.startswith("source-aug/dart20/") for s in augmented)
+    aug_sources = [s for s in kinds["source"] if s.run_id.startswith("source-aug/")]
+    assert all(json.loads(s.overrides)["augment"] == {"preset": "intensity", "mode": "intensity"}
+               for s in aug_sources) and len(aug_sources) == 6
+    plain = grid_mod.build_specs(load_plan({"base": "cc359-dart20", "augmented_baseline": None}), _cc359_splits())
+    assert {k: sum(s.kind == k for s in plain) for k in grid_mod.KINDS} == {"source": 6, "oracle": 18,
+                                                                            "baseline": 30, "adapt": 720}
     assert {s.budget for s in kinds["adapt"]} == {"3", "1", "1/3", "1/6", "1/12", "1/24", "1/36", "1/48"}
     # pair index = 5 * source + rank of the target among the other domains
     index = {(s.source, s.target): s.pair_index for s in kinds["baseline"]}
@@ -152,6 +161,28 @@ def tiny_grid(tmp_path_factory):
     lines = []
     summary = run_experiment(tiny_plan(), out, slots=2, log=lines.append)
     return out, summary, lines
+
+
+def test_augmented_source_baseline_is_scored_unadapted_and_reported(tmp_path):
+    """Issue 10: the source trained with intensity augmentation, scored on the pair's test scans with no
+    adaptation, appears in results.csv as `baseline-aug` and in the D_R table as a no-label row."""
+    from fewshot_da.reports.report import write_report
+
+    out = tmp_path / "aug"
+    summary = run_experiment(tiny_plan(augmented_baseline={"preset": "intensity", "mode": "intensity"},
+                                       strategies=["all"], budgets=["1"], oracles=True, folds=[0]), out,
+                             log=lambda line: None)
+    assert summary["failed"] == 0 and summary["total"] == 2 + 1 + 2 + 1
+    aug_run = json.loads((out / "runs/source-aug/dart20/siemens3/spec.json").read_text())
+    assert json.loads(aug_run["overrides"])["augment"] == {"preset": "intensity", "mode": "intensity"}
+    rows = read_results(out / "results.csv")
+    plain = {r["case"]: r for r in rows if r["strategy"] == "baseline"}
+    augmented = {r["case"]: r for r in rows if r["strategy"] == "baseline-aug"}
+    assert set(plain) == set(augmented) and len(plain) == 5
+    assert any(plain[c]["dice"] != augmented[c]["dice"] for c in plain)  # a different source model
+    write_report([out], out / "report")
+    table = (out / "report" / "gap_by_budget.md").read_text()
+    assert "baseline-aug" in table and "0 (no labels)" in table
 
 
 def test_tiny_grid_end_to_end(tiny_grid, cli_runner, cli_app):
@@ -328,7 +359,9 @@ def test_cv_folds_give_one_adapted_run_and_baseline_per_fold():
     base = [s for s in specs if s.kind == "baseline"]
     assert [s.fold for s in adapt] == [0, 1, 2, 3, 4] and {s.folds for s in adapt} == {5}
     assert adapt[2].run_id == "adapt/dart20/ge15-ge3/first/5/s0/f2"
-    assert [s.run_id for s in base][:2] == ["baseline/dart20/ge15-ge3/f0", "baseline/dart20/ge15-ge3/f1"]
+    assert [s.run_id for s in base if s.strategy == "baseline"][:2] == ["baseline/dart20/ge15-ge3/f0",
+                                                                         "baseline/dart20/ge15-ge3/f1"]
+    assert [s.run_id for s in base][1] == "baseline-aug/dart20/ge15-ge3/f0"  # each fold: plain, then augmented
     with pytest.raises(InputError, match="cv_folds must be"):
         load_plan({"base": "phantoms", "cv_folds": 1})
 

@@ -251,3 +251,10 @@ def test_cli_prints_the_ranking_and_the_forecast(project, cli_runner, cli_app):
     assert result.exit_code == 0, result.output
     assert "recommended:" in result.output and "to reach 0.99" in result.output
     assert " 1. " in result.output and "P(best)" in result.output
+
+
+def test_folds_without_a_score_are_left_out_not_propagated():
+    scores = {"a": [float("nan"), 0.5, 0.6], "b": [float("nan"), 0.4, 0.5], "c": [float("nan")] * 3}
+    rows = rank_candidates(scores)
+    assert [r["candidate"] for r in rows] == ["a", "b", "c"] and rows[0]["n_folds"] == 2
+    assert rows[0]["p_best"] == pytest.approx(1.0) and rows[2]["p_best"] == 0.0

@@ -194,19 +194,23 @@ def build_specs(plan: dict, splits: dict) -> list:
                     f"splits have {', '.join(sorted(have, key=int)) or 'none'} (data.splits_options)"
                 )
     source_over = dict(plan["schedules"].get("source") or {}, seed=plan["model_seed"])
+    augmented = plan.get("augmented_baseline")
     specs = []
     for source in dict.fromkeys(p["source"] for p in pairs):
-        specs.append(
-            RunSpec(
-                f"source/{arch}/{source}",
-                "source",
-                arch,
-                source=source,
-                target=source,
-                seed=plan["model_seed"],
-                overrides=_json(source_over),
+        for prefix, over in (("source", source_over), ("source-aug", dict(source_over, augment=augmented))):
+            if prefix == "source-aug" and not (augmented and plan["baselines"]):
+                continue
+            specs.append(
+                RunSpec(
+                    f"{prefix}/{arch}/{source}",
+                    "source",
+                    arch,
+                    source=source,
+                    target=source,
+                    seed=plan["model_seed"],
+                    overrides=_json(over),
+                )
             )
-        )
     if plan["oracles"]:
         for domain in [d for d in domains if d in {p["target"] for p in pairs}]:  # D_O of every target
             folds = splits["oracle"].get(domain) or []
@@ -226,25 +230,27 @@ def build_specs(plan: dict, splits: dict) -> list:
                 )
     min_scans = min(scans for _, scans, _ in budgets)
     fold_suffix = {f: ("" if f is None else f"/f{f}") for f in fold_list}
+    baseline_kinds = [("baseline", "source")] + ([("baseline-aug", "source-aug")] if augmented else [])
     for p in pairs if plan["baselines"] else []:
         pair = f"{p['source']}-{p['target']}"
         for f in fold_list:  # with CV folds, one baseline per fold scores that fold's test part
-            specs.append(
-                RunSpec(
-                    f"baseline/{arch}/{pair}{fold_suffix[f]}",
-                    "baseline",
-                    arch,
-                    source=p["source"],
-                    target=p["target"],
-                    strategy="baseline",
-                    seed=plan["model_seed"],
-                    fold=f,
-                    folds=cv,
-                    parent=f"source/{arch}/{p['source']}",
-                    options=_json({"test_scans_of_budget": min_scans}),
-                    pair_index=p["index"],
+            for strategy, parent in baseline_kinds:
+                specs.append(
+                    RunSpec(
+                        f"{strategy}/{arch}/{pair}{fold_suffix[f]}",
+                        "baseline",
+                        arch,
+                        source=p["source"],
+                        target=p["target"],
+                        strategy=strategy,
+                        seed=plan["model_seed"],
+                        fold=f,
+                        folds=cv,
+                        parent=f"{parent}/{arch}/{p['source']}",
+                        options=_json({"test_scans_of_budget": min_scans}),
+                        pair_index=p["index"],
+                    )
                 )
-            )
     for p in pairs:
         pair = f"{p['source']}-{p['target']}"
         for s in strategies:

@@ -50,6 +50,9 @@ DEFAULTS = {
     "folds": [0, 1, 2],  # oracle cross-validation folds to train
     "cv_folds": None,  # k: adapted runs fine-tune on CV fold f of k of the target (f < k), test on the rest
     "baselines": True,
+    # The source + intensity augmentation baseline (issue 10; M3DA): each source is also trained with this
+    # TrainConfig `augment` and scored unadapted on the pair's test scans as strategy `baseline-aug`; null: off.
+    "augmented_baseline": {"preset": "intensity", "mode": "intensity"},
     "oracles": True,
     "schedules": {"source": {}, "finetune": {}},  # TrainConfig overrides (epochs, iters_per_epoch, lr, ...)
     "tolerances_mm": [1.0],
@@ -320,6 +323,9 @@ def _check(plan: dict, where: str) -> None:
         )
     if data.get("generator") not in (None, "phantoms", "ixi-shift"):
         raise InputError(f"{where}: data.generator {data['generator']!r}: choose phantoms or ixi-shift")
+    if plan["augmented_baseline"] is not None and not isinstance(plan["augmented_baseline"], dict):
+        raise InputError(f"{where}: augmented_baseline must be an augment mapping (e.g. {{preset: intensity, "
+                         f"mode: intensity}}) or null, got {plan['augmented_baseline']!r}")
     for stage in ("source", "finetune"):
         if not isinstance(plan["schedules"].get(stage, {}), dict):
             raise InputError(f"{where}: schedules.{stage} must be a mapping of TrainConfig keys")

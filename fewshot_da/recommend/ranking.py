@@ -12,14 +12,21 @@ HIGH, MODERATE = 0.9, 0.6  # P(best) thresholds of the confidence words
 
 def probability_best(scores: dict, n_resamples: int = 4000, seed: int = 0) -> dict:
     """{candidate: share of fold bootstrap resamples (folds drawn with replacement, the same folds for every
-    candidate) in which it has the highest mean}; ties share the win."""
+    candidate) in which it has the highest mean}; ties share the win; resamples of unscored folds only are
+    left out."""
     names = list(scores)
     matrix = np.array([scores[n] for n in names], dtype=float)  # candidates x folds
     n_folds = matrix.shape[1]
     picks = np.random.default_rng(seed).integers(0, n_folds, size=(n_resamples, n_folds))
-    means = np.nanmean(matrix[:, picks], axis=2)  # candidates x resamples
-    top = means == np.nanmax(means, axis=0, keepdims=True)
-    share = (top / top.sum(axis=0, keepdims=True)).mean(axis=1)
+    drawn = matrix[:, picks]
+    counts = np.isfinite(drawn).sum(axis=2)
+    means = np.where(counts > 0, np.nansum(drawn, axis=2) / np.maximum(counts, 1), -np.inf)  # cand. x resamples
+    top = (means == means.max(axis=0, keepdims=True)) & np.isfinite(means)
+    n_top = top.sum(axis=0)
+    valid = n_top > 0  # resamples that drew at least one scored fold
+    if not valid.any():
+        return {n: 0.0 for n in names}
+    share = (top[:, valid] / n_top[valid]).mean(axis=1)
     return {n: float(s) for n, s in zip(names, share)}
 
 
@@ -27,7 +34,12 @@ def rank_candidates(scores: dict, confidence: float = 0.95, seed: int = 0) -> li
     """Rows {rank, candidate, mean, low, high, n_folds, p_best, folds_won_vs_best, sign_p_vs_best}, best first;
     `scores` = {candidate: [per-fold score]} with the same folds in the same order for every candidate."""
     p_best = probability_best(scores, seed=seed)
-    order = sorted(scores, key=lambda n: (-np.nanmean(scores[n]), n))
+    def key(name):
+        finite = np.asarray(scores[name], dtype=float)
+        finite = finite[np.isfinite(finite)]
+        return (-finite.mean() if finite.size else np.inf, name)
+
+    order = sorted(scores, key=key)
     best = np.asarray(scores[order[0]], dtype=float)
     rows = []
     for rank, name in enumerate(order, 1):

@@ -135,7 +135,7 @@ def _validate(ctx: _Context, candidate: str, fold, seed: int) -> dict:
 
 
 def _learning_curve(points_by_fold: list, total_slices: int, slices_per_scan: float, n_scans: int,
-                    target_score: Optional[float], seed: int) -> dict:
+                    target_score: Optional[float], seed: int, full_scan_slices: float) -> dict:
     """Fit on the pooled points, forecast at SCAN_FORECASTS and the user's own budget, size for the target."""
     xs = [x for fold in points_by_fold for x, _ in fold]
     ys = [y for fold in points_by_fold for _, y in fold]
@@ -149,7 +149,8 @@ def _learning_curve(points_by_fold: list, total_slices: int, slices_per_scan: fl
     result = {"curve": {"kind": curve.kind, "a": curve.a, "b": curve.b, "c": curve.c},
               "points": [{"fold": f, "labelled_slices": x, "score": y}
                          for f, fold in enumerate(points_by_fold) for x, y in fold],
-              "slices_per_scan": slices_per_scan, "total_labelled_slices": total_slices,
+              "slices_per_scan": slices_per_scan, "full_scan_slices": full_scan_slices,
+              "total_labelled_slices": total_slices,
               "forecast_at_your_budget": float(curve(total_slices)), "table": table, "target": None}
     if target_score is not None:
         size = curve.size_for(target_score)
@@ -222,11 +223,12 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
 
     def run(candidate, fold, seed):
         summary = _validate(ctx, candidate, fold, seed)
+        score = float("nan") if summary["score"] is None else float(summary["score"])  # NaN is null in JSON
         rows.append({"candidate": candidate, "fold": fold.name, "seed": seed,
-                     "n_train_slices": summary["n_train_slices"], metric: summary["score"],
+                     "n_train_slices": summary["n_train_slices"], metric: score,
                      "seconds": summary.get("seconds")})
         bar.update(1)
-        return summary["score"]
+        return score
 
     for candidate in candidates:
         per_fold = [float(np.nanmean([run(candidate, fold, s) for s in seeds])) for fold in folds]
@@ -251,7 +253,8 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
             points_by_fold.append(points)
         total = sum(p.n for p in parts)
         learning = {"strategy": curved, **_learning_curve(points_by_fold, total, total / len(parts), len(parts),
-                                                          target_score, seeds[0])}
+                                                          target_score, seeds[0],
+                                                          float(np.mean([v.n_slices for v in volumes])))}
     bar.close()
 
     shift_summary = None
