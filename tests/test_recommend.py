@@ -2,14 +2,13 @@
 to end on phantoms (adapting beats not adapting; a re-run recomputes nothing; bad input stops in one line)."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 
 from fewshot_da.errors import InputError
 from fewshot_da.recommend.candidates import CANDIDATES, parse_candidates, uses_labels
-from fewshot_da.recommend.folds import Part, curve_folds, labelled_parts, sub_volume, validation_folds
+from fewshot_da.recommend.folds import curve_folds, labelled_parts, sub_volume, validation_folds
 from fewshot_da.recommend.learning_curve import Curve, bootstrap, fit_curve
 from fewshot_da.recommend.ranking import decide, probability_best, rank_candidates
 

@@ -210,6 +210,15 @@ def _finetune_and_test_ids(split: dict, target: str, scans, finetune_ids, folds,
     return splits_mod.finetune_ids(split, target, int(scans)), splits_mod.pair_test_ids(split, target, int(scans))
 
 
+def finished_parent(run_dir) -> tuple:
+    """(spec, training config) of a finished source run folder; one-line error if it is not one or unfinished."""
+    spec = read_run(run_dir).get("spec") or {}
+    if finished_summary(run_dir) is None:
+        raise InputError(f"{run_dir}: the source run has not finished (no summary.json); finish `fewshot-da train` "
+                         "first")
+    return spec, load_checkpoint(Path(run_dir) / "checkpoint.pt")["config"]
+
+
 def strategy_model(parent_dir, arch: str, cfg, strategy: str, options: dict, *, budget):
     """(module, Strategy): the source run's U-Net with `strategy` made for it (and its wrapper, if any).
     Seeded with cfg.seed first, since a strategy's new weights (SpotTUnet's policy network) are part of a run."""
@@ -254,11 +263,8 @@ def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options
     tolerances_mm = check_tolerances(tolerances_mm)
     set_threads(num_threads)
     parent_dir = Path(model)
-    parent = read_run(parent_dir).get("spec") or {}
-    if finished_summary(parent_dir) is None:
-        raise InputError(f"{parent_dir}: the source run has not finished (no summary.json); finish `fewshot-da train` first")
+    parent, parent_cfg = finished_parent(parent_dir)
     arch = parent["arch"]
-    parent_cfg = load_checkpoint(parent_dir / "checkpoint.pt")["config"]
     split = splits_mod.read_splits(parent["splits"])
     k = make_budget(scans or 1, slices or "all", images2d=splits_mod.domain_is_2d(split, target)).slice_interval
     options = dict(strategy_options or {})

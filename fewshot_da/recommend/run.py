@@ -19,12 +19,11 @@ from ..data.budgets import parse_slices
 from ..data.manifest import read_manifest
 from ..data.preprocess import preprocess_options
 from ..errors import InputError
-from ..experiments.run_folder import finished_summary, identity_of, open_run, read_run, write_summary
+from ..experiments.run_folder import identity_of, open_run, write_summary
 from ..experiments.scoring import score_volumes
-from ..experiments.stages import (_options_dict, _train_config, check_tolerances, open_volumes, set_threads,
-                                  strategy_model, tune)
+from ..experiments.stages import (_options_dict, _train_config, check_tolerances, finished_parent, open_volumes,
+                                  set_threads, strategy_model, tune)
 from ..training.config import with_overrides
-from ..training.fit import load_checkpoint
 from .candidates import CANDIDATES, parse_candidates, uses_labels
 from .folds import curve_folds, labelled_parts, sub_volume, validation_folds
 from .learning_curve import bootstrap, fit_curve
@@ -184,11 +183,8 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
     candidates = parse_candidates(strategies)
     seeds = [int(s) for s in seeds] or [0]
     parent_dir = Path(model)
-    parent = read_run(parent_dir).get("spec") or {}
-    if finished_summary(parent_dir) is None:
-        raise InputError(f"{parent_dir}: the source run has not finished (no summary.json)")
+    parent, parent_cfg = finished_parent(parent_dir)
     arch = parent["arch"]
-    parent_cfg = load_checkpoint(parent_dir / "checkpoint.pt")["config"]
     if target_score is not None and not (0 < float(target_score) <= 1):
         raise InputError(f"--target-score {target_score}: a score in (0, 1]")
     records = _labelled_records(manifest, domain, ids)
