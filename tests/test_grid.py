@@ -349,6 +349,14 @@ def test_cli_refuses_a_plan_whose_strategy_is_not_registered(tiny_grid, cli_runn
     assert result.exit_code == 1 and "not an experiment grid folder" in result.output
 
 
+def test_a_bare_strategy_name_is_that_strategy_and_a_group_name_is_freeze():
+    plan = load_plan({"base": "phantoms", "strategies": ["first", "spottune", "adabn"], "budgets": ["1"]})
+    specs = [s for s in grid_mod.build_specs(plan, _cc359_splits()) if s.kind == "adapt"]
+    kinds = {(s.strategy, s.layers) for s in specs}
+    assert kinds == {("freeze", "first"), ("spottune", ""), ("adabn", "")}
+    assert any(s.run_id.endswith("/spottune/1/s0") for s in specs)
+
+
 def test_cv_folds_give_one_adapted_run_and_baseline_per_fold():
     """The ultrasound protocol (Amiri et al.): k-fold CV over the target; budgets are images of each fold's
     training part; every fold's test part is scored by its own baseline."""

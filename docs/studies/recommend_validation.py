@@ -1,6 +1,7 @@
 """Does `recommend` pick the strategy a grid measures as best? (issue 13), CPU-sized.
 
-    python docs/studies/recommend_validation.py GRID_DIR [GRID_DIR ...] --out studies/rec-validation
+    python docs/studies/recommend_validation.py GRID_DIR [GRID_DIR ...] --out studies/rec-validation \
+        [--shift-map] [--spottune-studies studies/spot-phantoms ...]
 
 Each GRID_DIR is a finished `fewshot-da experiment` folder (or a study folder with results.csv whose `run`
 column names run folders). For every pair and budget with adapted runs, recommend is given exactly the labelled
@@ -148,13 +149,51 @@ def _spearman(x, y) -> tuple:
     return float(r.statistic), float(r.pvalue), int(keep.sum())
 
 
-def shift_correlations(base: Path, out: Path, metric: str) -> list:
-    """Shift-map unit scores (SpotTUnet's decision units) against SpotTUnet policy fractions, per pair; and per
-    pair x budget the first-vs-last gain against (first units' shift - last units' shift)."""
+FORWARD = "source"  # the shift map's forward (--forward)
+
+
+def _unit_shift(parent: Path, manifest, target: str, arch: str, out: Path) -> tuple:
+    """(decision unit names, {unit: shift score}) of the features shift map of `target` under `parent`."""
     from fewshot_da.diagnostics.shift_map import shift_map
     from fewshot_da.models import build_model
     from fewshot_da.models.spottune import decision_units
 
+    units = decision_units(build_model(arch), arch)
+    summary = shift_map(model=parent, manifest=manifest, out=out, domains=[target],
+                        units=[(u.name, list(u.modules)) for u in units], method="features", forward=FORWARD,
+                        progress=False)
+    return [u.name for u in units], summary["scores"][target]
+
+
+def _policy_fractions(files) -> dict:
+    fractions = defaultdict(list)
+    for path in files:
+        for r in _read(path):
+            fractions[r["unit"]].append(float(r["fraction_finetuned"]))
+    return {u: float(np.mean(v)) for u, v in fractions.items()}
+
+
+def spottune_study_correlation(study: Path, out: Path) -> list:
+    """Shift map vs the policy fractions of a `docs/studies/spottune.py` folder (runs/spottune-<budget>-s<seed>)."""
+    rows = []
+    by_budget = defaultdict(list)
+    for folder in sorted((study / "runs").glob("spottune-*")):
+        by_budget[folder.name.rsplit("-s", 1)[0]].append(folder)
+    for label, folders in sorted(by_budget.items()):
+        spec = yaml.safe_load((folders[0] / "run.yaml").read_text())["spec"]
+        names, shift = _unit_shift(Path(spec["parent"]), spec["manifest"], spec["target"], spec["arch"],
+                                   out / "shift_map" / study.name)
+        policy = _policy_fractions(f / "policy_test.csv" for f in folders)
+        rho, p, n = _spearman([shift[u] for u in names], [policy.get(u, float("nan")) for u in names])
+        rows.append({"grid": study.name, "source": spec.get("source") or "", "target": spec["target"],
+                     "budget": label.removeprefix("spottune-"), "test": "shift vs SpotTUnet policy (units)",
+                     "spearman": rho, "p": p, "n": n})
+    return rows
+
+
+def shift_correlations(base: Path, out: Path, metric: str) -> list:
+    """Shift-map unit scores (SpotTUnet's decision units) against SpotTUnet policy fractions, per pair; and per
+    pair x budget the first-vs-last gain against (first units' shift - last units' shift)."""
     rows = []
     table = measured(base, metric)
     base_scores = baselines(base, metric)
@@ -165,19 +204,13 @@ def shift_correlations(base: Path, out: Path, metric: str) -> list:
         sources[(source, target)] = (Path(spec["parent"]), spec["manifest"], spec["arch"])
     shift_by_pair = {}
     for (source, target), (parent, manifest, arch) in sorted(sources.items()):
-        units = decision_units(build_model(arch), arch)
-        summary = shift_map(model=parent, manifest=manifest, out=out / "shift_map" / base.name / f"{source}-{target}",
-                            domains=[target], units=[(u.name, list(u.modules)) for u in units], method="features",
-                            progress=False)
-        shift_by_pair[(source, target)] = ([u.name for u in units], summary["scores"][target])
+        shift_by_pair[(source, target)] = _unit_shift(parent, manifest, target, arch,
+                                                      out / "shift_map" / base.name / f"{source}-{target}")
     for (source, target, budget), by_method in sorted(table.items()):
         names, shift = shift_by_pair[(source, target)]
         if "spottune" in by_method:
-            fractions = defaultdict(list)
-            for run in by_method["spottune"][1]:
-                for r in _read(_run_dir(base, run) / "policy_test.csv"):
-                    fractions[r["unit"]].append(float(r["fraction_finetuned"]))
-            rho, p, n = _spearman([shift[u] for u in names], [np.mean(fractions[u]) for u in names])
+            policy = _policy_fractions(_run_dir(base, run) / "policy_test.csv" for run in by_method["spottune"][1])
+            rho, p, n = _spearman([shift[u] for u in names], [policy.get(u, float("nan")) for u in names])
             rows.append({"grid": base.name, "source": source, "target": target, "budget": budget,
                          "test": "shift vs SpotTUnet policy (units)", "spearman": rho, "p": p, "n": n})
     gains, contrasts = [], []
@@ -199,7 +232,7 @@ def main(argv=None):
     from fewshot_da.atomic import write_csv_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grids", nargs="+", type=Path)
+    parser.add_argument("grids", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metric", default="surface_dice_1mm")
     parser.add_argument("--methods", default=None, help="Comma-separated candidates (default: the grid's).")
@@ -207,12 +240,18 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--shift-map", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--forward", choices=["source", "adabn"], default="source",
+                        help="The shift map's forward: as deployed, or with every BN re-estimated on the target.")
+    parser.add_argument("--spottune-studies", type=Path, nargs="*", default=[],
+                        help="docs/studies/spottune.py folders: shift map vs their policy fractions.")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
     methods = args.methods.split(",") if args.methods else None
+    global FORWARD
+    FORWARD = args.forward
     decisions, forecasts, correlations = [], [], []
     for grid in args.grids:
         d, f = validate_grid(grid, args.out, args.metric, args.seeds, methods,
@@ -221,7 +260,10 @@ def main(argv=None):
         forecasts += f
         if args.shift_map:
             correlations += shift_correlations(grid, args.out, args.metric)
-    write_csv_atomic(args.out / "decisions.csv", decisions)
+    for study in args.spottune_studies:
+        correlations += spottune_study_correlation(study, args.out)
+    if decisions:
+        write_csv_atomic(args.out / "decisions.csv", decisions)
     if forecasts:
         write_csv_atomic(args.out / "forecasts.csv", forecasts)
     if correlations:

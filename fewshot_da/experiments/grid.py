@@ -102,13 +102,14 @@ def _index_range(text, where: str) -> set:
 
 
 def _strategy_entries(plan: dict) -> list:
-    """Every plan strategy as {name, layers, options, pairs, options_by_budget, grid}."""
+    """Every plan strategy as {name, layers, options, pairs, options_by_budget, grid}. A bare name is a registered
+    strategy with its defaults (`spottune`, `gradual`, `adabn`, ...) or else a layer group to fine-tune (`first`)."""
     out = []
+    registered = set(available_strategies()) - {"freeze"}
     for entry in plan["strategies"]:
         if isinstance(entry, str):
-            out.append(
-                {"name": "freeze", "layers": entry, "options": {}, "pairs": None, "by_budget": {}, "grid": {}}
-            )
+            name, layers = (entry, "") if entry in registered else ("freeze", entry)
+            out.append({"name": name, "layers": layers, "options": {}, "pairs": None, "by_budget": {}, "grid": {}})
             continue
         if not isinstance(entry, dict) or "name" not in entry:
             raise InputError(

@@ -224,6 +224,9 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
                      "n_train_slices": summary["n_train_slices"], metric: score,
                      "seconds": summary.get("seconds")})
         bar.update(1)
+        if not progress:  # log lines for batch jobs and CI logs; a terminal gets the bar
+            log(f"  [{bar.n}/{bar.total}] {candidate} {fold.name} seed {seed}: {metric} {score:.4f} "
+                f"({summary.get('seconds') or 0:.1f} s)")
         return score
 
     for candidate in candidates:
