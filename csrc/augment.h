@@ -8,13 +8,17 @@
 // where (y0, x0) is the loader's crop corner (random or centred), t the translation and
 //     M = (1 / zoom) * R(angle) * R90^k * [[1, shear_y], [shear_x, 1]] * diag(flip_y, flip_x).
 // M = I, t = 0 reads exactly the plain crop. Image: bilinear, the source extended by its slice minimum
-// (the loader's padding value); mask: bilinear in double precision, extended by 0, then >= 0.5 -> 1.
-// Intensity, in this order, in double (rounded once to float32): bias field
+// (the loader's padding value); mask: bilinear, extended by 0, then >= 0.5 -> 1 (decided in double
+// precision whenever the float32 sum is within 1e-4 of 0.5, so masks match a double computation).
+// Intensity, in this order: bias field
 // v = m + (v - m) * exp(a0 u + a1 u^2 + a2 w + a3 w^2) (m = slice minimum, u, w in [-1, 1] across the crop
 // columns / rows, the field exactly 1 when all a are 0); gamma v = m + R ((v - m) / R)^g
 // (R = slice max - min, skipped when R = 0); contrast v = mu + (v - mu) * c (mu = slice mean);
-// brightness v += b; noise v += sd * z, z from the item's noise key (see noise_z). Gamma's pow runs as
-// libmvec's 8-wide powf when present (about 2e-7 relative), else std::pow.
+// brightness v += b; noise v += sd * z, z from the item's noise key (see noise_z). Coordinates are
+// double; bilinear sums and the intensity chain are float32, with gamma on, relative to the slice minimum
+// (v - m: every bilinear term >= 0, so the sums keep their relative accuracy where gamma's slope is
+// unbounded); pow is a float32 exp2 / log2 polynomial (slice_loader.cpp, pow8). Within ~3e-7 x R + a few
+// float32 ulps of the double-precision formulas (loader_reference.py).
 // Cost: O(ch * cw) per item, about 4 image and 4 mask reads per output pixel.
 #pragma once
 

@@ -14,10 +14,12 @@
 // Cost: O(B * ch * cw) per batch, plus one O(H * W) pass per slice the first time it needs padding.
 // With an AugmentSpec, each item then draws its augmentation (augment.h) from the same engine and is
 // produced in one pass per output row: warp (bilinear, or the plain crop when the affine is the identity)
-// and intensity in a row buffer of doubles, then one float32 store; no intermediate image. The warp has
-// an AVX2 path (gathers) and the noise an AVX-512DQ path, both bit-identical to the scalar code; gamma
-// uses glibc's libmvec powf when it is there (about 2e-7 relative to std::pow). Slice max / mean (gamma,
-// contrast) are computed once per slice.
+// into the float32 output row, then the intensity chain in place (float32, see augment.h); no intermediate
+// image. Before a warp, one pass in address order touches the source rectangle the crop maps into, so the
+// warp's rotated walk finds the slice in L2 instead of missing to memory. The warp (8 columns at a time,
+// border blocks included) and the intensity chain have AVX2 + FMA paths and the noise an AVX-512DQ path;
+// the scalar fallbacks do the same float32 operations (without FMA, so they can differ by an ulp). Slice
+// max / mean (gamma, contrast) are computed once per slice.
 // Masks must hold only 0 and 1 (checked over the allowed slices at construction).
 // Without augmentation, output rows are written with non-temporal AVX2 stores when the CPU has AVX2 + F16C (the batch is read
 // by someone else later, so skipping the read-for-ownership saves a third of the memory traffic);
