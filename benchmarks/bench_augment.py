@@ -81,8 +81,12 @@ def monai_factory(images, masks, batch, crop):
 
 
 def train_step_seconds(batch, crop, steps, threads):
-    """(wall s, process CPU s) median of forward + backward + SGD step of dart20 on (batch, 1, *crop), CPU."""
+    """(wall s, process CPU s) median of forward + backward + SGD step of dart20 on (batch, 1, *crop), CPU;
+    (nan, nan) with steps = 0 (the step is not timed)."""
     from fewshot_da.models import build_model
+
+    if steps < 1:
+        return float("nan"), float("nan")
 
     torch.set_num_threads(threads)
     model = build_model("dart20")
