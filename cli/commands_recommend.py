@@ -49,7 +49,8 @@ def recommend(model, manifest, out, domain, ids, slices, strategies, seeds, max_
                            target_score=target_score, curve=curve_points > 1, curve_points=curve_points,
                            shift=not no_shift_map, preset=preset, config=config,
                            overrides=options.training_overrides(kwargs), tolerances_mm=tolerances, cache=cache,
-                           num_threads=num_threads, progress=options.show_progress(quiet), log=click.echo)
+                           num_threads=num_threads, progress=options.show_progress(quiet), wait=wait,
+                           log=click.echo)
     for row in result["ranking"]:
         click.echo(f"{row['rank']:>2}. {row['candidate']:<12} {row['mean']:.4f} [{row['low']:.4f}, "
                    f"{row['high']:.4f}]  P(best) {row['p_best']:.2f}")

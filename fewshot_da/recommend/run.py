@@ -75,7 +75,8 @@ class _Context:
     """What every validation run shares: the parent run, the labelled volumes, the config, the output folder."""
 
     def __init__(self, parent_dir, arch, manifest, ids, volumes, options, cache, cfg, k, tolerances_mm, metric,
-                 num_threads, out):
+                 num_threads, out, wait=False):
+        self.wait = wait
         self.parent_dir, self.arch, self.manifest, self.ids = parent_dir, arch, manifest, ids
         self.volumes, self.options, self.cache, self.cfg, self.k = volumes, options, cache, cfg, k
         self.tolerances_mm, self.metric, self.num_threads, self.out = tolerances_mm, metric, num_threads, out
@@ -111,7 +112,7 @@ def _validate(ctx: _Context, candidate: str, fold, seed: int) -> dict:
             "preprocess": _options_dict(ctx.options)}
     run_dir = ctx.out / "runs" / candidate / f"{fold.name}-s{seed}"
     identity = identity_of(spec, cfg.resolved(), [ctx.manifest], parent=ctx.parent_dir)
-    with open_run(run_dir, spec, identity) as done:
+    with open_run(run_dir, spec, identity, wait=ctx.wait) as done:
         if done is not None:
             return done
         started = time.perf_counter()
@@ -169,7 +170,7 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
               max_folds: int = 5, metric: Optional[str] = None, target_score: Optional[float] = None,
               curve: bool = True, curve_points: int = 4, shift: bool = True, preset: Optional[str] = None,
               config=None, overrides: Optional[dict] = None, tolerances_mm=(1.0,), cache=None,
-              num_threads: Optional[int] = None, progress: bool = True,
+              num_threads: Optional[int] = None, progress: bool = True, wait: bool = False,
               log: Callable[[str], None] = print) -> dict:
     """Rank `strategies` for adapting the source run `model` to the labelled scans of `manifest` (one domain;
     `slices` '1/k' when only every k-th slice is labelled) by internal validation, forecast the score against
@@ -207,7 +208,7 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = _Context(parent_dir, arch, manifest, ids, volumes, options, cache, cfg, k, tolerances_mm, metric,
-                   num_threads, out)
+                   num_threads, out, wait=wait)
     unit = "image" if images2d else "scan"
     log(f"recommend: {len(candidates)} candidates x {len(folds)} folds x {len(seeds)} seed(s) on {len(ids)} "
         f"labelled {unit}(s){'' if k == 1 else f' (1/{k} of the slices)'}; {cfg.epochs} x {cfg.iters_per_epoch} "
