@@ -185,6 +185,31 @@ def test_augmented_source_baseline_is_scored_unadapted_and_reported(tmp_path):
     assert "baseline-aug" in table and "0 (no labels)" in table
 
 
+def test_a_failing_run_keeps_its_error_and_traceback_and_the_grid_goes_on(tmp_path, monkeypatch):
+    from fewshot_da.experiments import stages
+
+    real = stages.adapt
+
+    def flaky(**kwargs):
+        if "/first/" in str(kwargs["out"]):
+            raise RuntimeError("boom\nsecond line")
+        return real(**kwargs)
+
+    plan = tiny_plan(strategies=["first", "all"], budgets=["1"], folds=[0])
+    out = tmp_path / "g"
+    monkeypatch.setattr(stages, "adapt", flaky)
+    summary = run_experiment(plan, out, slots=0, log=lambda line: None)
+    folder = out / "runs/adapt/dart20/siemens3-ge15/first/1/s0"
+    assert summary["failed"] == 1 and summary["done"] == summary["total"] - 1
+    assert (folder / "error.txt").read_text() == "RuntimeError: boom\n"  # one line for status and logs
+    trace = (folder / "error_traceback.txt").read_text()
+    assert trace.startswith("Traceback") and "in flaky" in trace and "second line" in trace
+    monkeypatch.setattr(stages, "adapt", real)
+    again = run_experiment(plan, out, slots=0, log=lambda line: None)
+    assert again["failed"] == 0 and (folder / "summary.json").is_file()
+    assert not (folder / "error.txt").exists() and not (folder / "error_traceback.txt").exists()
+
+
 def test_tiny_grid_end_to_end(tiny_grid, cli_runner, cli_app):
     out, summary, lines = tiny_grid
     assert summary["failed"] == 0 and summary["done"] == summary["total"] == 1 + 3 + 1 + 4

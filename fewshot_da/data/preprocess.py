@@ -36,6 +36,7 @@ import re
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -512,9 +513,17 @@ def _read_meta(folder: Path) -> dict:
     return meta
 
 
+# np.load parses each .npy header with ast.literal_eval, and CPython 3.11 can raise a spurious "SystemError: AST
+# constructor recursion depth mismatch" when threads parse at the same time (the AST state's depth counter is
+# shared; CPython gh-106905). The threaded cache opening of `preprocess_manifest` hit it once in a 135-run grid
+# on 3.11.7, so headers are parsed one at a time.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def _load_array(path: Path, mode, shape, dtype, crc):
     try:
-        array = np.load(path, mmap_mode=mode, allow_pickle=False)
+        with _NPY_HEADER_LOCK:  # mmap mode: only the header is read here; the CRC pass below runs in parallel
+            array = np.load(path, mmap_mode=mode, allow_pickle=False)
     except FileNotFoundError:
         raise CorruptCacheError(f"{path}: missing from its cache entry") from None
     except (ValueError, OSError, EOFError) as exc:  # truncated data or header

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -544,6 +545,7 @@ def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] 
             return {"run": spec.run_id, "status": "skipped", "seconds": 0.0}
         _check_spec_file(folder, spec)
         (folder / "error.txt").unlink(missing_ok=True)
+        (folder / "error_traceback.txt").unlink(missing_ok=True)
         start = time.perf_counter()
         try:
             summary = _run_spec(spec, context, grid_dir, num_threads)
@@ -554,6 +556,8 @@ def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] 
                 else str(exc)
             )
             (folder / "error.txt").write_text(message + "\n")
+            if not isinstance(exc, InputError):  # an unexpected error: keep where it came from, for a bug report
+                (folder / "error_traceback.txt").write_text(traceback.format_exc())
             return {
                 "run": spec.run_id,
                 "status": "failed",
