@@ -194,9 +194,12 @@ def test_recommend_ranks_adapting_above_not_adapting_and_writes_its_outputs(proj
 
 def test_a_rerun_recomputes_nothing_and_an_interrupted_run_redoes_only_itself(project):
     out = project / "rec-resume"
-    first = _recommend(project, out, strategies="none,last", shift=False, curve=False)
+    lines = []
+    first = _recommend(project, out, strategies="none,last", shift=False, curve=False, log=lines.append)
     summaries = sorted(out.glob("runs/*/*/summary.json"))
     assert len(summaries) == 6
+    assert [line.split("]")[0].strip() for line in lines if line.strip().startswith("[")] == [
+        f"[{i}/6" for i in range(1, 7)]  # one progress line per validation run without a terminal
     stamps = {p: p.stat().st_mtime_ns for p in summaries}
     lost = summaries[3]
     lost.unlink()  # as if killed before this run wrote its summary

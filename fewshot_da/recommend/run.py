@@ -217,6 +217,7 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
     bar = tqdm(total=len(candidates) * len(folds) * len(seeds), desc="validate", unit="run",
                disable=not progress)
     rows, scores = [], {}
+    count = {"done": 0, "total": bar.total}  # the bar keeps no count when disabled
 
     def run(candidate, fold, seed):
         summary = _validate(ctx, candidate, fold, seed)
@@ -225,8 +226,9 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
                      "n_train_slices": summary["n_train_slices"], metric: score,
                      "seconds": summary.get("seconds")})
         bar.update(1)
+        count["done"] += 1
         if not progress:  # log lines for batch jobs and CI logs; a terminal gets the bar
-            log(f"  [{bar.n}/{bar.total}] {candidate} {fold.name} seed {seed}: {metric} {score:.4f} "
+            log(f"  [{count['done']}/{count['total']}] {candidate} {fold.name} seed {seed}: {metric} {score:.4f} "
                 f"({summary.get('seconds') or 0:.1f} s)")
         return score
 
@@ -243,6 +245,7 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
         curved = labelled[0]
         sub = [curve_folds(fold, points=curve_points) for fold in folds]
         bar.total += sum(len(s) - 1 for s in sub) * len(seeds)
+        count["total"] = bar.total
         bar.refresh()
         points_by_fold = []
         for fold, sizes in zip(folds, sub):
