@@ -44,7 +44,8 @@ def report_markdown(result: dict) -> str:
     sched = result["schedule"]
     lines += ["", f"Validation: {len(result['folds'])} folds ({', '.join(f['name'] for f in result['folds'])}), "
               f"seeds {result['seeds']}, {sched['epochs']} x {sched['iters_per_epoch']} steps of batch "
-              f"{sched['batch_size']} per fine-tune; metric {result['metric']} on held-out labelled slices.", "",
+              f"{sched['batch_size']} per fine-tune; metric {result['metric']} on held-out labelled "
+              f"{'images' if unit == 'image' else 'slices'}.", "",
               f"| rank | strategy | mean {result['metric']} | 95% CI | P(best) | folds beating the top |",
               "|---|---|---|---|---|---|"]
     for r in result["ranking"]:
@@ -55,8 +56,8 @@ def report_markdown(result: dict) -> str:
     if lc:
         lines += ["", f"## Learning curve ({lc['strategy']})", "",
                   f"Fit: {lc['curve']['kind']} (a={_fmt(lc['curve']['a'])}, b={_fmt(lc['curve']['b'])}, "
-                  f"c={_fmt(lc['curve']['c'])}) on {len(lc['points'])} validation points; x = labelled slices, "
-                  f"{lc['slices_per_scan']:.1f} per {unit} as labelled here.", "",
+                  f"c={_fmt(lc['curve']['c'])}) on {len(lc['points'])} validation points; x = labelled slices "
+                  f"({lc['slices_per_scan']:.1f} per {unit} as labelled here).", "",
                   f"| labelled {unit}s | forecast | 95% band | within measured sizes |", "|---|---|---|---|"]
         for r in lc["table"]:
             lines.append(f"| {r['labelled_scans']} | {_fmt(r['forecast'])} | [{_fmt(r['low'])}, {_fmt(r['high'])}] "
