@@ -196,12 +196,12 @@ def build_specs(plan: dict, splits: dict) -> list:
                     f"splits have {', '.join(sorted(have, key=int)) or 'none'} (data.splits_options)"
                 )
     source_over = dict(plan["schedules"].get("source") or {}, seed=plan["model_seed"])
-    augmented = plan.get("augmented_baseline")
+    augmented = plan.get("augmented_baseline") if plan["baselines"] else None
+    source_kinds = [("source", source_over)] + ([("source-aug", dict(source_over, augment=augmented))]
+                                                if augmented else [])
     specs = []
     for source in dict.fromkeys(p["source"] for p in pairs):
-        for prefix, over in (("source", source_over), ("source-aug", dict(source_over, augment=augmented))):
-            if prefix == "source-aug" and not (augmented and plan["baselines"]):
-                continue
+        for prefix, over in source_kinds:
             specs.append(
                 RunSpec(
                     f"{prefix}/{arch}/{source}",
