@@ -22,11 +22,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from fewshot_da.cpu_memory import keep_freed_memory
 from fewshot_da.data.augment import AugmentOptions, augment_options
 from fewshot_da.data.loader import SliceLoader
 from fewshot_da.data.phantoms import phantom_volume
 
 CEILING = "memcpy of the output bytes (np.copyto, 2 x float32 batch)"
+STREAMING = "memcpy of the output bytes, buffers cycled through 201 MB (not cache-resident)"
 # The work MONAI does below: rotation +-15 deg and zoom 0.9-1.1 (bilinear image, nearest mask),
 # Gaussian noise sd 0.1 and gamma 0.7-1.5, each on every item.
 SAME_WORK = AugmentOptions(rotation_deg=15.0, rotation_p=1.0, zoom_range=(0.9, 1.1), zoom_p=1.0,
@@ -81,17 +83,20 @@ def monai_factory(images, masks, batch, crop):
 
 
 def train_step_seconds(batch, crop, steps, threads):
-    """(wall s, process CPU s) median of forward + backward + SGD step of dart20 on (batch, 1, *crop), CPU;
+    """(wall s, process CPU s) median of forward + backward + SGD step of dart20 on (batch, 1, *crop), CPU, in the
+    training loop's layout;
     (nan, nan) with steps = 0 (the step is not timed)."""
     from fewshot_da.models import build_model
+    from fewshot_da.training.fit import training_layout
 
     if steps < 1:
         return float("nan"), float("nan")
 
     torch.set_num_threads(threads)
-    model = build_model("dart20")
+    layout = training_layout(torch.device("cpu"))  # as the training loop
+    model = build_model("dart20").to(memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    x = torch.randn(batch, 1, *crop)
+    x = torch.randn(batch, 1, *crop).contiguous(memory_format=layout)
     y = (torch.rand(batch, 1, *crop) > 0.5).float()
     walls, cpus = [], []
     for i in range(steps + 1):
@@ -107,7 +112,7 @@ def train_step_seconds(batch, crop, steps, threads):
     return statistics.median(walls), statistics.median(cpus)
 
 
-def breakdown(images, masks, batch, crop, batches=8):
+def breakdown(images, masks, batch, crop, batches=48):
     """Process CPU ms per batch, 1 loader thread, no prefetch, one transform group at a time."""
     cases = {
         "none": None,
@@ -142,7 +147,11 @@ def main():
     parser.add_argument("--train-steps", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="only the per-transform CPU cost table")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default malloc (the training loop switches it: fewshot_da.cpu_memory)")
     args = parser.parse_args()
+    heap = "glibc default" if args.system_malloc else \
+        f"keep_freed_memory() {'on' if keep_freed_memory() else 'unavailable'}"
     if args.quick:
         args.volumes, args.shape, args.rounds, args.seconds, args.train_steps = 2, (24, 256, 256), 1, 1.0, 1
     load_before = os.getloadavg()[0]
@@ -151,6 +160,7 @@ def main():
     b, t = args.batch, args.threads
     images, masks = make_volumes(args.volumes, tuple(args.shape))
     if args.breakdown:
+        print(f"# heap: {heap}")
         breakdown(images, masks, b, crop)
         return
     out_shape = (b, 1) + crop
@@ -159,6 +169,17 @@ def main():
     def memcpy_out():
         np.copyto(dst, src)
         np.copyto(dst, src)
+
+    # The same copies from and to buffers that are not in the cache: 16 source and 8 destination batches (201 MB,
+    # 6x the L3), as the loader reads volumes far larger than the cache and fills a ring of batch buffers.
+    pool_src = [np.ones(out_shape, np.float32) for _ in range(16)]
+    pool_dst = [np.empty(out_shape, np.float32) for _ in range(8)]
+    turn = iter(range(10**9))
+
+    def memcpy_streaming():
+        k = next(turn)
+        np.copyto(pool_dst[2 * k % 8], pool_src[2 * k % 16])
+        np.copyto(pool_dst[(2 * k + 1) % 8], pool_src[(2 * k + 1) % 16])
 
     def loader(augment, prefetch):
         def factory():
@@ -169,12 +190,15 @@ def main():
 
     steps = iter(range(10**9))
     presets = augment_options("ultrasound-aug+intensity")
+    presets_dart = augment_options("dart20-aug+intensity")
     contenders = {
         CEILING: lambda: (memcpy_out, None),
+        STREAMING: lambda: (memcpy_streaming, None),
         f"SliceLoader no augmentation, threads={t}, prefetch": loader(None, True),
         f"SliceLoader spatial+intensity (same work as MONAI), threads={t}, no prefetch": loader(SAME_WORK, False),
         f"SliceLoader spatial+intensity (same work as MONAI), threads={t}, prefetch": loader(SAME_WORK, True),
         f"SliceLoader presets ultrasound-aug+intensity, threads={t}, prefetch": loader(presets, True),
+        f"SliceLoader presets dart20-aug+intensity, threads={t}, prefetch": loader(presets_dart, True),
     }
     try:
         contenders["MONAI RandAffined + RandGaussianNoised + RandAdjustContrastd in-process"] = \
@@ -197,28 +221,33 @@ def main():
     med = {name: statistics.median(r[0] for r in rs) for name, rs in results.items()}
     cpu = {name: statistics.median(r[1] for r in rs) for name, rs in results.items()}
     ceiling, ceiling_cpu = med[CEILING], cpu[CEILING]
+    streaming, streaming_cpu = med[STREAMING], cpu[STREAMING]
     monai = next((n for n in med if n.startswith("MONAI")), None)
     mb = 2 * np.prod(out_shape) * 4 / 1e6
     print(f"# {args.volumes} phantom volumes {tuple(args.shape)} float32 + uint8 masks, batch {b}, crop {crop}, "
           f"{mb:.1f} MB written per batch")
     print(f"# {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, "
-          f"torch {torch.__version__}, numpy {np.__version__}, {monai_note}")
+          f"torch {torch.__version__}, numpy {np.__version__}, {monai_note}; heap: {heap}")
     print(f"# median of {args.rounds} interleaved rounds x {args.seconds:g} s; 1-min load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print("# wall: batches/s as measured; CPU: process CPU ms per batch (all threads). 'x memcpy (CPU)' = memcpy "
           f"CPU ms / (CPU ms / {t} threads), i.e. the rate on {t} idle cores if the threads scale perfectly")
-    print("| contender | batches/s (wall) | x memcpy (wall) | x MONAI (wall) | CPU ms/batch | x memcpy (CPU) "
-          "| x MONAI (CPU) | batch / dart20 step (wall) | batch / dart20 step (CPU) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("# 'x memcpy': against the cache-resident copy (same two buffers every time); 'x streaming': against the "
+          "copy through buffers that are not in the cache")
+    print("| contender | batches/s (wall) | x memcpy (wall) | x streaming (wall) | x MONAI (wall) | CPU ms/batch "
+          "| x memcpy (CPU) | x streaming (CPU) | x MONAI (CPU) | batch / dart20 step (wall) | "
+          "batch / dart20 step (CPU) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in med.items():
         threads = t if name.startswith("SliceLoader") else 1
         vs_monai = f"{r / med[monai]:.1f}" if monai else "-"
         vs_monai_cpu = f"{cpu[monai] / cpu[name]:.1f}" if monai else "-"
-        print(f"| {name} | {r:,.1f} | {r / ceiling:.3f} | {vs_monai} | {cpu[name]:,.1f} | "
-              f"{ceiling_cpu / (cpu[name] / threads):.3f} | {vs_monai_cpu} | {1 / r / step_s:.4f} | "
-              f"{cpu[name] / 1e3 / step_cpu_s:.4f} |")
+        print(f"| {name} | {r:,.1f} | {r / ceiling:.3f} | {r / streaming:.3f} | {vs_monai} | {cpu[name]:,.1f} | "
+              f"{ceiling_cpu / (cpu[name] / threads):.3f} | {streaming_cpu / (cpu[name] / threads):.3f} | "
+              f"{vs_monai_cpu} | {1 / r / step_s:.4f} | {cpu[name] / 1e3 / step_cpu_s:.4f} |")
     print(f"| dart20 forward + backward + SGD step, batch {b}, {t} torch threads | {1 / step_s:.3f} | "
-          f"{1 / step_s / ceiling:.5f} | - | {step_cpu_s * 1e3:,.0f} | - | - | 1 | 1 |")
+          f"{1 / step_s / ceiling:.5f} | {1 / step_s / streaming:.5f} | - | {step_cpu_s * 1e3:,.0f} | - | - | - "
+          "| 1 | 1 |")
 
 
 if __name__ == "__main__":

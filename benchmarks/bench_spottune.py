@@ -25,8 +25,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fewshot_da.cpu_memory import keep_freed_memory
 from fewshot_da.models import build_model
 from fewshot_da.models.spottune import SpotTUnet, mix, param_groups, policy_penalty
+from fewshot_da.training.fit import training_layout
 
 
 def _sync(device):
@@ -34,19 +36,20 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def make_steps(arch, batch, size, device):
-    """{name: zero-argument callable doing one training step}, all on the same fixed batch."""
+def make_steps(arch, batch, size, device, layout=torch.contiguous_format):
+    """{name: zero-argument callable doing one training step}, all on the same fixed batch, weights and batch in
+    memory layout `layout` (the training loop's: `training_layout(device)`)."""
     torch.manual_seed(0)
     source = build_model(arch).to(device)
-    x = torch.randn(batch, 1, size, size, device=device)
+    x = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=layout)
     y = (x > 0).float()
 
     finetune = build_model(arch).to(device)
     finetune.load_state_dict(source.state_dict())
-    finetune.train()
+    finetune.to(memory_format=layout).train()
     opt_ft = torch.optim.SGD(finetune.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
 
-    spot = SpotTUnet(arch, source.state_dict()).to(device)
+    spot = SpotTUnet(arch, source.state_dict()).to(device, memory_format=layout)
     spot.train()
     opt_spot = torch.optim.SGD(param_groups(spot), momentum=0.9, nesterov=True)
 
@@ -139,13 +142,18 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--flops-only", action="store_true", help="count FLOPs of one step each, no timing")
     parser.add_argument("--mix-only", action="store_true", help="time one mixing site's implementations")
+    parser.add_argument("--no-cpu-setup", action="store_true",
+                        help="NCHW layout and glibc's default malloc, as before the training loop's CPU setup")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.mix_only:
         print_mix(args)
         return
     device = torch.device(args.device)
-    steps = make_steps(args.arch, args.batch, args.size, device)
+    layout = torch.contiguous_format if args.no_cpu_setup else training_layout(device)
+    heap = "glibc default" if args.no_cpu_setup or device.type != "cpu" else \
+        f"keep_freed_memory() {'on' if keep_freed_memory() else 'unavailable'}"
+    steps = make_steps(args.arch, args.batch, args.size, device, layout)
     if args.flops_only:
         print_flops(steps, args)
         return
@@ -162,7 +170,8 @@ def main():
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
     print(f"# {args.arch}, batch {args.batch}, {args.size}x{args.size}, {args.device}, {args.threads} thread(s), "
-          f"{args.rounds} rounds; torch {torch.__version__}, {platform.processor() or platform.machine()}")
+          f"{args.rounds} rounds; layout {layout}, heap: {heap}; torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}")
     print("| step | wall s/step | x fine-tune all (wall) | CPU s/step | x fine-tune all (CPU) |")
     print("|---|---:|---:|---:|---:|")
     ratio = {}

@@ -67,8 +67,9 @@ class _Preempter(threading.Thread):
                 ]
                 if partial:
                     array_id = self.executor.jobs[-1].job_id.split("_")[0]
-                    subprocess.run(["scancel", "--signal=USR2", array_id], check=True)
-                    self.signalled, self.partial = array_id, partial
+                    # refused when the array finished meanwhile: keep watching for another run in flight
+                    if subprocess.run(["scancel", "--signal=USR2", array_id], capture_output=True).returncode == 0:
+                        self.signalled, self.partial = array_id, partial
             elif self.signalled is not None:
                 for job_id, state, *reason in _squeue(self.signalled):
                     if state == "PENDING" and reason and reason[0] == "BeginTime":
