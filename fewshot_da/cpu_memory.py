@@ -1,11 +1,9 @@
 """CPU training memory: keep freed heap pages mapped, so large tensors reuse them instead of faulting in fresh ones.
 
-glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it on free,
-and trims the heap top above its trim threshold. A 256 x 256 training step allocates and frees tensors of 16-134
-MiB a few hundred times, so every step pays for millions of minor page faults and the zeroing of each fresh page:
-measured 2.6-3.8 M faults and 4.8-7.2 s of system time in an 11-14 s dsa step at batch 16 (benchmarks/README.md,
-"CPU allocator"). With mmap off and trimming at its maximum, the heap keeps the pages of the first step and the
-step takes 5.6-5.8 s. The price: the process keeps its peak heap until it exits, which a training process does.
+glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh mmap, unmaps it on free and
+trims the heap top above its trim threshold, so a training step at 256 x 256 faults in and zeroes all its large
+tensors again. Measured cost and gain: benchmarks/README.md, "CPU training setup". The price: the process keeps
+its peak heap until it exits.
 """
 import ctypes
 import ctypes.util

@@ -30,9 +30,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def training_layout(device: torch.device) -> torch.memory_format:
-    """Memory layout of weights and batches while training: channels-last on CPU (oneDNN's NHWC kernels: a dsa or
-    policy-net step at batch 16, 256 x 256 is ~25 % faster than NCHW; benchmarks/README.md), PyTorch's default
-    elsewhere. Values agree to float32 rounding, not bit for bit."""
+    """Memory layout of weights and batches while training: channels-last on CPU (oneDNN's faster NHWC kernels;
+    benchmarks/README.md, "CPU training setup"), PyTorch's default elsewhere. NCHW values agree to float32
+    rounding, not bit for bit."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
