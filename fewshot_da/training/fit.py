@@ -159,8 +159,7 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     layout = training_layout(device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    heap_kept = device.type == "cpu" and keep_freed_memory()
     use_amp = bool(config.amp) and device.type == "cuda"
     strategy = strategy or train_all(model)
     if not strategy.trains:
@@ -199,6 +198,7 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
         save_config(config, run_dir / "config.yaml")
         n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(ever_trained))
         _log(run_dir, f"start {config.arch} {config.stage} preset={config.preset} device={device} amp={use_amp} "
+                      f"layout={str(layout).removeprefix('torch.')} heap_kept={heap_kept} "
                       f"seed={config.seed} strategy={strategy.name} {strategy.options} trainable={n_trainable} "
                       f"params in {len(ever_trained)} tensors")
 
