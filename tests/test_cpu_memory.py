@@ -50,29 +50,3 @@ def test_keep_freed_memory_is_idempotent_in_process():
         pytest.skip("FEWSHOT_DA_SYSTEM_MALLOC=1 keeps the system's malloc for this test run")
     assert keep_freed_memory() is True and keep_freed_memory() is True
 
-
-def test_fit_on_cpu_trains_in_channels_last_and_still_learns(tmp_path):
-    """The CPU training layout reaches the model; the loss still falls on a bright-square toy."""
-    import torch
-
-    from fewshot_da.models import UNet2dDsa
-    from fewshot_da.training.config import TrainConfig
-    from fewshot_da.training.fit import fit, training_layout
-
-    assert training_layout(torch.device("cpu")) is torch.channels_last
-    assert training_layout(torch.device("cuda")) is torch.contiguous_format
-
-    def batches(step):
-        g = torch.Generator().manual_seed(step)
-        y = torch.zeros(4, 1, 16, 16)
-        y[:, :, 4:12, 4:12] = 1.0
-        return torch.randn(4, 1, 16, 16, generator=g) * 0.3 + 2 * y, y
-
-    model = UNet2dDsa(n_filters=4)
-    config = TrainConfig(arch="dsa", epochs=4, iters_per_epoch=5, batch_size=4, crop=16, lr=5e-2, lr_steps={},
-                         seed=0, device="cpu")
-    fit(model, batches, config, tmp_path, progress=False)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
-    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
-    losses = [float(r["train_loss"]) for r in __import__("csv").DictReader(open(tmp_path / "metrics.csv"))]
-    assert losses[-1] < 0.8 * losses[0], losses

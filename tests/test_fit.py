@@ -11,7 +11,7 @@ import torch
 from fewshot_da.errors import InputError
 from fewshot_da.models import UNet2dDsa, build_model
 from fewshot_da.training.config import (TrainConfig, load_config, lr_at, preset_config, save_config)
-from fewshot_da.training.fit import fit, load_checkpoint, load_pretrained
+from fewshot_da.training.fit import fit, load_checkpoint, load_pretrained, training_layout
 from fewshot_da.training.strategies import fixed
 
 
@@ -150,6 +150,20 @@ def test_resume_after_kill_9(tmp_path):
     assert fit(resumed, batches, tiny_config(), tmp_path / "run", progress=False)["resumed_from_epoch"] == 1
     resumed_state = resumed.state_dict()
     assert all(torch.equal(v, resumed_state[k]) for k, v in straight.state_dict().items())
+
+
+def test_fit_on_cpu_trains_in_channels_last_and_still_learns(tmp_path):
+    """The CPU training layout reaches the model; the loss still falls on the bright-square toy."""
+    assert training_layout(torch.device("cpu")) is torch.channels_last
+    assert training_layout(torch.device("cuda")) is torch.contiguous_format
+    model = small_net()
+    fit(model, batches, tiny_config(epochs=4, iters_per_epoch=5, lr=5e-2, lr_steps={}, device="cpu"), tmp_path,
+        progress=False)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    losses = [float(r["train_loss"]) for r in csv.DictReader(open(tmp_path / "metrics.csv"))]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert "layout=channels_last" in (tmp_path / "log.txt").read_text()
 
 
 def test_validation_callback_and_no_trainable(tmp_path):
