@@ -142,7 +142,7 @@ def predict(model, manifest, ids, out, original_grid, batch_size, tolerances, nu
 @one_line_errors
 def demo(out, arch, seed, quick, quiet):
     """The main job on built-in synthetic data: train, adapt first/last/all layers, score, report D_R."""
-    from fewshot_da.experiments.demo import run_demo
+    from fewshot_da.demo import run_demo
 
     run_demo(out, arch=arch, seed=seed, quick=quick, progress=options.show_progress(quiet), log=click.echo)
 

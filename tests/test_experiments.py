@@ -106,7 +106,7 @@ def test_adapt_bad_input_is_one_line(project, cli_runner, cli_app, tmp_path, arg
 
 
 def test_demo_quick_end_to_end(tmp_path):
-    from fewshot_da.experiments.demo import run_demo
+    from fewshot_da.demo import run_demo
 
     lines = []
     result = run_demo(tmp_path / "demo", quick=True, progress=False, log=lines.append)

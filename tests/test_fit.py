@@ -11,7 +11,8 @@ import torch
 from fewshot_da.errors import InputError
 from fewshot_da.models import UNet2dDsa, build_model
 from fewshot_da.training.config import (TrainConfig, load_config, lr_at, preset_config, save_config)
-from fewshot_da.training.fit import fit, load_checkpoint, load_pretrained, training_layout
+from fewshot_da.checkpoint import load_checkpoint, load_pretrained
+from fewshot_da.training.fit import fit, training_layout
 from fewshot_da.training.strategies import fixed
 
 

@@ -4,7 +4,7 @@ import torch
 
 from fewshot_da.errors import InputError
 from fewshot_da.models import ARCHS, PreActivation2d, ResBlock2d, build_model, count_parameters, pad_multiple
-from fewshot_da.training.fit import load_pretrained
+from fewshot_da.checkpoint import load_pretrained
 
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from fewshot_da.errors import InputError
-from fewshot_da.reports.plots import heatmap
+from fewshot_da.figures import heatmap
 from fewshot_da.reports.policy import policy_matrix, read_policy_csv
 from fewshot_da.reports.tables import Table, transfer_matrix, transfer_table, write_table
 

@@ -87,7 +87,7 @@ def main(argv=None):
 
 def write_outputs(out: Path, scores, policy, labels, source, target, seeds) -> None:
     from fewshot_da.atomic import write_csv_atomic
-    from fewshot_da.reports.plots import heatmap
+    from fewshot_da.figures import heatmap
     from fewshot_da.reports.stats import t_interval
 
     key = "surface_dice_1mm"

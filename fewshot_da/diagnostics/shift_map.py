@@ -23,7 +23,7 @@ from torch import nn
 
 from ..atomic import write_csv_atomic, write_json_atomic
 from ..errors import InputError
-from ..reports.plots import heatmap
+from ..figures import heatmap
 
 DIVERGENCES = ("w2", "skl")
 METHODS = ("auto", "bn", "features")

@@ -19,12 +19,14 @@ from ..data import splits as splits_mod
 from ..data.budgets import comb_slices, make_budget
 from ..data.loader import SliceLoader
 from ..data.manifest import read_manifest
-from ..data.preprocess import PreprocessOptions, preprocess_manifest, preprocess_options
+from ..data.preprocess import PreprocessOptions, preprocess_options
+from ..data.volumes import open_volumes
 from ..errors import InputError
 from ..models import build_model, check_arch
 from ..training.config import load_config, preset_config, with_overrides
-from ..training.fit import fit, load_checkpoint, load_pretrained, save_checkpoint
-from ..training.strategies import LABEL_FREE, make_strategy
+from ..checkpoint import load_checkpoint, load_pretrained, save_checkpoint
+from ..training.fit import fit
+from ..training.strategies.registry import LABEL_FREE, make_strategy
 from .results import budget_label
 from .run_folder import finished_summary, identity_of, locked, open_run, read_run, write_summary
 from .scoring import aggregate_scores, score_volumes
@@ -95,17 +97,6 @@ def _options_dict(options: PreprocessOptions) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()}
 
 
-def open_volumes(manifest, ids: Sequence[str], *, cache, preprocess="paper", num_workers: int = 2,
-                 progress: bool = True):
-    """Preprocessed (cached) volumes of `ids` from `manifest`, in the order of `ids`."""
-    records = {r.id: r for r in read_manifest(manifest)}
-    missing = [i for i in ids if i not in records]
-    if missing:
-        raise InputError(f"{manifest}: id {missing[0]!r} (from the split file) is not in the manifest")
-    return preprocess_manifest([records[i] for i in ids], cache, preprocess_options(preprocess),
-                               num_workers=num_workers, progress=progress)
-
-
 def _train_config(preset, stage, arch, config_path, overrides):
     base = preset_config(preset, stage, arch)
     if config_path:
@@ -155,7 +146,7 @@ def _finish(run_dir: Path, spec: RunSpec, model, eval_volumes, summary: dict, *,
 
 
 def _plot_curve(run_dir: Path) -> None:
-    from ..reports.plots import plot_training_curve
+    from ..figures import plot_training_curve
 
     plot_training_curve(run_dir)
 
@@ -277,7 +268,7 @@ def adapt(*, model, target: str, out, strategy: str = "freeze", strategy_options
     test_ids = test_ids if evaluate else []
     net, chosen = strategy_model(parent_dir, arch, cfg, strategy, options, budget=(scans or len(ids), k))
     tune_options = preprocess_options(parent["preprocess"])
-    test_options = chosen.preprocess(tune_options, parent_dir) if chosen.preprocess else tune_options
+    test_options = chosen.preprocess(tune_options, parent_dir, parent) if chosen.preprocess else tune_options
     spec = RunSpec(kind="adapt", arch=arch, manifest=parent["manifest"], splits=parent["splits"],
                    cache=parent["cache"], preprocess=_options_dict(test_options), source=parent.get("source"),
                    target=target, strategy=strategy, strategy_options=chosen.options,

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..checkpoint import load_pretrained
 from ..errors import InputError
 from . import build_model
 from .policy_net import DEFAULT_TEMPERATURE, PolicyNet, sample_policy
@@ -176,7 +177,6 @@ class SpotTUnet(nn.Module):
     @classmethod
     def from_checkpoint(cls, arch: str, path, **kwargs) -> "SpotTUnet":
         """Both copies from a source checkpoint file (ours or a raw reference state dict; see `load_pretrained`)."""
-        from ..training.fit import load_pretrained
 
         base = build_model(arch, in_channels=kwargs.get("in_channels", 1), out_channels=kwargs.get("out_channels", 1))
         load_pretrained(base, path, arch=arch)

@@ -11,7 +11,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def learning_curve_figure(result: dict, path) -> None:
-    from ..reports.plots import plot_learning_curve
+    from ..figures import plot_learning_curve
     from .learning_curve import Curve
 
     lc = result["learning_curve"]

@@ -19,7 +19,7 @@ from ..data.budgets import parse_slices
 from ..data.manifest import read_manifest
 from ..data.preprocess import preprocess_options
 from ..errors import InputError
-from ..experiments.run_folder import identity_of, open_run, write_summary
+from ..experiments.run_folder import identity_of, open_run, read_run, write_summary
 from ..experiments.scoring import score_volumes
 from ..experiments.stages import (_options_dict, _train_config, check_tolerances, finished_parent, open_volumes,
                                   set_threads, strategy_model, tune)
@@ -86,7 +86,7 @@ class _Context:
         """The labelled volumes as the strategy's test preprocessing makes them (histogram matching)."""
         if chosen.preprocess is None:
             return self.volumes
-        options = chosen.preprocess(self.options, self.parent_dir)
+        options = chosen.preprocess(self.options, self.parent_dir, read_run(self.parent_dir)["spec"])
         key = repr(options)
         if key not in self._harmonised:
             self._harmonised[key] = open_volumes(self.manifest, self.ids, cache=self.cache, preprocess=options,

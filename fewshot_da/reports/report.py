@@ -10,7 +10,8 @@ from ..atomic import write_csv_atomic, write_text_atomic
 from ..errors import InputError
 from ..experiments.results import ID_COLUMNS, budget_scans, read_results, write_results
 from ..metrics.scoring import surface_dice_key
-from . import plots, stats, tables
+from .. import figures as plots
+from . import stats, tables
 from .collect import collect_hand_runs
 from .gap import pair_gaps, run_gaps
 from .html import Section, render_page

@@ -1,23 +1,19 @@
 """One training loop for source training and few-shot adaptation, with per-epoch checkpoints and exact resume."""
-import random
 import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_csv_atomic
+from ..atomic import write_csv_atomic
+from ..checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from ..cpu_memory import keep_freed_memory
 from ..errors import InputError
 from .config import TrainConfig, lr_at, save_config
 from .layers import freeze, set_train_mode
 from .losses import segmentation_loss
-from .strategies import Strategy, train_all
-
-CHECKPOINT = "checkpoint.pt"
-
+from .strategies.base import Strategy, train_all
 
 def resolve_device(device: str = "auto") -> torch.device:
     """"auto" -> CUDA when available, else CPU; anything else is passed to torch.device."""
@@ -34,86 +30,6 @@ def training_layout(device: torch.device) -> torch.memory_format:
     benchmarks/README.md, "CPU training setup"), PyTorch's default elsewhere. NCHW values agree to float32
     rounding, not bit for bit."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(state: dict, path) -> None:
-    """torch.save atomically: a kill at any moment leaves the old or the new file."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by `fit` (plain dict: model, optimizer, scaler, config, epoch, history, rng, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-
-
-def load_pretrained(model: nn.Module, path, *, arch: str = None, skip=()) -> dict:
-    """Copy tensors from a checkpoint (ours, or a raw state dict saved by the papers' code) into `model`.
-
-    Every tensor of `model` must be present with the same name and shape, except names starting with a prefix in
-    `skip` (those keep their current values); otherwise InputError names the first offending key and the
-    architecture. Keys of older dpipe (`.conv.` inside pre/post-activation blocks) and DataParallel (`module.`)
-    are renamed. Returns {"copied": n, "skipped": m}.
-    """
-    state = load_checkpoint(path)
-    arch_name = arch or type(model).__name__
-    if isinstance(state.get("model"), dict):
-        saved_arch = (state.get("config") or {}).get("arch")
-        if arch is not None and saved_arch is not None and saved_arch != arch:
-            raise InputError(f"{path}: checkpoint holds a {saved_arch} model, not {arch}")
-        state = state["model"]
-    target = model.state_dict()
-    source = {}
-    for key, value in state.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        if key not in target and key.replace(".conv.", ".layer.") in target:
-            key = key.replace(".conv.", ".layer.")
-        source[key] = value
-    skipped = [k for k in target if k.startswith(tuple(skip))] if skip else []
-    for key in target:
-        if key in skipped:
-            continue
-        if key not in source:
-            raise InputError(f"{path}: key {key!r} is missing; the checkpoint does not hold a {arch_name} model")
-        if tuple(source[key].shape) != tuple(target[key].shape):
-            raise InputError(f"{path}: key {key!r} has shape {tuple(source[key].shape)}, {arch_name} expects "
-                             f"{tuple(target[key].shape)}")
-    extra = [k for k in source if k not in target and not k.startswith(tuple(skip) or ("\0",))]
-    if extra:
-        raise InputError(f"{path}: unexpected key {extra[0]!r}; the checkpoint does not hold a {arch_name} model")
-    model.load_state_dict({k: (target[k] if k in skipped else source[k]) for k in target})
-    return {"copied": len(target) - len(skipped), "skipped": len(skipped)}
 
 
 def _log(run_dir: Path, message: str) -> None:
@@ -192,7 +108,7 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
         scaler.load_state_dict(state["scaler"])
         history, start_epoch, resumed_from = list(state["history"]), state["epoch"], state["epoch"]
         strategy_rows = list(state.get("strategy_rows", []))
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         _log(run_dir, f"resumed after epoch {start_epoch - 1}")
     else:
         save_config(config, run_dir / "config.yaml")
@@ -261,7 +177,7 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "config": config.resolved(), "epoch": epoch + 1,
                          "strategy": identity, "strategy_rows": strategy_rows, "history": history,
-                         "rng": _rng_state()}, checkpoint_path)
+                         "rng": rng_state()}, checkpoint_path)
         write_csv_atomic(run_dir / "metrics.csv", history)
         if strategy_rows:
             write_csv_atomic(run_dir / strategy.record_file, strategy_rows)

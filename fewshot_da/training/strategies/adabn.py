@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from ...errors import InputError
+from ...models import pad_multiple
+from ...predict import pad_slices
+from .base import Strategy, check_options
 
 
 def reestimate_bn(model, images, *, batch_size: int = 16, pad_multiple: int = 8) -> dict:
     """Reset and re-estimate every BatchNorm's running mean/var from `images` ((S, H, W) arrays); returns counts."""
-    from ...predict import pad_slices
-
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         raise InputError("--strategy adabn: the model has no BatchNorm layer (classic U-Net); use another strategy")
@@ -40,10 +41,7 @@ def reestimate_bn(model, images, *, batch_size: int = 16, pad_multiple: int = 8)
     return {"bn_layers": len(bns), "slices": n}
 
 
-def build(model, arch, options, Strategy):
-    from . import check_options
-    from ...models import pad_multiple
-
+def build(model, arch, options, *, budget=None):
     options = check_options("adabn", options, ())
 
     def prepare(net, images, batch_size):

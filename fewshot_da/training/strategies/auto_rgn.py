@@ -6,11 +6,10 @@ and the scale of tensor t is RGN_t / max over tensors of RGN, so the most-moving
 The scales are written per epoch to strategy.csv.
 """
 import torch
+from .base import Strategy, check_options
 
 
-def build(model, arch, options, Strategy):
-    from . import check_options
-
+def build(model, arch, options, *, budget=None):
     options = check_options("auto-rgn", options, ())
     names = [n for n, _ in model.named_parameters()]
 

@@ -7,13 +7,12 @@ blocks of that order for the whole run (the paper's Fig. 4 series, one run per K
 """
 from ...errors import InputError
 from ..layers import block_names
+from .base import Strategy, check_options
 
 ORDERS = ("shallow-deep", "deep-shallow")
 
 
-def build(model, arch, options, Strategy):
-    from . import check_options
-
+def build(model, arch, options, *, budget=None):
     options = check_options("gradual", options, ("order", "unfreeze_every", "blocks_trained"))
     options.setdefault("order", "shallow-deep")
     if options["order"] not in ORDERS:

@@ -7,25 +7,23 @@ run.yaml and cached like the other options.
 """
 from pathlib import Path
 
+from ...data.harmonize import fit_histogram_reference, save_histogram_reference
+from ...data.volumes import open_volumes
+from .base import Strategy, check_options
+
 REFERENCE_FILE = "histogram_reference.json"
 
 
-def source_reference(options, parent_dir):
-    """Preprocessing `options` plus histogram matching onto the source run's reference (fitted on first use)."""
-    from ...data.harmonize import fit_histogram_reference, save_histogram_reference
-    from ...experiments.run_folder import read_run
-    from ...experiments.stages import open_volumes
-
+def source_reference(options, parent_dir, parent_spec: dict):
+    """Preprocessing `options` plus histogram matching onto the source run's reference (fitted on first use from
+    the train scans its spec `parent_spec` names)."""
     path = Path(parent_dir) / REFERENCE_FILE
     if not path.is_file():
-        spec = read_run(parent_dir)["spec"]
-        volumes = open_volumes(spec["manifest"], spec["train_ids"], cache=spec["cache"], preprocess=options,
-                               progress=False)
-        save_histogram_reference(fit_histogram_reference(volumes), path, source_ids=list(spec["train_ids"]))
+        volumes = open_volumes(parent_spec["manifest"], parent_spec["train_ids"], cache=parent_spec["cache"],
+                               preprocess=options, progress=False)
+        save_histogram_reference(fit_histogram_reference(volumes), path, source_ids=list(parent_spec["train_ids"]))
     return options.replace(histogram=str(path.resolve()))
 
 
-def build(model, arch, options, Strategy):
-    from . import check_options
-
+def build(model, arch, options, *, budget=None):
     return Strategy("histogram", check_options("histogram", options, ()), None, preprocess=source_reference)

@@ -8,6 +8,7 @@ decay 1e-3 (the reference's 1e-3 / 1e-2 pair, both x0.1 at the preset's drop). R
 Without `lam`, the paper's chosen value for the budget is used (dsa-code preset).
 """
 from ...models.spottune import SpotTUnet, policy_penalty
+from .base import Strategy, check_options
 
 # REFERENCE.md section 6: the lambda chosen on pairs 0-4 per budget, keyed by (scans, 1/k)
 PAPER_LAMBDA = {(3, 1): 0.0, (2, 1): 0.005, (1, 1): 0.005, (1, 3): 0.007, (1, 6): 0.005, (1, 12): 0.005,
@@ -21,9 +22,7 @@ def paper_lambda(scans, slices_k) -> float:
     return PAPER_LAMBDA.get((int(scans or 1), int(slices_k or 1)), DEFAULT_LAMBDA)
 
 
-def build(model, arch, options, Strategy, budget=None):
-    from . import check_options
-
+def build(model, arch, options, *, budget=None):
     options = check_options("spottune", options, ("lam", "temperature", "unit_map"))
     options.setdefault("lam", paper_lambda(*(budget or (1, 1))))
     options.setdefault("temperature", 0.1)

@@ -1,6 +1,6 @@
-"""Report figures as PNG files (matplotlib's object API on the Agg canvas; pyplot's global state is never used).
+"""Figures as PNG files (matplotlib's object API on the Agg canvas; pyplot's global state is never used).
 
-The only matplotlib importer in `reports`.
+The package's only matplotlib importer, below the stages, the reports, the diagnostics and recommend.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..atomic import atomic_path
+from .atomic import atomic_path
 
 _COLORS = ("#E83F6F", "#2274A5", "#FFBF00", "#32936F", "#7B2D8B", "#F46036", "#5B5F97", "#8C8C8C")
 
@@ -200,3 +200,27 @@ def plot_learning_curve(points: Sequence[tuple], curve_x: Sequence[float], curve
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_segmentations(volume, masks: dict, path, *, title: str = "") -> Path:
+    """The slice of `volume` with the most foreground, once per prediction in `masks` ({(method, budget): (S, H, W)
+    mask, ...}): the image with the true (green) and predicted (red) contours."""
+    image, gt = np.asarray(volume.image, dtype=np.float32), np.asarray(volume.mask)
+    s = int(np.argmax(gt.reshape(gt.shape[0], -1).sum(1)))
+    keys = list(masks)
+    fig = Figure(figsize=(2.2 * len(keys), 2.6))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        ax.imshow(image[s], cmap="gray")
+        ax.contour(gt[s], levels=[0.5], colors="lime", linewidths=0.8)
+        pred = np.asarray(masks[key])[s]
+        if pred.any():
+            ax.contour(pred, levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title("\n".join(str(part) for part in (key if isinstance(key, tuple) else (key,))), fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title or f"{volume.id} slice {s}: truth (green), prediction (red)", fontsize=9)
+    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return Path(path)

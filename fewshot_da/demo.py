@@ -15,17 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_csv_atomic
-from ..data import splits as splits_mod
-from ..data.datasets import index_cc359
-from ..data.manifest import write_manifest
-from ..data.phantoms import write_phantom_dataset
-from ..models import build_model
-from ..reports.gap import format_mean_std, pair_gap_closed, scan_gap_closed, sign_test
-from ..training.fit import load_pretrained
-from . import stages
-from .run_folder import read_run
-from .scoring import score_volumes
+from .atomic import write_csv_atomic
+from .checkpoint import load_pretrained
+from .data import splits as splits_mod
+from .data.datasets import index_cc359
+from .data.manifest import write_manifest
+from .data.phantoms import write_phantom_dataset
+from .data.volumes import open_volumes
+from .experiments import stages
+from .experiments.run_folder import read_run
+from .experiments.scoring import score_volumes
+from .figures import plot_segmentations
+from .models import build_model
+from .reports.gap import format_mean_std, pair_gap_closed, scan_gap_closed, sign_test
 
 CC359_HINT = """To run the real study on CC359 (359 T1 scans, 6 scanner domains):
   fewshot-da data index cc359 /path/to/CC359 --out cc359.csv
@@ -109,8 +111,8 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     models = {("baseline", "-"): out / "runs" / "source", ("oracle", "-"): out / "runs" / "oracle", **adapted}
     scores, masks = {}, {}
     for key, run_dir in models.items():
-        volumes = stages.open_volumes(manifest, test_ids, cache=out / "cache", progress=False,
-                                      preprocess=read_run(run_dir)["spec"]["preprocess"])
+        volumes = open_volumes(manifest, test_ids, cache=out / "cache", progress=False,
+                               preprocess=read_run(run_dir)["spec"]["preprocess"])
         net = build_model(arch)
         load_pretrained(net, Path(run_dir) / "checkpoint.pt", arch=arch)
         preds = []
@@ -120,7 +122,7 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     table = _table(scores, finetune_pool[0])
     write_csv_atomic(out / "scores.csv",
                      [dict(method=k[0], budget=k[1], **r) for k, rows in scores.items() for r in rows])
-    _figure(volumes[0], masks, out / "demo.png")
+    plot_segmentations(volumes[0], {k: v[0] for k, v in masks.items()}, out / "demo.png")
     elapsed = time.perf_counter() - t0
     report = "\n".join([
         f"fewshot-da demo: source {source} -> target {target}, {arch}, {len(test_ids)} test scans, "
@@ -160,28 +162,3 @@ def _table(scores: dict, finetune_id: str) -> dict:
                      f"{second['method']} ({second['gap_closed']:.2f}); sign test on per-scan D_R p = {p:.3f}")
     lines.append(f"(fine-tune scan {finetune_id}; the 1/k budget uses its slices {{0, k, 2k, ...}})")
     return {"rows": rows, "text": "\n".join(lines)}
-
-
-def _figure(volume, masks: dict, path) -> None:
-    """One middle slice of a test scan per method, with the true (green) and predicted (red) brain contours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    image, gt = np.asarray(volume.image, dtype=np.float32), np.asarray(volume.mask)
-    s = int(np.argmax(gt.reshape(gt.shape[0], -1).sum(1)))  # the slice with the most brain
-    keys = list(masks)
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 2.6))
-    for ax, key in zip(np.atleast_1d(axes), keys):
-        ax.imshow(image[s], cmap="gray")
-        ax.contour(gt[s], levels=[0.5], colors="lime", linewidths=0.8)
-        pred = masks[key][0][s]
-        if pred.any():
-            ax.contour(pred, levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(f"{key[0]}\n{key[1]}", fontsize=8)
-        ax.axis("off")
-    fig.suptitle(f"{volume.id} slice {s}: truth (green), prediction (red)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
