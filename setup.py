@@ -13,7 +13,8 @@ import tempfile
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
-CORE_SOURCES = sorted(glob.glob("csrc/*.cpp"))
+# the kernels, then the pybind11 parts of _core (metrics, loader, module); csrc/bindings/cuda.cpp is _cuda's
+CORE_SOURCES = sorted(glob.glob("csrc/*.cpp")) + [f"csrc/bindings/{part}.cpp" for part in ("metrics", "loader", "core")]
 CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
 
 
@@ -97,9 +98,8 @@ def extensions():
         root = _cuda_root(nvcc)
         print(f"fewshot-da: building CUDA extension with {nvcc} (toolkit {root})")
         exts.append(Pybind11Extension(
-            "fewshot_da._cuda", ["csrc/bindings.cpp"] + CUDA_SOURCES,
-            cxx_std=17, include_dirs=["csrc", os.path.join(root, "include")],
-            define_macros=[("FEWSHOT_DA_CUDA_MODULE", "1")], extra_compile_args=["-O3"],
+            "fewshot_da._cuda", ["csrc/bindings/cuda.cpp"] + CUDA_SOURCES,
+            cxx_std=17, include_dirs=["csrc", os.path.join(root, "include")], extra_compile_args=["-O3"],
             library_dirs=[os.path.join(root, "lib64"), os.path.join(root, "lib")],
             libraries=["cudart_static", "dl", "rt", "pthread"]))
     return exts

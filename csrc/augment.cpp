@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "slice_loader.h"
+#include "rng.h"
 
 namespace fewshot_da {
 namespace {

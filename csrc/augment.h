@@ -24,6 +24,8 @@
 
 #include <cstdint>
 
+#include "rng.h"
+
 namespace fewshot_da {
 
 // Ranges and probabilities (all doubles, so Python passes them as they are). A probability of 0 switches a
@@ -56,8 +58,6 @@ struct AugmentParams {
     bool spatial() const;    // M != I or t != 0
     bool has_bias() const;
 };
-
-class ItemRng;
 
 // Draws one item's parameters from `rng` (which has already drawn the item's volume, slice and crop).
 // Words, in order: rotation (apply, angle), rot90 (apply, k), zoom (apply, value), shear (apply, y, x),

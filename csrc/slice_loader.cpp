@@ -14,6 +14,8 @@
 #define FEWSHOT_DA_X86 1
 #endif
 
+#include "parallel.h"
+
 namespace fewshot_da {
 namespace {
 
@@ -626,26 +628,6 @@ void touch_source(const SliceVolume& v, const void* image, const uint8_t* mask, 
     (void)keep;
 }
 
-// Runs body(i) for i in [0, n) on up to num_threads std::threads (the caller's thread included).
-// Items are independent, so the scheduling order never changes the result.
-template <class Body>
-void parallel_for(int64_t n, int num_threads, Body body) {
-    const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(num_threads, n));
-    if (threads == 1) {
-        for (int64_t i = 0; i < n; ++i) body(i);
-        return;
-    }
-    std::atomic<int64_t> next{0};
-    auto worker = [&]() {
-        for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(i);
-    };
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<size_t>(threads - 1));
-    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& th : pool) th.join();
-}
-
 }  // namespace
 
 void half_to_float(const uint16_t* src, float* dst, int64_t n) {
@@ -694,7 +676,7 @@ SliceBatcher::SliceBatcher(std::vector<SliceVolume> volumes, int64_t batch_size,
     // One read of every allowed mask slice: values must be 0/1; remember which slices have foreground.
     fg_slices_.resize(volumes_.size());
     std::vector<std::string> bad(volumes_.size());
-    parallel_for(static_cast<int64_t>(volumes_.size()), num_threads, [&](int64_t k) {
+    parallel_for_each(num_threads, static_cast<int64_t>(volumes_.size()), [&](int64_t k) {
         const SliceVolume& v = volumes_[k];
         const int64_t plane = v.height * v.width;
         std::vector<int8_t> state(static_cast<size_t>(v.n_slices), -1);  // -1 unread, 0 empty, 1 foreground
@@ -985,7 +967,7 @@ void SliceBatcher::fill_item_augmented(const ItemDraw& d, const AugmentParams& a
 }
 
 void SliceBatcher::fill(uint64_t step, float* image_out, float* mask_out, int num_threads) const {
-    parallel_for(batch_size_, num_threads,
+    parallel_for_each(num_threads, batch_size_,
                  [&](int64_t item) { fill_item(step, item, image_out, mask_out); });
 }
 

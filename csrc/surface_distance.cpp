@@ -20,6 +20,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "parallel.h"
 #include "surfel.h"
 
 // One 64-bit word of surface corners: corner bit b is on the surface when the 2 or 4 voxel rows around it (each
@@ -52,45 +53,6 @@ int resolve_threads(int num_threads, const MaskPair& m) {
     (void)m;
     return 1;
 #endif
-}
-
-// Runs `fn` on `n` threads (the caller's included) and rethrows the first exception.
-template <typename Fn>
-void run_threads(int n, Fn&& fn) {
-    std::exception_ptr error;
-    std::mutex error_lock;
-    auto guarded = [&]() {
-        try {
-            fn();
-        } catch (...) {
-            const std::lock_guard<std::mutex> lock(error_lock);
-            if (!error) error = std::current_exception();
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int k = 1; k < n; ++k) pool.emplace_back(guarded);
-    guarded();
-    for (auto& t : pool) t.join();
-    if (error) std::rethrow_exception(error);
-}
-
-// fn(worker, begin, end) over [0, n) in chunks claimed from an atomic counter by `threads` std::threads
-// (the caller's included). Joins instead of OpenMP barriers: on a busy machine spinning team barriers
-// cost more than the work of a small case.
-template <typename Fn>
-void parallel_for(int threads, int64_t n, int64_t chunk, Fn&& fn) {
-    if (n <= 0) return;
-    const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, (n + chunk - 1) / chunk)));
-    if (workers == 1) {
-        fn(0, int64_t{0}, n);
-        return;
-    }
-    std::atomic<int64_t> next{0};
-    std::atomic<int> id{0};
-    run_threads(workers, [&]() {
-        const int me = id++;
-        for (int64_t b = next.fetch_add(chunk); b < n; b = next.fetch_add(chunk)) fn(me, b, std::min(n, b + chunk));
-    });
 }
 
 // Inclusive bounding box of the union of both masks; false when both are empty.

@@ -43,9 +43,10 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_size=None, device=None,
-                   return_probs: bool = False, channels_last: bool = True):
+                   return_probs: bool = False, channels_last: bool = True, labels=None):
     """Binary mask (S, H, W) uint8 of a slice-major volume (S, H, W), predicted `batch_size` slices at a time
-    (None: `default_batch_size`).
+    (None: `default_batch_size`); with a label set of several labels (`models.labels`), its label map instead
+    (argmax of the softmax, or regions in order; return_probs is for the binary case only).
 
     Each slice is padded to a multiple of `pad_multiple` with its own minimum (split half before / half after),
     run through `model` in eval mode without gradients, passed through a sigmoid, cropped back and thresholded at
@@ -55,6 +56,8 @@ def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_s
     result differs from NCHW only by float rounding). The model's train/eval mode and memory format are restored.
     """
     images = _check_slices(image_slices)
+    if return_probs and labels is not None and not labels.is_binary:
+        raise InputError("return_probs applies to a binary label set only")
     device = _model_device(model, device)
     batch_size = default_batch_size(device) if batch_size is None else batch_size
     if batch_size < 1:
@@ -76,7 +79,13 @@ def predict_volume(model: nn.Module, image_slices, *, pad_multiple: int, batch_s
                 chunk = chunk.to(device, non_blocking=True)
                 n = chunk.shape[0]
                 x = pad_slices(chunk, pad_multiple).unsqueeze(1).contiguous(memory_format=layout)
-                p = torch.sigmoid(model(x))[:, 0, top:top + height, left:left + width]
+                logits = model(x)
+                if labels is not None and not labels.is_binary:
+                    logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+                    crop = labels.to_mask(logits[:, :, top:top + height, left:left + width])
+                    mask[start:start + n] = crop.cpu().numpy()
+                    continue
+                p = torch.sigmoid(logits)[:, 0, top:top + height, left:left + width]
                 mask[start:start + n] = (p > 0.5).to(torch.uint8).cpu().numpy()
                 if return_probs:
                     probs[start:start + n] = p.float().cpu().numpy()
