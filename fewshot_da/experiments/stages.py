@@ -22,7 +22,8 @@ from ..data.manifest import read_manifest
 from ..data.preprocess import PreprocessOptions, preprocess_options
 from ..data.volumes import open_volumes
 from ..errors import InputError
-from ..models import build_model, check_arch
+from ..models import check_arch
+from ..models.spec import build_network, builtin_spec, spec_of
 from ..training.config import load_config, preset_config, with_overrides
 from ..checkpoint import load_checkpoint, load_pretrained, save_checkpoint
 from ..training.fit import fit
@@ -183,7 +184,7 @@ def train(*, manifest, splits, out, source: Optional[str] = None, ids: Optional[
                                progress=progress)
         train_vols, eval_vols = volumes[:len(spec.train_ids)], volumes[len(spec.train_ids):]
         torch.manual_seed(cfg.seed)  # the initial weights are part of the run
-        model = build_model(arch, base_filters=cfg.base_filters)
+        model = build_network(builtin_spec(arch, base_filters=cfg.base_filters))
         with _batches(train_vols, None, cfg, num_threads) as loader:
             trained = fit(model, loader.batch, cfg, run_dir, progress=progress)
         _plot_curve(run_dir)
@@ -210,14 +211,26 @@ def finished_parent(run_dir) -> tuple:
     return spec, load_checkpoint(Path(run_dir) / "checkpoint.pt")["config"]
 
 
+def network_of(run_dir, arch: str, base_filters: int = 0):
+    """A fresh network as the run in `run_dir` recorded it (its checkpoint's `network`), or, for runs made before
+    the record, the built-in `arch` at `base_filters`."""
+    path = Path(run_dir) / "checkpoint.pt"
+    spec = load_checkpoint(path).get("network")
+    return build_network(spec, where=str(path)) if spec else build_network(builtin_spec(arch, base_filters=base_filters))
+
+
 def strategy_model(parent_dir, arch: str, cfg, strategy: str, options: dict, *, budget):
     """(module, Strategy): the source run's U-Net with `strategy` made for it (and its wrapper, if any).
     Seeded with cfg.seed first, since a strategy's new weights (SpotTUnet's policy network) are part of a run."""
-    net = build_model(arch, base_filters=cfg.base_filters)
+    net = network_of(parent_dir, arch, cfg.base_filters)
     load_pretrained(net, Path(parent_dir) / "checkpoint.pt", arch=arch)
     torch.manual_seed(cfg.seed)
     chosen = make_strategy(strategy, net, arch, options, budget=budget)
-    return (chosen.wrap(net) if chosen.wrap is not None else net), chosen
+    if chosen.wrap is None:
+        return net, chosen
+    wrapped = chosen.wrap(net)
+    wrapped.network_spec = spec_of(net)  # the record is the source network's; the strategy rebuilds the wrapper
+    return wrapped, chosen
 
 
 def tune(net, chosen, cfg, volumes, slices, run_dir, *, num_threads=None, progress: bool = True) -> dict:
@@ -233,7 +246,8 @@ def tune(net, chosen, cfg, volumes, slices, run_dir, *, num_threads=None, progre
     if chosen.prepare is not None:
         images = [v.image if c is None else v.image[c] for v, c in zip(volumes, slices or [None] * len(volumes))]
         done["prepare"] = chosen.prepare(net, images, cfg.batch_size)
-    save_checkpoint({"model": net.state_dict(), "config": cfg.resolved()}, Path(run_dir) / "checkpoint.pt")
+    save_checkpoint({"model": net.state_dict(), "config": cfg.resolved(), "network": spec_of(net)},
+                    Path(run_dir) / "checkpoint.pt")
     return done
 
 
@@ -314,7 +328,7 @@ def run_model(run_dir):
     run_dir = Path(run_dir)
     spec = read_run(run_dir).get("spec") or {}
     cfg = load_checkpoint(run_dir / "checkpoint.pt")["config"]
-    net = build_model(spec["arch"], base_filters=cfg.get("base_filters", 0))
+    net = network_of(run_dir, spec["arch"], cfg.get("base_filters", 0))
     strategy = None
     if spec.get("kind") == "adapt":
         strategy = make_strategy(spec["strategy"], net, spec["arch"], spec.get("strategy_options"))

@@ -175,7 +175,8 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
 
         t0 = time.perf_counter()
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "config": config.resolved(), "epoch": epoch + 1,
+                         "scaler": scaler.state_dict(), "config": config.resolved(),
+                         "network": getattr(model, "network_spec", None), "epoch": epoch + 1,
                          "strategy": identity, "strategy_rows": strategy_rows, "history": history,
                          "rng": rng_state()}, checkpoint_path)
         write_csv_atomic(run_dir / "metrics.csv", history)
