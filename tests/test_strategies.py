@@ -277,7 +277,7 @@ def test_spottune_resume_after_kill_9_equals_uninterrupted(tmp_path):
     script = textwrap.dedent(f"""
         import importlib, os, signal
         from fewshot_da.experiments import stages
-        fit_module = importlib.import_module("fewshot_da.training.fit")
+        fit_module = importlib.import_module("fewshot_da.training.bookkeeping")
         original = fit_module.save_checkpoint
         def save_then_die(state, path):
             original(state, path)

@@ -1,4 +1,5 @@
-"""One training loop for source training and few-shot adaptation, with per-epoch checkpoints and exact resume."""
+"""One training loop for source training and few-shot adaptation: a short loop of named steps; the run's files
+(start, per-epoch checkpoints, exact resume) are `bookkeeping`'s."""
 import re
 import time
 from pathlib import Path
@@ -6,14 +7,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import write_csv_atomic
-from ..checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ..checkpoint import seed_everything
 from ..cpu_memory import keep_freed_memory
 from ..errors import InputError
-from .config import TrainConfig, lr_at, save_config
+from .bookkeeping import RunState, record_epoch, resume_or_start
+from .config import TrainConfig, lr_at
 from .layers import freeze, set_train_mode
 from .losses import segmentation_loss
 from .strategies.base import Strategy, train_all
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """"auto" -> CUDA when available, else CPU; anything else is passed to torch.device."""
@@ -30,11 +32,6 @@ def training_layout(device: torch.device) -> torch.memory_format:
     benchmarks/README.md, "CPU training setup"), PyTorch's default elsewhere. NCHW values agree to float32
     rounding, not bit for bit."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
-def _log(run_dir: Path, message: str) -> None:
-    with open(run_dir / "log.txt", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
 def _optimizer_groups(model: nn.Module, strategy: Strategy, names, config: TrainConfig) -> list:
@@ -67,9 +64,9 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
     config.amp.
 
     run_dir receives config.yaml, log.txt, metrics.csv, checkpoint.pt (each epoch, atomic) and, when the strategy
-    keeps per-epoch records (Auto-RGN's scales, SpotTUnet's policy), its record file. If run_dir already holds a checkpoint of the same config and strategy,
-    training resumes after its last finished epoch. Returns a summary dict (final loss and lr, trainable parameter
-    count, timings in seconds).
+    keeps per-epoch records (Auto-RGN's scales, SpotTUnet's policy), its record file. If run_dir already holds a
+    checkpoint of the same config and strategy, training resumes after its last finished epoch. Returns a summary
+    dict (final loss and lr, trainable parameter count, timings in seconds).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -77,13 +74,7 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
     layout = training_layout(device)
     heap_kept = device.type == "cpu" and keep_freed_memory()
     use_amp = bool(config.amp) and device.type == "cuda"
-    strategy = strategy or train_all(model)
-    if not strategy.trains:
-        raise InputError(f"strategy {strategy.name!r} trains nothing; it has no fit() step")
-    ever_trained = strategy.all_trainable(config.epochs)
-    if not ever_trained:
-        raise InputError("no trainable parameters: the layer selection froze the whole model")
-    identity = {"name": strategy.name, "options": strategy.options, "trainable": ever_trained}
+    strategy, ever_trained, identity = _trainable(model, strategy, config)
 
     seed_everything(config.seed)
     model.to(device, memory_format=layout)
@@ -93,73 +84,20 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
                                 weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = segmentation_loss(config.loss)
-    history, strategy_rows, start_epoch, resumed_from = [], [], 0, None
-
-    checkpoint_path = run_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        saved = {k: v for k, v in state["config"].items() if k != "device"}
-        if saved != {k: v for k, v in config.resolved().items() if k != "device"}:
-            raise InputError(f"{checkpoint_path}: holds a run with a different config; use a new --out folder")
-        if state.get("strategy") != identity:
-            raise InputError(f"{checkpoint_path}: holds a run with a different strategy or set of trainable layers")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        history, start_epoch, resumed_from = list(state["history"]), state["epoch"], state["epoch"]
-        strategy_rows = list(state.get("strategy_rows", []))
-        set_rng_state(state["rng"])
-        _log(run_dir, f"resumed after epoch {start_epoch - 1}")
-    else:
-        save_config(config, run_dir / "config.yaml")
-        n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(ever_trained))
-        _log(run_dir, f"start {config.arch} {config.stage} preset={config.preset} device={device} amp={use_amp} "
-                      f"layout={str(layout).removeprefix('torch.')} heap_kept={heap_kept} "
-                      f"seed={config.seed} strategy={strategy.name} {strategy.options} trainable={n_trainable} "
-                      f"params in {len(ever_trained)} tensors")
+    n_trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(ever_trained))
+    start_line = (f"start {config.arch} {config.stage} preset={config.preset} device={device} amp={use_amp} "
+                  f"layout={str(layout).removeprefix('torch.')} heap_kept={heap_kept} "
+                  f"seed={config.seed} strategy={strategy.name} {strategy.options} trainable={n_trainable} "
+                  f"params in {len(ever_trained)} tensors")
+    run = resume_or_start(run_dir, config, identity, model, optimizer, scaler, start_line)
 
     timings = {"data_s": 0.0, "compute_s": 0.0, "validate_s": 0.0, "bookkeeping_s": 0.0}
-    bar = None
-    if progress and start_epoch < config.epochs:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.total_steps, initial=start_epoch * config.iters_per_epoch, unit="step",
-                   desc=f"{config.stage} {config.arch}")
-    for epoch in range(start_epoch, config.epochs):
+    bar = _progress_bar(config, run.start_epoch) if progress else None
+    step = _Step(model, optimizer, scaler, loss_fn, strategy, device, layout, use_amp)
+    for epoch in range(run.start_epoch, config.epochs):
         lr = lr_at(epoch, config)
-        freeze(model, strategy.trainable_at(epoch), config.bn_stats)
-        set_train_mode(model, config.bn_stats)
-        scales = {}
-        if strategy.epoch_scales is not None:
-            x, y = batches(epoch * config.iters_per_epoch)
-            x = x.to(device).contiguous(memory_format=layout)
-            scales, rows = strategy.epoch_scales(model, epoch, (x, y.to(device)), loss_fn)
-            strategy_rows.extend(rows)
-        for group, spec in zip(optimizer.param_groups, groups):
-            group["lr"] = lr * spec["lr_scale"] * (scales[spec["names"][0]] if scales else 1.0)
-        loss_sum = torch.zeros((), device=device)
-        epoch_start = time.perf_counter()
-        data_s = 0.0
-        for i in range(config.iters_per_epoch):
-            t0 = time.perf_counter()
-            x, y = batches(epoch * config.iters_per_epoch + i)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=layout)
-            y = y.to(device, non_blocking=True)
-            data_s += time.perf_counter() - t0
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y.float())
-            if strategy.extra_loss is not None:
-                loss = loss + strategy.extra_loss(model)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach()
-            if bar is not None:
-                bar.update(1)
-        train_loss = float(loss_sum) / config.iters_per_epoch  # one device sync per epoch
-        seconds = time.perf_counter() - epoch_start
+        _prepare_epoch(model, strategy, config, epoch, step, batches, run, optimizer, groups, lr)
+        train_loss, seconds, data_s = _train_epoch(step, batches, epoch, config, bar)
         timings["data_s"] += data_s
         timings["compute_s"] += seconds - data_s
 
@@ -169,34 +107,105 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
             t0 = time.perf_counter()
             row.update({f"val_{k}": float(v) for k, v in validate(model, epoch).items()})
             timings["validate_s"] += time.perf_counter() - t0
-        history.append(row)
+        run.history.append(row)
         if strategy.epoch_end is not None:
-            strategy_rows.extend(strategy.epoch_end(model, epoch))
+            run.strategy_rows.extend(strategy.epoch_end(model, epoch))
 
         t0 = time.perf_counter()
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "config": config.resolved(),
-                         "network": getattr(model, "network_spec", None), "epoch": epoch + 1,
-                         "strategy": identity, "strategy_rows": strategy_rows, "history": history,
-                         "rng": rng_state()}, checkpoint_path)
-        write_csv_atomic(run_dir / "metrics.csv", history)
-        if strategy_rows:
-            write_csv_atomic(run_dir / strategy.record_file, strategy_rows)
-        _log(run_dir, " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        record_epoch(run_dir, run, epoch, model, optimizer, scaler, config, identity, strategy.record_file)
         timings["bookkeeping_s"] += time.perf_counter() - t0
         if bar is not None:
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", lr=f"{lr:.1e}")
     if bar is not None:
         bar.close()
+    return _summary(model, config, strategy, ever_trained, run, device, use_amp, timings)
 
+
+def _trainable(model, strategy, config) -> tuple:
+    """(strategy, every name it ever trains, its identity for resume); one-line errors when nothing trains."""
+    strategy = strategy or train_all(model)
+    if not strategy.trains:
+        raise InputError(f"strategy {strategy.name!r} trains nothing; it has no fit() step")
+    ever_trained = strategy.all_trainable(config.epochs)
+    if not ever_trained:
+        raise InputError("no trainable parameters: the layer selection froze the whole model")
+    return strategy, ever_trained, {"name": strategy.name, "options": strategy.options, "trainable": ever_trained}
+
+
+def _progress_bar(config, start_epoch: int):
+    if start_epoch >= config.epochs:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.total_steps, initial=start_epoch * config.iters_per_epoch, unit="step",
+                desc=f"{config.stage} {config.arch}")
+
+
+class _Step:
+    """One SGD step on a batch: forward (AMP on CUDA), the loss (+ the strategy's term), backward, update."""
+
+    def __init__(self, model, optimizer, scaler, loss_fn, strategy, device, layout, use_amp):
+        self.model, self.optimizer, self.scaler, self.loss_fn = model, optimizer, scaler, loss_fn
+        self.strategy, self.device, self.layout, self.use_amp = strategy, device, layout, use_amp
+
+    def to_device(self, batch):
+        x, y = batch
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=self.layout), \
+            y.to(self.device, non_blocking=True)
+
+    def __call__(self, x, y) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.model(x)
+        loss = self.loss_fn(logits.float(), y.float())
+        if self.strategy.extra_loss is not None:
+            loss = loss + self.strategy.extra_loss(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+def _prepare_epoch(model, strategy, config, epoch, step, batches, run: RunState, optimizer, groups, lr) -> None:
+    """Freeze what the strategy keeps fixed this epoch, set train mode, and each group's learning rate (times
+    the strategy's per-epoch scales, measured on the epoch's first batch, when it has them)."""
+    freeze(model, strategy.trainable_at(epoch), config.bn_stats)
+    set_train_mode(model, config.bn_stats)
+    scales = {}
+    if strategy.epoch_scales is not None:
+        x, y = batches(epoch * config.iters_per_epoch)
+        x = x.to(step.device).contiguous(memory_format=step.layout)
+        scales, rows = strategy.epoch_scales(model, epoch, (x, y.to(step.device)), step.loss_fn)
+        run.strategy_rows.extend(rows)
+    for group, spec in zip(optimizer.param_groups, groups):
+        group["lr"] = lr * spec["lr_scale"] * (scales[spec["names"][0]] if scales else 1.0)
+
+
+def _train_epoch(step: _Step, batches, epoch: int, config, bar) -> tuple:
+    """(mean training loss, seconds, seconds spent fetching batches) of one epoch's iters_per_epoch steps."""
+    loss_sum = torch.zeros((), device=step.device)
+    epoch_start = time.perf_counter()
+    data_s = 0.0
+    for i in range(config.iters_per_epoch):
+        t0 = time.perf_counter()
+        x, y = step.to_device(batches(epoch * config.iters_per_epoch + i))
+        data_s += time.perf_counter() - t0
+        loss_sum += step(x, y)
+        if bar is not None:
+            bar.update(1)
+    return float(loss_sum) / config.iters_per_epoch, time.perf_counter() - epoch_start, data_s  # one sync an epoch
+
+
+def _summary(model, config, strategy, ever_trained, run: RunState, device, use_amp, timings) -> dict:
     trained = set(ever_trained)
+    history = run.history
     return {
         "arch": config.arch,
         "stage": config.stage,
         "strategy": strategy.name,
         "epochs": config.epochs,
         "steps": config.total_steps,
-        "resumed_from_epoch": resumed_from,
+        "resumed_from_epoch": run.resumed_from,
         "device": str(device),
         "amp": use_amp,
         "loss": config.loss,
