@@ -157,3 +157,71 @@ def test_read_manifest_refuses_an_id_too_long_naming_the_line(tmp_path):
     manifest = _manifest(tmp_path / "m.csv", [("a", image, mask, "d"), ("é" * 70, image, mask, "d")])
     with pytest.raises(InputError, match=r"m\.csv:3: id 'éé.*is 140 bytes long"):
         read_manifest(manifest)
+
+
+# ---- --spacing-mm as three floats -----------------------------------------------------------------------
+
+def _cached_spacing(cache):
+    import json
+
+    (meta,) = list(cache.glob("*/meta.json"))
+    return json.loads(meta.read_text())["spacing_mm"]
+
+
+@pytest.mark.parametrize("spacing", [["2", "2", "2"], ["2,2,2"], ["2"]])
+def test_preprocess_takes_three_floats_and_the_older_forms(tmp_path, cli_runner, cli_app, spacing):
+    image, mask = _pair(tmp_path / "scans", "a", shape=(8, 8, 8))
+    manifest = _manifest(tmp_path / "m.csv", [("a", image, mask, "d")])
+    result = cli_runner.invoke(cli_app, ["data", "preprocess", "--spacing-mm", *spacing, str(manifest),
+                                         "--cache", str(tmp_path / "cache"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert _cached_spacing(tmp_path / "cache") == [2.0, 2.0, 2.0]
+
+
+def test_phantoms_take_three_floats(tmp_path, cli_runner, cli_app):
+    out = tmp_path / "ph"
+    result = cli_runner.invoke(cli_app, ["data", "phantoms", str(out), "--scans-per-domain", "1",
+                                         "--shape", "16,16,12", "--spacing-mm", "1.5", "1", "2"])
+    assert result.exit_code == 0, result.output
+    (image,) = list(out.glob("images/*siemens_15*.nii.gz"))
+    assert tuple(float(z) for z in nib.load(str(image)).header.get_zooms()) == (1.5, 1.0, 2.0)
+
+
+# ---- data subset ----------------------------------------------------------------------------------------
+
+def test_subset_written_in_another_folder_points_at_the_same_files(tmp_path, cli_runner, cli_app):
+    from fewshot_da.data.manifest import read_manifest
+
+    manifest = _three_scans(tmp_path, domains=("d", "e", "e"))
+    out = tmp_path / "elsewhere" / "deeper" / "labelled.csv"
+    out.parent.mkdir(parents=True)
+    result = cli_runner.invoke(cli_app, ["data", "subset", str(manifest), "--domain", "e", "--ids", "s2,s1",
+                                         "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "e 2" in result.output
+    records = read_manifest(out)
+    original = {r.id: r for r in read_manifest(manifest)}
+    assert [r.id for r in records] == ["s1", "s2"]  # the manifest's order
+    for r in records:
+        assert r.image == original[r.id].image and r.mask == original[r.id].mask and r.domain == "e"
+    # the same data the preprocessing sees: a preprocess of the subset finds every file
+    result = cli_runner.invoke(cli_app, ["data", "preprocess", str(out), "--cache", str(tmp_path / "c"),
+                                         "--workers", "1"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--domain", "zz"], "--domain 'zz' names no scan of"),
+    (["--ids", "s0,nope"], "--ids: 'nope' is not an id of"),
+    (["--domain", "e", "--ids", "s0"], "no scan is in --domain e with one of the --ids"),
+    ([], "give --domain and/or --ids"),
+])
+def test_subset_refuses_selections_that_match_nothing(tmp_path, cli_runner, cli_app, args, message):
+    manifest = _three_scans(tmp_path)
+    result = cli_runner.invoke(cli_app, ["data", "subset", str(manifest), "--out", str(tmp_path / "s.csv"), *args])
+    assert message in _error_line(result)
+
+
+def test_index_help_says_paths_are_relative_to_the_manifest(cli_runner, cli_app):
+    result = cli_runner.invoke(cli_app, ["data", "index", "--help"])
+    assert "relative to the manifest's own folder" in " ".join(result.output.split())

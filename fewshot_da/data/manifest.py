@@ -152,3 +152,29 @@ def merge_manifests(paths: Sequence, out) -> list[Record]:
     check_unique_ids(records, f"merging {', '.join(str(p) for p in paths)}")
     write_manifest(records, out)
     return records
+
+
+def subset_manifest(path, out, *, domains: Optional[Sequence[str]] = None,
+                    ids: Optional[Sequence[str]] = None) -> list[Record]:
+    """Write the records of manifest `path` in `domains` and/or with `ids` (both given: both must hold) to `out`,
+    in `path`'s order; paths are rewritten for `out`'s folder, as `write_manifest` does. A domain or id that
+    the manifest lacks, and an empty selection, are one-line errors."""
+    if not domains and ids is None:
+        raise InputError("data subset: give --domain and/or --ids (otherwise the subset is the whole manifest)")
+    records = read_manifest(path)
+    present = domain_counts(records)
+    for domain in domains or ():
+        if domain not in present:
+            raise InputError(f"--domain {domain!r} names no scan of {path} (domains: {', '.join(present)})")
+    known = {r.id for r in records}
+    if ids is not None:
+        if not ids:
+            raise InputError("--ids: no id given")
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise InputError(f"--ids: {unknown[0]!r} is not an id of {path}")
+    chosen = [r for r in records if (not domains or r.domain in domains) and (ids is None or r.id in set(ids))]
+    if not chosen:
+        raise InputError(f"{path}: no scan is in --domain {', '.join(domains)} with one of the --ids given")
+    write_manifest(chosen, out)
+    return chosen
