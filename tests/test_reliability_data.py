@@ -140,7 +140,7 @@ def test_data_index_reports_the_mask_values_train_would_refuse(tmp_path, cli_run
 def test_index_refuses_an_id_too_long_for_a_file_name(tmp_path, cli_runner, cli_app):
     long = "x" * 240
     for name in ("a", long):
-        image, mask = _pair(tmp_path / "site" / "images", name)
+        _, mask = _pair(tmp_path / "site" / "images", name)
         (tmp_path / "site" / "masks").mkdir(exist_ok=True)
         mask.rename(tmp_path / "site" / "masks" / mask.name)
     result = cli_runner.invoke(cli_app, ["data", "index", "folder", str(tmp_path / "site"),

@@ -44,10 +44,9 @@ def _error_line(result):
 
 def test_a_second_writer_on_one_out_is_refused_naming_the_holder(project, tmp_path, cli_runner, cli_app):
     out = tmp_path / "map"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom fewshot_da.experiments.run_folder import locked\n"
-         "with locked(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
-        stdout=subprocess.PIPE, text=True)
+    code = ("import sys, time\nfrom fewshot_da.experiments.run_folder import locked\n"
+            "with locked(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         line = _error_line(cli_runner.invoke(cli_app, _args(project, out)))

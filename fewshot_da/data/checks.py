@@ -41,7 +41,7 @@ def spacing_disagreement(record: Record):
         return None
     try:
         header = stored_pixdim_mm(record.image)
-    except Exception:  # an unreadable header is reported by the checks that read it
+    except (OSError, EOFError, ValueError, InputError):  # an unreadable header is reported by the header checks
         return None
     given = tuple(float(v) for v in record.spacing_mm)
     header = header + (1.0,) * max(0, len(given) - len(header))
@@ -49,9 +49,9 @@ def spacing_disagreement(record: Record):
     header = header[:len(given)]
     if np.allclose(given, header, rtol=SPACING_RTOL, atol=0):
         return None
-    shown = lambda values: " x ".join(f"{v:g}" for v in values)  # noqa: E731
-    return (f"{record.image}: the manifest's spacing {shown(given)} mm differs from the NIfTI header's "
-            f"{shown(header)} mm (scan {record.id}); the header is what is used: correct or empty the spacing column")
+    given_text, header_text = (" x ".join(f"{v:g}" for v in values) for values in (given, header))
+    return (f"{record.image}: the manifest's spacing {given_text} mm differs from the NIfTI header's "
+            f"{header_text} mm (scan {record.id}); the header is what is used: correct or empty the spacing column")
 
 
 def mask_value_problem(record: Record):
