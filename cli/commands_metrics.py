@@ -74,7 +74,7 @@ def eval_command(gt, pred, tolerances_mm, metrics, out_dir, label, threshold, wo
     """Dice, surface Dice at each tolerance (mm), HD95 and ASSD (pixel error, ARI) of predictions."""
     import sys
 
-    from fewshot_da.metrics.evaluate import evaluate_paths, format_table
+    from fewshot_da.metrics.evaluate import IMAGE_RULE, evaluate_paths, format_table
 
     summary = evaluate_paths(
         gt,
@@ -90,8 +90,8 @@ def eval_command(gt, pred, tolerances_mm, metrics, out_dir, label, threshold, wo
     )
     skipped = summary["gt_images_skipped"]
     if skipped:
-        click.echo(f"Note: --gt {gt}: skipped {len(skipped)} image file(s) beside the masks (first {skipped[0]}); "
-                   "see --help for the rule", err=True)
+        click.echo(f"Note: --gt {gt}: skipped {len(skipped)} image file(s) beside the masks (first {skipped[0]}): "
+                   f"{IMAGE_RULE}", err=True)
     empty = [c for c in summary["gt_empty_cases"] if c not in set(summary["label_absent_cases"])]
     if empty:
         only_pred = summary["n_label_only_in_pred"]

@@ -115,7 +115,7 @@ def test_images_beside_ground_truth_masks_are_skipped(tmp_path, cli_runner, cli_
     assert summary["n_gt_unscored"] == 0 and "without a prediction" not in result.output
     assert sorted(summary["gt_images_skipped"]) == sorted(image for _, image in layout.values())
     (note,) = [line for line in result.stderr.splitlines() if line.startswith("Note:")]
-    assert "skipped 4 image file(s) beside the masks" in note
+    assert "skipped 4 image file(s) beside the masks" in note and "a file is an image when" in note
 
 
 def test_image_rule_keeps_masks_with_image_like_names(tmp_path):
@@ -128,3 +128,6 @@ def test_image_rule_keeps_masks_with_image_like_names(tmp_path):
     assert image_files([tmp_path / "case_017_0000.nii.gz", tmp_path / "case_018.nii.gz"]) == []
     assert image_files([tmp_path / "x_mask.png", tmp_path / "img_x.png", tmp_path / "y_mask.png"]) == \
         [tmp_path / "img_x.png"]
+    # a numeric tag is a case index, not a sequence name: x_2 beside x_mask stays a mask
+    assert image_files([tmp_path / "x_mask.nii.gz", tmp_path / "x_2.nii.gz", tmp_path / "x_t1.nii.gz"]) == \
+        [tmp_path / "x_t1.nii.gz"]

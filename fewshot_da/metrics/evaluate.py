@@ -43,10 +43,9 @@ _MASK_NAMED = [s for s in _STRIPPED if s != _CHANNEL_SUFFIX]
 # whole words of a file stem, delimited by _ - . space or the stem's ends
 _IMAGE_WORD = re.compile(r"(?:^|[_\-. ])(?:images?|imgs?)(?:$|[_\-. ])", re.IGNORECASE)
 _MASK_WORD = re.compile(r"(?:^|[_\-. ])(?:masks?|segs?|labels?|gt)(?:$|[_\-. ])", re.IGNORECASE)
-IMAGE_RULE = ("a --gt file is an image, not a mask, when another file names the same case as a mask "
-              "(<case>.* or <case>_0000.* beside <case>_mask/_brain/_seg/_ss/_label.*, <case>_<tag>.* beside "
-              "<case>_mask.*, nnU-Net's <case>_0000.* beside <case>.*), or when its name holds the word "
-              "image/img and the folder holds mask-named files")
+IMAGE_RULE = ("a file is an image when another one names its case as a mask (<case>, <case>_0000 or "
+              "<case>_<tag with a letter> beside <case>_mask/_brain/_seg/_ss/_label; nnU-Net's <case>_0000 beside "
+              "<case>), or when its name holds the word image or img beside mask-named files")
 
 
 def _name_kind(path: Path) -> tuple[str, str]:
@@ -75,8 +74,9 @@ def image_files(files: Sequence[Path]) -> list[Path]:
         if kind == "mask":
             continue
         stem = strip_suffix(path.name)
-        head = cid.rpartition("_")[0]
-        if (cid in masked or (kind == "channel" and cid in plain) or (head and head in masked)
+        head, _, tag = cid.rpartition("_")
+        tagged = bool(head) and head in masked and re.search("[A-Za-z]", tag) is not None  # _t1, _flair; not _2
+        if (cid in masked or (kind == "channel" and cid in plain) or tagged
                 or (mask_worded and _IMAGE_WORD.search(stem) and not _MASK_WORD.search(stem))):
             images.append(path)
     return images
