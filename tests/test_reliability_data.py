@@ -72,7 +72,7 @@ def test_shift_refuses_an_existing_domain_as_new_domain(tmp_path, cli_runner, cl
     result = cli_runner.invoke(cli_app, ["data", "shift", str(manifest), "--domain", "d", "--n", "1",
                                          "--new-domain", "e", "--out-dir", str(tmp_path / "out"),
                                          "--out", str(tmp_path / "out.csv")])
-    assert "--new-domain 'e' is already a domain of the manifest" in _error_line(result)
+    assert "the shifted domain 'e' is already a domain of the manifest" in _error_line(result)
     assert not (tmp_path / "out.csv").exists()
 
 

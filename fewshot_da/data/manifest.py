@@ -173,7 +173,8 @@ def subset_manifest(path, out, *, domains: Optional[Sequence[str]] = None,
         unknown = [i for i in ids if i not in known]
         if unknown:
             raise InputError(f"--ids: {unknown[0]!r} is not an id of {path}")
-    chosen = [r for r in records if (not domains or r.domain in domains) and (ids is None or r.id in set(ids))]
+    wanted = None if ids is None else set(ids)
+    chosen = [r for r in records if (not domains or r.domain in domains) and (wanted is None or r.id in wanted)]
     if not chosen:
         raise InputError(f"{path}: no scan is in --domain {', '.join(domains)} with one of the --ids given")
     write_manifest(chosen, out)

@@ -60,7 +60,9 @@ def shift_image(image: np.ndarray, shift: ScannerShift, seed: int) -> np.ndarray
 def write_shifted_domain(records: Sequence[Record], ids: Sequence[str], out_dir, *, domain: str,
                          shift: ScannerShift = ScannerShift(), seed: int = 0) -> list[Record]:
     """Write shifted copies of the scans `ids` into `out_dir` (images/ + masks/ as NIfTI) and return the new
-    manifest: the other records unchanged, the shifted ones under `domain` (ids suffixed with '-shift')."""
+    manifest: the other records unchanged, the shifted ones under `domain` (ids suffixed with '-shift').
+    Refused in one line before anything is written: a 2D (non-NIfTI) scan, a `domain` the manifest already has,
+    a shifted id that collides with an existing one."""
     import nibabel as nib
 
     by_id = {r.id: r for r in records}
@@ -72,8 +74,8 @@ def write_shifted_domain(records: Sequence[Record], ids: Sequence[str], out_dir,
         raise InputError(f"{flat[0]}: not a NIfTI volume; data shift simulates a scanner on 3D NIfTI scans only")
     taken = [r.domain for r in records if r.domain == domain]
     if taken:
-        raise InputError(f"--new-domain {domain!r} is already a domain of the manifest; the shifted scans need "
-                         "a new name")
+        raise InputError(f"the shifted domain {domain!r} is already a domain of the manifest (merging into it would "
+                         "mix real and simulated scans); pick another --new-domain")
     check_unique_ids([r for r in records if r.id not in set(ids)]
                      + [Record(f"{i}-shift", "", "", domain) for i in ids], "shifted ids (<id>-shift)")
     out_dir = Path(out_dir)
