@@ -13,7 +13,10 @@ def data():
 @data.command("index")
 @click.argument("layout", type=click.Choice(["cc359", "folder", "images2d"]))
 @click.argument("root", type=click.Path(file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Manifest CSV to write. Its file paths are written relative to the manifest's own folder "
+                   "(absolute when outside it) and read back relative to it: to move or filter a manifest into "
+                   "another folder, use `fewshot-da data subset`, which rewrites them.")
 @click.option("--images", default=None, help="Images subfolder (folder/images2d; default images, or imagesTr).")
 @click.option("--masks", default=None, help="Masks subfolder (folder/images2d; default masks, or labelsTr).")
 @click.option("--mask-suffix", default=None,
@@ -57,14 +60,44 @@ def _parse_spacing(text, option="--spacing-mm"):
     return _parse_numbers(text, option)
 
 
-@data.command("preprocess")
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class _SpacingCommand(click.Command):
+    """Takes `--spacing-mm Z Y X` (three floats, as every other verb) as well as one word: '1' (isotropic),
+    'none', or the older comma form '1,0.95,0.95'."""
+
+    def parse_args(self, ctx, args):
+        joined, i = [], 0
+        while i < len(args):
+            if args[i] == "--":
+                joined += args[i:]
+                break
+            joined.append(args[i])
+            following = args[i + 1:i + 4]
+            if args[i] == "--spacing-mm" and len(following) == 3 and all(_is_number(v) for v in following):
+                joined.append(",".join(following))
+                i += 3
+            i += 1
+        return super().parse_args(ctx, joined)
+
+
+_SPACING_HELP = ("in mm: three floats, one per array axis, as in every verb (one number: the same on every "
+                 "axis; the older comma form 1,0.95,0.95 is still read)")
+
+
+@data.command("preprocess", cls=_SpacingCommand)
 @click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
 @click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False), help="Cache folder.")
 @click.option("--preset", type=click.Choice(["paper", "dart20-code"]), default="paper", show_default=True,
               help="paper: 1 mm isotropic, float32; dart20-code: (1, 0.95, 0.95) mm, float16.")
-@click.option("--spacing-mm", default=None,
-              help="Target spacing in mm in array-axis order, one or three numbers ('1' or '1,0.95,0.95'); "
-                   "'none' keeps the grid. Default: the preset's.")
+@click.option("--spacing-mm", default=None, metavar="MM MM MM",
+              help=f"Target spacing {_SPACING_HELP}; 'none' keeps the grid. Default: the preset's.")
 @click.option("--reorient-ras/--no-reorient-ras", default=None, help="Reorient to RAS first (default: preset, off).")
 @click.option("--slice-axis", type=click.IntRange(0, 2), default=None, help="Array axis to slice along (default 2).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default=None, help="Storage type (default: preset).")
@@ -114,11 +147,11 @@ def split_command(manifest, out, seed, folds):
         click.echo(f"note: {note}")
 
 
-@data.command("phantoms")
+@data.command("phantoms", cls=_SpacingCommand)
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--scans-per-domain", default=3, show_default=True, type=click.IntRange(1), help="Scans per domain.")
 @click.option("--shape", default="64,64,48", show_default=True, help="Volume shape in voxels (array order).")
-@click.option("--spacing-mm", default="1,1,1", show_default=True, help="Voxel spacing in mm (array order).")
+@click.option("--spacing-mm", default="1 1 1", show_default=True, metavar="MM MM MM", help=f"Voxel spacing {_SPACING_HELP}.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of anatomy and scanner noise.")
 @one_line_errors
 def phantoms_command(out, scans_per_domain, shape, spacing_mm, seed):
@@ -126,8 +159,9 @@ def phantoms_command(out, scans_per_domain, shape, spacing_mm, seed):
     from fewshot_da.data.phantoms import write_phantom_manifest
 
     shape = _parse_numbers(shape, "--shape", int)
+    spacing = _parse_spacing(spacing_mm)
     records = write_phantom_manifest(out, scans_per_domain=scans_per_domain, shape=shape,
-                                     spacing_mm=_parse_spacing(spacing_mm), seed=seed)
+                                     spacing_mm=spacing * 3 if len(spacing) == 1 else spacing, seed=seed)
     click.echo(f"{len(records)} phantoms -> {out} (manifest {out}/manifest.csv)")
 
 
@@ -140,6 +174,22 @@ def merge_command(manifests, out):
     from fewshot_da.data.manifest import domain_counts, merge_manifests
 
     records = merge_manifests(manifests, out)
+    click.echo(", ".join(f"{d} {n}" for d, n in domain_counts(records).items()) + f" -> {out}")
+
+
+@data.command("subset")
+@click.argument("manifest", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Manifest CSV to write (any folder: its paths are rewritten to stay valid there).")
+@click.option("--domain", "domains", multiple=True, help="Keep the scans of this domain; repeat for several.")
+@click.option("--ids", default=None, help="Keep these ids (comma-separated), e.g. the labelled scans for recommend.")
+@one_line_errors
+def subset_command(manifest, out, domains, ids):
+    """Write the scans of MANIFEST in --domain (and/or --ids) to --out, in MANIFEST's order, paths rewritten."""
+    from fewshot_da.data.manifest import domain_counts, subset_manifest
+
+    chosen = None if ids is None else [i.strip() for i in ids.split(",") if i.strip()]
+    records = subset_manifest(manifest, out, domains=domains or None, ids=chosen)
     click.echo(", ".join(f"{d} {n}" for d, n in domain_counts(records).items()) + f" -> {out}")
 
 

@@ -1,7 +1,7 @@
 """CLI verbs (diagnostics): the label-free shift map of a source model on target data."""
-import sys
-
 import click
+
+from fewshot_da_cli import options
 from fewshot_da_cli.errors import one_line_errors
 
 
@@ -11,7 +11,8 @@ from fewshot_da_cli.errors import one_line_errors
 @click.option("--data", "manifest", required=True, type=click.Path(dir_okay=False),
               help="Target manifest CSV; only its images are read (masks may be absent).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output folder: shift_map.csv, shift_map.png, summary.json.")
+              help="Output folder: shift_map.csv, shift_map.png, summary.json, run.yaml (the same call again "
+                   "reuses a finished map; other settings need a new folder).")
 @click.option("--domain", "domains", multiple=True,
               help="Target domain(s) of the manifest (default: all); repeat for several.")
 @click.option("--method", type=click.Choice(["auto", "bn", "features"]), default="auto", show_default=True,
@@ -33,10 +34,11 @@ from fewshot_da_cli.errors import one_line_errors
               help="Slices per forward pass (default: 32 on a GPU, 2 on a CPU; 16 with --forward adabn).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Cache of preprocessed target images (default: OUT/cache).")
-@click.option("--quiet", is_flag=True, help="No progress bar (shown only on a terminal).")
+@options.quiet
+@options.wait
 @one_line_errors
 def shift_map(model, manifest, out, domains, method, divergence, forward, units_file, max_scans, max_slices,
-              seed, batch_size, cache, quiet):
+              seed, batch_size, cache, quiet, wait):
     """Label-free map of where a target domain shifts the source model's activation statistics, per unit."""
     from fewshot_da.diagnostics.shift_map import read_units
     from fewshot_da.diagnostics.shift_map import shift_map as run_shift_map
@@ -45,7 +47,7 @@ def shift_map(model, manifest, out, domains, method, divergence, forward, units_
     summary = run_shift_map(model=model, manifest=manifest, out=out, domains=domains or None, method=method,
                             divergence=divergence, forward=forward, units=units, max_scans=max_scans or None,
                             max_slices=max_slices or None, seed=seed, batch_size=batch_size, cache=cache,
-                            progress=not quiet and sys.stderr.isatty())
+                            progress=options.show_progress(quiet), wait=wait, units_file=units_file)
     for domain, scores in summary["scores"].items():
         ranks = summary["ranks"][domain]
         ranked = sorted((u for u in ranks if ranks[u]), key=ranks.get)

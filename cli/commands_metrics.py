@@ -13,7 +13,9 @@ _METRICS = "dice,sdsc,hd95,assd,pixel_error,ari"
     "gt",
     required=True,
     type=click.Path(),
-    help="Ground-truth mask: a NIfTI or 2D image (PNG) file, or a folder of them.",
+    help="Ground-truth mask: a NIfTI or 2D image (PNG) file, or a folder of them. Images beside the masks "
+    "are skipped: <case>.* or <case>_0000.* beside <case>_mask.* (or _brain/_seg/_ss/_label), nnU-Net's "
+    "<case>_0000.* beside <case>.*, and names with the word image/img beside mask-named files.",
 )
 @click.option(
     "--pred",
@@ -51,7 +53,8 @@ _METRICS = "dice,sdsc,hd95,assd,pixel_error,ari"
     "--threshold",
     type=float,
     default=None,
-    help="Foreground = value > T, for probability maps  [default: masks must hold integers]",
+    help="Prediction foreground = value > T, for probability maps; the ground truth is never thresholded  "
+    "[default: masks must hold integers]",
 )
 @click.option(
     "--workers",
@@ -71,7 +74,7 @@ def eval_command(gt, pred, tolerances_mm, metrics, out_dir, label, threshold, wo
     """Dice, surface Dice at each tolerance (mm), HD95 and ASSD (pixel error, ARI) of predictions."""
     import sys
 
-    from fewshot_da.metrics.evaluate import evaluate_paths, format_table
+    from fewshot_da.metrics.evaluate import IMAGE_RULE, evaluate_paths, format_table
 
     summary = evaluate_paths(
         gt,
@@ -85,6 +88,16 @@ def eval_command(gt, pred, tolerances_mm, metrics, out_dir, label, threshold, wo
         num_threads=num_threads,
         progress=sys.stderr.isatty(),
     )
+    skipped = summary["gt_images_skipped"]
+    if skipped:
+        click.echo(f"Note: --gt {gt}: skipped {len(skipped)} image file(s) beside the masks (first {skipped[0]}): "
+                   f"{IMAGE_RULE}", err=True)
+    empty = [c for c in summary["gt_empty_cases"] if c not in set(summary["label_absent_cases"])]
+    if empty:
+        only_pred = summary["n_label_only_in_pred"]
+        why = f"; label {label} is only in the prediction in {only_pred} of them" if only_pred else ""
+        click.echo(f"Warning: the ground truth is empty in {len(empty)} case(s) (first {empty[0]!r}){why}; "
+                   "scored against an empty ground truth", err=True)
     if summary["n_label_absent"]:
         cases = summary["label_absent_cases"]
         click.echo(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from fewshot_da.data.io import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES, is_image2d, is_nifti, strip_suffix
-from fewshot_da.data.manifest import Record, check_unique_ids
+from fewshot_da.data.manifest import Record, check_id_lengths, check_unique_ids
 from fewshot_da.errors import InputError
 
 # Index in this tuple = the reference code's `fold` (product of (siemens, ge, philips) x (15, 3)).
@@ -215,6 +215,7 @@ def index_dataset(layout: str, root, out=None, **options):
     if layout == "cc359" and options:
         raise InputError(f"layout cc359 takes no options (got {', '.join('--' + k.replace('_', '-') for k in options)})")
     records = LAYOUTS[layout](root, **options)
+    check_id_lengths(records)
     problems = find_problems(records)
     if out is not None:
         write_manifest(records, out)

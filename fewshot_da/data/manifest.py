@@ -11,6 +11,8 @@ from fewshot_da.atomic import atomic_path
 from fewshot_da.errors import InputError
 
 COLUMNS = ("id", "image", "mask", "domain")
+# An id names files (cache entries <id>-<key>/, predictions <id>.nii.gz), which most file systems cap at 255 bytes.
+MAX_ID_BYTES = 128
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ def read_manifest(path) -> list[Record]:
             where = f"{path}:{reader.line_num}"
             if not row["id"] or not row["image"] or not row["domain"]:
                 raise InputError(f"{where}: empty id, image or domain")
+            too_long = id_length_problem(row["id"])
+            if too_long:
+                raise InputError(f"{where}: {too_long}")
             records.append(Record(
                 id=row["id"],
                 image=str(base / row["image"]),
@@ -106,6 +111,23 @@ def read_manifest(path) -> list[Record]:
         raise InputError(f"{path}:{reader.line_num}: not a valid CSV manifest ({exc})") from None
     check_unique_ids(records, str(path))
     return records
+
+
+def id_length_problem(scan_id: str):
+    """None, or why `scan_id` is too long to name files (more than MAX_ID_BYTES bytes in UTF-8)."""
+    size = len(scan_id.encode("utf-8"))
+    if size <= MAX_ID_BYTES:
+        return None
+    return (f"id {scan_id[:32]!r}... is {size} bytes long; ids name cache entries and prediction files, "
+            f"so at most {MAX_ID_BYTES} bytes: rename the file or shorten the id")
+
+
+def check_id_lengths(records: Sequence[Record]) -> None:
+    """A one-line error naming the image of the first record whose id is too long (`id_length_problem`)."""
+    for r in records:
+        problem = id_length_problem(r.id)
+        if problem:
+            raise InputError(f"{r.image}: {problem}")
 
 
 def check_unique_ids(records: Sequence[Record], where: str) -> None:
@@ -130,3 +152,30 @@ def merge_manifests(paths: Sequence, out) -> list[Record]:
     check_unique_ids(records, f"merging {', '.join(str(p) for p in paths)}")
     write_manifest(records, out)
     return records
+
+
+def subset_manifest(path, out, *, domains: Optional[Sequence[str]] = None,
+                    ids: Optional[Sequence[str]] = None) -> list[Record]:
+    """Write the records of manifest `path` in `domains` and/or with `ids` (both given: both must hold) to `out`,
+    in `path`'s order; paths are rewritten for `out`'s folder, as `write_manifest` does. A domain or id that
+    the manifest lacks, and an empty selection, are one-line errors."""
+    if not domains and ids is None:
+        raise InputError("data subset: give --domain and/or --ids (otherwise the subset is the whole manifest)")
+    records = read_manifest(path)
+    present = domain_counts(records)
+    for domain in domains or ():
+        if domain not in present:
+            raise InputError(f"--domain {domain!r} names no scan of {path} (domains: {', '.join(present)})")
+    known = {r.id for r in records}
+    if ids is not None:
+        if not ids:
+            raise InputError("--ids: no id given")
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise InputError(f"--ids: {unknown[0]!r} is not an id of {path}")
+    wanted = None if ids is None else set(ids)
+    chosen = [r for r in records if (not domains or r.domain in domains) and (wanted is None or r.id in wanted)]
+    if not chosen:
+        raise InputError(f"{path}: no scan is in --domain {', '.join(domains)} with one of the --ids given")
+    write_manifest(chosen, out)
+    return chosen

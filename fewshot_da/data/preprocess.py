@@ -48,6 +48,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fewshot_da.atomic import DiskFullError, is_disk_full, write_text_atomic
+from fewshot_da.data.checks import spacing_disagreement
 from fewshot_da.data.io import is_image2d, load_mask, load_volume
 from fewshot_da.data.manifest import Record
 from fewshot_da.errors import InputError
@@ -610,6 +611,10 @@ def preprocess_manifest(records: Sequence[Record], cache_dir, options: Preproces
         raise InputError(f"{cache_dir}: cannot create the cache folder ({exc.strerror or exc})") from None
     clean_stale_temporaries(cache_dir)
     records = list(records)
+    for record in records:  # before any work: a manifest spacing the NIfTI header contradicts is refused
+        disagreement = spacing_disagreement(record)
+        if disagreement:
+            raise InputError(disagreement)
     _ensure_open_file_limit(2 * len(records) + 256)
     opened: dict[int, CachedVolume] = {}
     entries = {i: _entry_dir(cache_dir, r, options) for i, r in enumerate(records)}

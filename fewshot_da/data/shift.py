@@ -6,6 +6,7 @@ The subjects that get shifted are moved out of their original domain, so no anat
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -13,8 +14,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from fewshot_da.data.io import load_volume
-from fewshot_da.data.manifest import Record, read_manifest, write_manifest
+from fewshot_da.data.io import is_nifti, load_volume
+from fewshot_da.data.manifest import Record, check_unique_ids, read_manifest, write_manifest
 from fewshot_da.data.phantoms import _smooth_field
 from fewshot_da.errors import InputError
 
@@ -29,6 +30,17 @@ class ScannerShift:
     bias_amplitude: float = 0.35
     noise_sigma: float = 0.04
     blur_sigma_vox: tuple = (0.0, 0.0, 1.0)
+
+    def __post_init__(self):
+        """One-line errors naming the CLI option: gamma finite and > 0; the others finite and >= 0."""
+        checks = (("--gamma", self.gamma, "> 0", lambda v: v > 0), ("--bias", self.bias_amplitude, ">= 0", None),
+                  ("--noise", self.noise_sigma, ">= 0", None))
+        for option, value, rule, ok in checks:
+            value = float(value)
+            if not math.isfinite(value) or not (ok(value) if ok else value >= 0):
+                raise InputError(f"{option} {value:g}: must be finite and {rule}")
+        if not all(math.isfinite(float(s)) and float(s) >= 0 for s in self.blur_sigma_vox):
+            raise InputError(f"blur_sigma_vox {self.blur_sigma_vox}: must be finite and >= 0")
 
 
 def shift_image(image: np.ndarray, shift: ScannerShift, seed: int) -> np.ndarray:
@@ -48,13 +60,24 @@ def shift_image(image: np.ndarray, shift: ScannerShift, seed: int) -> np.ndarray
 def write_shifted_domain(records: Sequence[Record], ids: Sequence[str], out_dir, *, domain: str,
                          shift: ScannerShift = ScannerShift(), seed: int = 0) -> list[Record]:
     """Write shifted copies of the scans `ids` into `out_dir` (images/ + masks/ as NIfTI) and return the new
-    manifest: the other records unchanged, the shifted ones under `domain` (ids suffixed with '-shift')."""
+    manifest: the other records unchanged, the shifted ones under `domain` (ids suffixed with '-shift').
+    Refused in one line before anything is written: a 2D (non-NIfTI) scan, a `domain` the manifest already has,
+    a shifted id that collides with an existing one."""
     import nibabel as nib
 
     by_id = {r.id: r for r in records}
     unknown = [i for i in ids if i not in by_id]
     if unknown:
         raise InputError(f"scan id {unknown[0]!r} is not in the manifest")
+    flat = [by_id[i].image for i in ids if not is_nifti(by_id[i].image)]
+    if flat:
+        raise InputError(f"{flat[0]}: not a NIfTI volume; data shift simulates a scanner on 3D NIfTI scans only")
+    taken = [r.domain for r in records if r.domain == domain]
+    if taken:
+        raise InputError(f"the shifted domain {domain!r} is already a domain of the manifest (merging into it would "
+                         "mix real and simulated scans); pick another --new-domain")
+    check_unique_ids([r for r in records if r.id not in set(ids)]
+                     + [Record(f"{i}-shift", "", "", domain) for i in ids], "shifted ids (<id>-shift)")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
@@ -80,6 +103,9 @@ def shift_domain(manifest, domain: str, n_scans: int, out_dir, out_manifest, *, 
     full manifest to `out_manifest` and return its records."""
     records = read_manifest(manifest)
     ids = [r.id for r in records if r.domain == domain]
+    if not ids:
+        raise InputError(f"{manifest}: no scan of domain {domain!r} "
+                         f"(domains: {', '.join(dict.fromkeys(r.domain for r in records))})")
     if len(ids) <= n_scans:
         raise InputError(f"{manifest}: domain {domain!r} has {len(ids)} scans; shifting {n_scans} would leave none")
     chosen = sorted(np.random.RandomState(seed).choice(ids, n_scans, replace=False).tolist())

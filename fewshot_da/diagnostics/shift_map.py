@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import write_csv_atomic, write_json_atomic
+from ..atomic import write_csv_atomic
 from ..errors import InputError
 from ..figures import heatmap
 
@@ -212,12 +212,49 @@ def _read_spec(run_dir) -> dict:
     return read_run(run_dir).get("spec") or {}
 
 
+def _check_checkpoint(run_dir: Path) -> None:
+    """One line naming checkpoint.pt when it is not one `fewshot-da train` / `adapt` wrote (a plain dict with
+    the weights under `model` and the training config under `config`)."""
+    from ..training.fit import load_checkpoint
+
+    path = run_dir / "checkpoint.pt"
+    state = load_checkpoint(path)
+    missing = [k for k in ("model", "config") if not isinstance(state, dict) or not isinstance(state.get(k), dict)]
+    if missing:
+        held = ", ".join(repr(k) for k in list(state)[:4]) if isinstance(state, dict) else type(state).__name__
+        raise InputError(f"{path}: not a fewshot-da checkpoint (no {' or '.join(missing)} entry; holds {held or 'nothing'}); "
+                         "--model takes the --out folder of fewshot-da train or adapt")
+
+
 def load_source_model(run_dir) -> tuple:
     """(model in eval mode, run spec) of a train or adapt run folder, weights from its checkpoint.pt."""
     from ..experiments.stages import run_model
 
+    _check_checkpoint(Path(run_dir))
     net, _ = run_model(run_dir)
     return net.eval(), _read_spec(run_dir)
+
+
+def check_units(units: Sequence, model: nn.Module, where: str = "--units") -> list:
+    """`units` as [(name, [prefixes])]; a one-line error naming a prefix that is no module of `model` (it would
+    score NaN) and the model's top-level modules."""
+    units = [(name, [p] if isinstance(p, str) else list(p)) for name, p in units]
+    modules = {name for name, _ in model.named_modules() if name}
+    for name, prefixes in units:
+        for prefix in prefixes:
+            if prefix not in modules:
+                top = ", ".join(child for child, _ in model.named_children())
+                raise InputError(f"{where}: unit {name!r}: prefix {prefix!r} names no module of the model "
+                                 f"(its top-level modules: {top})")
+    return units
+
+
+def _check_counts(**counts) -> None:
+    for option, value in counts.items():
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            flag = "--" + option.replace("_", "-")
+            raise InputError(f"{flag} {value!r}: must be a whole number >= 1"
+                             + (" (or 0 on the command line: all)" if option != "batch_size" else ""))
 
 
 def _source_train_ids(run_dir: Path, run: dict) -> list:
@@ -270,7 +307,7 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
               divergence: str = "w2", forward: str = "source", units: Sequence | None = None,
               max_scans: int | None = 10, max_slices: int | None = 64, seed: int = 0,
               batch_size: int | None = None, cache=None,
-              progress: bool = True) -> dict:
+              progress: bool = True, wait: bool = False, units_file=None) -> dict:
     """Score, per layer and unit, how far each target domain of `manifest` shifts the source run `model`'s
     activation statistics; no labels are read. Writes `out/shift_map.csv`, `out/shift_map.png`,
     `out/summary.json`.
@@ -280,11 +317,12 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
     `forward`: "source" runs the model as deployed (a layer's score includes all shift passed on from the
     layers before it); "adabn" normalises every BN with the batch's own statistics (`adabn_copy`, batches of
     `batch_size`, default 16), so a layer scores the shift left after all earlier BNs were re-estimated on the
-    target. `units`: [(unit, module prefixes)] (default: the top-level modules). Returns the summary. """
-    from tqdm.auto import tqdm
-
-    from ..data.preprocess import preprocess_options
-    from ..models import pad_multiple
+    target. `units`: [(unit, module prefixes)] (default: the top-level modules; `units_file` names their file in
+    messages). `out` follows the run-folder protocol: a lock while it is written (another writer: a one-line
+    error, or wait=True to wait), and run.yaml with an identity over these settings, the manifest's content and
+    the source run, so the same call again returns the finished summary and another one into a finished
+    folder is refused. Returns the summary. """
+    from ..experiments.run_folder import RUN_FILE, identity_of, open_run, write_summary
 
     started = time.perf_counter()
     run_dir = Path(model)
@@ -293,12 +331,41 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
         raise InputError(f"--divergence {divergence!r}: choose {' or '.join(DIVERGENCES)}")
     if forward not in FORWARDS:
         raise InputError(f"--forward {forward!r}: choose {' or '.join(FORWARDS)}")
+    _check_counts(max_scans=max_scans, max_slices=max_slices, batch_size=batch_size)
     targets = _target_records(manifest, domains)
     net, run = load_source_model(run_dir)
-    arch = run["arch"]
     method, layers = probed_layers(net, method)
-    units = module_units(net) if units is None else units
-    units = [(name, [p] if isinstance(p, str) else list(p)) for name, p in units]
+    units = module_units(net) if units is None else check_units(units, net, f"--units {units_file or ''}".strip())
+    out = Path(out)
+    spec = {"kind": "shift_map", "model": str(run_dir.resolve()), "manifest": str(Path(manifest).resolve()),
+            "domains": list(targets), "method": method, "divergence": divergence, "forward": forward,
+            "units": [[name, prefixes] for name, prefixes in units], "max_scans": max_scans,
+            "max_slices": max_slices, "seed": seed, "batch_size": batch_size}
+    identity = identity_of(spec, None, [manifest], parent=run_dir)
+    unclaimed = not (out / RUN_FILE).is_file()  # a map written before shift-map kept run.yaml is made again
+    with open_run(out, spec, identity, wait=wait) as done:
+        if done is not None and not unclaimed:  # summary.json keeps sorted keys: back to domain and unit order
+            for key in ("scores", "ranks", "domains"):
+                done[key] = {d: done[key][d] for d in done["target_domains"]}
+            for key in ("scores", "ranks"):
+                done[key] = {d: {u: v[u] for u in done["units"]} for d, v in done[key].items()}
+            return done
+        summary = _shift_map(net, run, run_dir, manifest, out, targets, method, layers, units, divergence,
+                             forward, max_scans, max_slices, seed, batch_size, cache, progress)
+        summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+        write_summary(out, summary)
+        return summary
+
+
+def _shift_map(net, run, run_dir, manifest, out, targets, method, layers, units, divergence, forward, max_scans,
+               max_slices, seed, batch_size, cache, progress) -> dict:
+    """The shift map's rows, CSV and figure in `out`; returns the summary (written by the caller)."""
+    from tqdm.auto import tqdm
+
+    from ..data.preprocess import preprocess_options
+    from ..models import pad_multiple
+
+    arch = run["arch"]
     forward_net = adabn_copy(net) if forward == "adabn" else net
     hooked = {name: dict(forward_net.named_modules())[name] for name in layers}
     if batch_size is None and forward == "adabn":
@@ -307,7 +374,6 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
     reference = _reference_stats(layers, method, forward_net, hooked, run_dir, run, max_scans=max_scans,
                                  max_slices=max_slices, seed=seed, **common)
     options = preprocess_options(run["preprocess"])
-    out = Path(out)
     cache = Path(cache) if cache else out / "cache"
     rows, scores, sampled = [], {}, {}
     for n_domain, (domain, records) in enumerate(tqdm(targets.items(), desc="shift map", unit="domain",
@@ -352,9 +418,7 @@ def shift_map(*, model, manifest, out, domains: Sequence[str] | None = None, met
                "seed": seed, "max_scans": max_scans, "max_slices": max_slices, "units": unit_names,
                "target_domains": list(targets), "domains": sampled, "scores": scores,
                "ranks": {d: _ranks(s) for d, s in scores.items()},
-               "elapsed_s": round(time.perf_counter() - started, 3),
                "outputs": {"csv": str(out / "shift_map.csv"), "figure": str(out / "shift_map.png")}}
-    write_json_atomic(out / "summary.json", summary)
     return summary
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,32 +39,86 @@ def case_id(path: str | os.PathLike) -> str:
     return stem
 
 
-def _index_folder(folder: Path, option: str) -> dict[str, Path]:
+_MASK_NAMED = [s for s in _STRIPPED if s != _CHANNEL_SUFFIX]
+# whole words of a file stem, delimited by _ - . space or the stem's ends
+_IMAGE_WORD = re.compile(r"(?:^|[_\-. ])(?:images?|imgs?)(?:$|[_\-. ])", re.IGNORECASE)
+_MASK_WORD = re.compile(r"(?:^|[_\-. ])(?:masks?|segs?|labels?|gt)(?:$|[_\-. ])", re.IGNORECASE)
+IMAGE_RULE = ("a file is an image when another one names its case as a mask (<case>, <case>_0000 or "
+              "<case>_<tag with a letter> beside <case>_mask/_brain/_seg/_ss/_label; nnU-Net's <case>_0000 beside "
+              "<case>), or when its name holds the word image or img beside mask-named files")
+
+
+def _name_kind(path: Path) -> tuple[str, str]:
+    """(case id, 'mask' | 'channel' | 'plain'): named as a mask (a mask suffix or CC359's _ss), as an nnU-Net
+    channel file (_0000), or neither."""
+    cc359 = CC359_NAME.match(path.name)
+    if cc359:
+        return cc359.group(1), "mask" if cc359.group(6) else "plain"
+    stem = strip_suffix(path.name)
+    for suffix in _MASK_NAMED:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)], "mask"
+    if stem.endswith(_CHANNEL_SUFFIX) and len(stem) > len(_CHANNEL_SUFFIX):
+        return stem[: -len(_CHANNEL_SUFFIX)], "channel"
+    return stem, "plain"
+
+
+def image_files(files: Sequence[Path]) -> list[Path]:
+    """The files of a ground-truth folder that are images lying beside the masks, by IMAGE_RULE (names only)."""
+    kinds = {path: _name_kind(path) for path in files}
+    masked = {cid for cid, kind in kinds.values() if kind == "mask"}
+    plain = {cid for cid, kind in kinds.values() if kind == "plain"}
+    mask_worded = bool(masked) or any(_MASK_WORD.search(strip_suffix(p.name)) for p in files)
+    images = []
+    for path, (cid, kind) in kinds.items():
+        if kind == "mask":
+            continue
+        stem = strip_suffix(path.name)
+        head, _, tag = cid.rpartition("_")
+        tagged = bool(head) and head in masked and re.search("[A-Za-z]", tag) is not None  # _t1, _flair; not _2
+        if (cid in masked or (kind == "channel" and cid in plain) or tagged
+                or (mask_worded and _IMAGE_WORD.search(stem) and not _MASK_WORD.search(stem))):
+            images.append(path)
+    return images
+
+
+def _index_folder(folder: Path, option: str, *, skip_images: bool = False) -> tuple[dict[str, Path], list[Path]]:
+    """({case id: mask file}, image files skipped): `skip_images` drops the images of `image_files`."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(MASK_FILE_SUFFIXES))
+    skipped = image_files(files) if skip_images else []
     cases: dict[str, Path] = {}
     for path in files:
+        if path in skipped:
+            continue
         cid = case_id(path)
         if cid in cases:
             raise InputError(
                 f"{option} {folder}: {cases[cid].name} and {path.name} both map to case id {cid!r}"
             )
         cases[cid] = path
-    return cases
+    return cases, skipped
 
 
 def match_cases(gt: str | os.PathLike, pred: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """(case id, gt file, pred file) pairs: two files, or two folders matched by case id (all gt cases needed)."""
+    """(case id, gt file, pred file) pairs: two files, or two folders matched by case id (all gt cases needed);
+    images lying beside the ground-truth masks are skipped (`image_files`)."""
+    return _match_cases(gt, pred)[0]
+
+
+def _match_cases(gt, pred) -> tuple[list[tuple[str, Path, Path]], dict[str, Path], list[Path]]:
+    """(pairs, all gt cases, gt image files skipped)."""
     gt, pred = Path(gt), Path(pred)
     for option, path in (("--gt", gt), ("--pred", pred)):
         if not path.exists():
             raise InputError(f"{option} {path}: no such file or folder")
     if gt.is_file() and pred.is_file():
-        return [(case_id(gt), gt, pred)]
+        return [(case_id(gt), gt, pred)], {case_id(gt): gt}, []
     if gt.is_dir() != pred.is_dir():
         raise InputError(f"--gt {gt} and --pred {pred} must both be files or both be folders")
-    gt_cases, pred_cases = _index_folder(gt, "--gt"), _index_folder(pred, "--pred")
+    (gt_cases, skipped), (pred_cases, _) = _index_folder(gt, "--gt", skip_images=True), _index_folder(pred, "--pred")
     if not gt_cases:
-        raise InputError(f"--gt {gt}: no mask files (.nii / .nii.gz / .png ...)")
+        images = f"; {len(skipped)} file(s) there are images, not masks ({skipped[0].name})" if skipped else ""
+        raise InputError(f"--gt {gt}: no mask files (.nii / .nii.gz / .png ...){images}")
     common = sorted(set(gt_cases) & set(pred_cases))
     if not common:
         raise InputError(
@@ -78,31 +133,58 @@ def match_cases(gt: str | os.PathLike, pred: str | os.PathLike) -> list[tuple[st
             f"--pred {pred}: {len(orphans)} prediction(s) have no ground truth in --gt {gt}, "
             f"first {orphans[0]!r} ({pred_cases[orphans[0]].name})"
         )
-    return [(cid, gt_cases[cid], pred_cases[cid]) for cid in common]
+    return [(cid, gt_cases[cid], pred_cases[cid]) for cid in common], gt_cases, skipped
 
 
-def load_mask(path: Path, label: int | None = None, threshold: float | None = None):
+def load_mask(path: Path, label: int | None = None, threshold: float | None = None, *, ground_truth: bool = False):
     """(binary mask, spacing_mm, affine, shape) of a 2D/3D NIfTI or 2D image; binarised by `masks.binarize`."""
     mask_file = read_mask_file(path)
-    mask = binarize(mask_file.data, path, label=label, threshold=threshold)
+    mask = binarize(mask_file.data, path, label=label, threshold=threshold, ground_truth=ground_truth)
     return mask, mask_file.spacing_mm, mask_file.affine, mask_file.data.shape
 
 
-def _score_pair(pair, *, tolerances, metrics, label, threshold, num_threads) -> tuple[dict, bool]:
-    """(row, label absent from both masks) of one case."""
+def _foreground_values(path: Path, limit: int = 6) -> list:
+    """Up to `limit` distinct values > 0 of a mask file (for messages naming the labels it holds)."""
+    values = np.unique(read_mask_file(path).data)
+    return [float(v) if v != int(v) else int(v) for v in values[values > 0][:limit]]
+
+
+def _score_pair(pair, *, tolerances, metrics, label, threshold, num_threads) -> tuple[dict, dict]:
+    """(row, flags) of one case. The threshold binarises the prediction only: the ground truth is a label
+    mask. flags: `absent` (the label is in neither mask), `gt_empty` (empty ground truth after binarising),
+    `label_only_in_pred` (the label is in the prediction but not in the ground truth)."""
     cid, gt_path, pred_path = pair
-    gt_mask, spacing, gt_affine, gt_shape = load_mask(gt_path, label, threshold)
+    gt_mask, spacing, gt_affine, gt_shape = load_mask(gt_path, label, None, ground_truth=True)
     pred_mask, _, pred_affine, pred_shape = load_mask(pred_path, label, threshold)
     if gt_shape != pred_shape:
         raise InputError(f"{gt_path} and {pred_path}: shapes differ {gt_shape} vs {pred_shape}")
     if not np.allclose(gt_affine, pred_affine, rtol=1e-5, atol=1e-5):
         raise InputError(f"{gt_path} and {pred_path}: affines differ (not on the same grid)")
-    absent = label is not None and not gt_mask.any() and not pred_mask.any()
+    gt_empty, pred_empty = not gt_mask.any(), not pred_mask.any()
+    flags = {"absent": label is not None and gt_empty and pred_empty, "gt_empty": gt_empty,
+             "label_only_in_pred": label is not None and gt_empty and not pred_empty}
     scores = score_case(
         gt_mask, pred_mask, spacing_mm=spacing, tolerances_mm=tolerances, num_threads=num_threads,
         metrics=metrics,
     )
-    return {"case": cid, **{k: float(v) for k, v in scores.items()}}, absent
+    return {"case": cid, **{k: float(v) for k, v in scores.items()}}, flags
+
+
+def _check_label_in_gt(results, pairs, label) -> None:
+    """Refuse a --label that no ground-truth mask holds while a prediction does (a label numbering mismatch:
+    every score would be that of an empty ground truth)."""
+    if label is None or not results or not all(flags["gt_empty"] for _, flags in results):
+        return
+    only_pred = [pair for pair, (_, flags) in zip(pairs, results) if flags["label_only_in_pred"]]
+    if not only_pred:
+        return
+    _, gt_path, pred_path = only_pred[0]
+    held = _foreground_values(gt_path)
+    raise InputError(
+        f"--label {label}: no ground-truth mask holds it, but {len(only_pred)} prediction(s) do (first "
+        f"{pred_path.name}); {gt_path.name} holds "
+        f"{'labels ' + ', '.join(str(v) for v in held) if held else 'no foreground'}; check the label numbering"
+    )
 
 
 def _summary(rows: list[dict], keys: list[str], tolerances: list[float]) -> dict:
@@ -132,13 +214,16 @@ def evaluate_paths(
     """Score every prediction against its ground truth and return the summary (also written to `out_dir`).
 
     `gt` / `pred` are mask files (NIfTI, or 2D images such as PNG with 1 mm pixels) or folders of them
-    matched by `case_id`. Each pair must share shape and affine. Masks must hold integers (binary, or a
-    label map whose labels > 0 are merged), else pass `threshold` (foreground = value > threshold) or
-    `label` (value == label). `metrics` names what is computed (scoring.METRICS; default dice, sdsc, hd95,
+    matched by `case_id`; image files beside the ground-truth masks are skipped by IMAGE_RULE (listed in
+    `gt_images_skipped`). Each pair must share shape and affine. Masks must hold integers (binary, or a
+    label map whose labels > 0 are merged), else pass `threshold` (prediction foreground = value >
+    threshold; the ground truth is never thresholded) or `label` (value == label, in both; a label held by
+    no ground truth but by a prediction is refused). `metrics` names what is computed (scoring.METRICS; default dice, sdsc, hd95,
     assd, plus pixel_error and ari when the masks are 2D images). `workers` cases are scored at once in
     threads (decoding and kernels release the GIL; each case then uses one kernel thread unless
     `num_threads` says otherwise). Writes `metrics.csv` and `summary.json` (per_case, and mean, sd, n,
-    n_nan, n_inf per metric from `summarize`; NaN/inf as null; n_label_absent, n_gt_unscored) when
+    n_nan, n_inf per metric from `summarize`; NaN/inf as null; n_label_absent, n_gt_empty,
+    n_label_only_in_pred, each with its cases; n_gt_unscored, gt_images_skipped) when
     `out_dir` is given. Raises InputError with a one-line message on bad input.
     """
     tolerances = [float(t) for t in tolerances_mm]
@@ -150,7 +235,7 @@ def evaluate_paths(
         raise InputError(f"--threshold must be finite, got {threshold!r}")
     if int(workers) != workers or workers < 1:
         raise InputError(f"--workers must be a positive integer, got {workers!r}")
-    pairs = match_cases(gt, pred)
+    pairs, gt_cases, gt_images = _match_cases(gt, pred)
     if metrics is None:
         two_d = any(is_image2d(g) or is_image2d(p) for _, g, p in pairs)
         metrics = DEFAULT_METRICS + (("pixel_error", "ari") if two_d else ())
@@ -184,15 +269,19 @@ def evaluate_paths(
                 raise
     if bar is not None:
         bar.close()
+    _check_label_in_gt(results, pairs, label)
     rows = [row for row, _ in results]
     summary = _summary(rows, keys, tolerances)
     summary["metrics"] = list(metrics)
     summary["label"] = label
     summary["threshold"] = threshold
-    summary["n_label_absent"] = sum(absent for _, absent in results)
-    summary["label_absent_cases"] = [row["case"] for row, absent in results if absent]
-    gt_path = Path(gt)
-    summary["n_gt_unscored"] = (len(_index_folder(gt_path, "--gt")) - len(rows)) if gt_path.is_dir() else 0
+    for flag, count, cases in (("absent", "n_label_absent", "label_absent_cases"),
+                               ("gt_empty", "n_gt_empty", "gt_empty_cases"),
+                               ("label_only_in_pred", "n_label_only_in_pred", "label_only_in_pred_cases")):
+        summary[count] = sum(flags[flag] for _, flags in results)
+        summary[cases] = [row["case"] for row, flags in results if flags[flag]]
+    summary["n_gt_unscored"] = len(gt_cases) - len(rows)
+    summary["gt_images_skipped"] = [p.name for p in gt_images]
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +320,10 @@ def format_table(summary: dict, max_rows: int = 20) -> str:
         notes.append(f"{summary['n_gt_unscored']} ground-truth case(s) without a prediction not scored")
     if summary.get("n_label_absent"):
         notes.append(f"label {summary['label']} absent from both masks in {summary['n_label_absent']} case(s)")
+    empty = summary.get("n_gt_empty", 0) - summary.get("n_label_absent", 0)
+    if empty:
+        notes.append(f"ground truth empty in {empty} more case(s)" if summary.get("n_label_absent")
+                     else f"ground truth empty in {empty} case(s)")
     lines.append(f"n = {len(cases)} case(s)" + ("; " + "; ".join(notes) if notes else ""))
     return "\n".join(lines)
 

@@ -66,12 +66,14 @@ def read_mask_file(path: str | os.PathLike) -> MaskFile:
     raise InputError(f"{path}: unknown mask format (expected .nii, .nii.gz or a 2D image such as .png)")
 
 
-def binarize(data: np.ndarray, path, *, label: int | None = None, threshold: float | None = None) -> np.ndarray:
+def binarize(data: np.ndarray, path, *, label: int | None = None, threshold: float | None = None,
+             ground_truth: bool = False) -> np.ndarray:
     """Foreground of a mask file's values: == `label`, or > `threshold`, or else nonzero-and-positive.
 
     Without `label` / `threshold` the values must be integers (binary or a label map, whose labels > 0 are
     merged): a probability map (non-integer values) is refused with a one-line error naming the file,
-    instead of being binarised at > 0 silently. NaN / inf are refused in every mode.
+    instead of being binarised at > 0 silently. NaN / inf are refused in every mode. `ground_truth` only
+    changes that error's advice (a threshold is for predictions, never for the ground truth).
     Returns a uint8 0/1 or bool array (the input itself when it is already uint8 0/1).
     """
     if data.dtype.kind == "f" and not np.isfinite(data).all():
@@ -88,8 +90,9 @@ def binarize(data: np.ndarray, path, *, label: int | None = None, threshold: flo
         fractional = data != np.round(data)
         if fractional.any():
             example = float(data[fractional].flat[0])
+            advice = ("--threshold applies to predictions only: give the ground truth as a label mask"
+                      if ground_truth else "pass --threshold T to binarise it")
             raise InputError(
-                f"{path}: mask holds non-integer values (e.g. {example:g}), like a probability map; "
-                "pass --threshold T to binarise it"
+                f"{path}: mask holds non-integer values (e.g. {example:g}), like a probability map; {advice}"
             )
     return data > 0
