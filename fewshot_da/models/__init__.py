@@ -110,5 +110,6 @@ def count_parameters(module: nn.Module) -> int:
 
 
 __all__ = ["ARCHS", "GROUP_NAMES", "Anatomy", "describe", "from_entry_point", "build_model", "pad_multiple",
-           "check_arch", "count_parameters", "layer_groups", "blocks", "top_modules", "model_class", "PreActivation2d",
-           "PostActivation2d", "ResBlock2d", "UNet2dDart20", "UNet2dDsa", "UNet2dVanilla", "UNet2dClassic"]
+           "check_arch", "count_parameters", "layer_groups", "blocks", "top_modules", "model_class",
+           "PreActivation2d", "PostActivation2d", "ResBlock2d", "UNet2dDart20", "UNet2dDsa", "UNet2dVanilla",
+           "UNet2dClassic"]
