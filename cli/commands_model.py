@@ -32,9 +32,10 @@ def layers(arch, entry, in_channels, example_size, spec, show_blocks, show_units
     anatomy = describe(model, in_channels=in_channels, example_size=example_size, unit_map=unit_map)
     if show_units:
         rows = units_rows(anatomy)
-        click.echo(f"{'index':>5}  {'unit':<16} {'params':>9}  modules")
+        width = max([16, *(len(r["name"]) for r in rows)])  # traced nets have long module paths
+        click.echo(f"{'index':>5}  {'unit':<{width}} {'params':>9}  modules")
         for row in rows:
-            click.echo(f"{row['index']:>5}  {row['name']:<16} {row['n_params']:>9,}  {row['modules']}")
+            click.echo(f"{row['index']:>5}  {row['name']:<{width}} {row['n_params']:>9,}  {row['modules']}")
         click.echo(f"{len({r['index'] for r in rows})} decisions, {len(rows)} units, "
                    f"{sum(r['n_params'] for r in rows):,} parameters")
         return
