@@ -199,6 +199,8 @@ def test_in_channels_found_and_a_failing_trace_is_one_line():
     with pytest.raises(InputError, match="example_size") as info:
         describe(encoder_decoder(), example_size=12)  # 12 px cannot be halved three times
     assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="--in-channels must be >= 1"):
+        describe(nested_unet(), in_channels=0)
 
 
 # --- the CLI -----------------------------------------------------------------------------------------------------

@@ -235,10 +235,12 @@ def _trace(module: nn.Module, *, in_channels, example_size):
     if not convs:
         raise InputError(f"cannot describe {type(module).__name__}: it has no convolution layer")
     ndim = convs[0].weight.dim() - 2
-    size = int(example_size or (128 if ndim <= 2 else 64))
+    size = int(example_size) if example_size is not None else (128 if ndim <= 2 else 64)
     if size < 1:
         raise InputError(f"--example-size must be >= 1, got {size}")
-    candidates = [int(in_channels)] if in_channels else sorted({c.in_channels for c in convs})
+    if in_channels is not None and int(in_channels) < 1:
+        raise InputError(f"--in-channels must be >= 1, got {in_channels}")
+    candidates = [int(in_channels)] if in_channels is not None else sorted({c.in_channels for c in convs})
     layers = {n: m for n, m in module.named_modules() if next(m.parameters(recurse=False), None) is not None}
     first_param = next(module.parameters())
     states = [(m, m.training) for m in module.modules()]
