@@ -5,7 +5,7 @@ argmax in eval mode) and the unit's output is finetuned(x) * (1 - p) + frozen(x)
 means "reuse the frozen source unit". The U-Net's own `forward` supplies the wiring (skips, concatenations): it is
 run with each top-level module replaced by a mixing runner, so any architecture built by `build_model` works.
 
-Decision units (`decision_units`), the rule for every architecture:
+Decision units (`decision_units`, in `models/anatomy.py`), the rule for every architecture:
   1. path units: the children of every top-level nn.Sequential, in registration order; a child that has
      parameters and contains a conv (Conv2d, ConvTranspose2d, or a block holding one: ResBlock, pre-/post-
      activation) is one unit. A parametrised child without a conv (a standalone BatchNorm) joins the next conv
@@ -21,7 +21,6 @@ With this rule every parameter of dsa, dart20 and vanilla belongs to exactly one
 """
 import copy
 import functools
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -29,65 +28,8 @@ from torch import nn
 from ..checkpoint import load_pretrained
 from ..errors import InputError
 from . import build_model
+from .anatomy import UNIT_MAPS, Unit, decision_units  # noqa: F401 (the unit rule lives with the anatomy)
 from .policy_net import DEFAULT_TEMPERATURE, PolicyNet, sample_policy
-
-UNIT_MAPS = ("reference", "own")
-_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
-
-
-class Unit(NamedTuple):
-    """One decision: its policy index, its name (the path of its conv module), the module paths it switches (in the
-    fine-tuned copy, e.g. ("shortcut0", "out_path.4")) and their parameter count."""
-    index: int
-    name: str
-    modules: tuple
-    n_params: int
-
-
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _has_conv(module: nn.Module) -> bool:
-    return any(isinstance(m, _CONVS) for m in module.modules())
-
-
-def decision_units(model: nn.Module, arch: str = "", unit_map: str = "reference") -> list:
-    """The decision units of `model` (a U-Net built by `build_model(arch)`), as a list of `Unit` by index.
-
-    The rule is in the module docstring. `dsa`, reference map: 32 units with §6's order and parameter counts.
-    """
-    if unit_map not in UNIT_MAPS:
-        raise InputError(f"--unit-map {unit_map!r}: valid values are {', '.join(UNIT_MAPS)}")
-    modules = dict(model.named_modules())
-    path, skips, trailing = [], [], []  # lists of module-path lists; trailing: (next unit position, paths)
-    for top_name, top in model.named_children():
-        if isinstance(top, nn.Sequential):
-            pending = []
-            for i, child in enumerate(top):
-                if _n_params(child) == 0:
-                    continue
-                if _has_conv(child):
-                    path.append([*pending, f"{top_name}.{i}"])
-                    pending = []
-                else:
-                    pending.append(f"{top_name}.{i}")
-            if pending:
-                trailing.append((len(path), pending))
-        elif _n_params(top) > 0:
-            skips.append([top_name])
-    groups = [list(g) for g in path + skips]
-    names = [next(p for p in g if _has_conv(modules[p])) for g in groups]
-    for position, paths in trailing:
-        if unit_map == "reference" and position < len(groups):
-            groups[position].extend(paths)
-        else:
-            groups.append(list(paths))
-            names.append(paths[0])
-    if not groups:
-        raise InputError(f"architecture {arch or type(model).__name__} has no parametrised module to decide on")
-    return [Unit(i, name, tuple(g), sum(_n_params(modules[p]) for p in g))
-            for i, (name, g) in enumerate(zip(names, groups))]
 
 
 def unassigned_parameters(model: nn.Module, units) -> list:

@@ -1,40 +1,35 @@
 """Layer selection: which parameters a spec names (groups, blocks, regex, module lists), freezing, BN modes.
 
-A group is a tuple of module-path prefixes declared by the model class (`fewshot_da.models`); a parameter belongs
-to it when its name equals a prefix or starts with prefix + ".". For the papers' sets this selects exactly what
-their substring match on `named_parameters()` did. `bn` selects every BatchNorm affine parameter (Karani et al.
-2018's BN-only fine-tuning).
+Groups, blocks and units come from the network's anatomy (`fewshot_da.models.anatomy.describe`): declared by our
+model classes as module-path prefixes (a parameter belongs to a group when its name equals a prefix or starts with
+prefix + "."; for the papers' sets this selects exactly what their substring match on `named_parameters()` did), or
+traced for any other module. `bn` selects every norm layer's affine parameters (BatchNorm in our nets; Karani et al.
+2018's BN-only fine-tuning). Layers a forward pass never calls are never selected.
 """
 import re
 
 from torch import nn
 
 from ..errors import InputError
-from ..models import GROUP_NAMES, blocks, build_model, layer_groups, top_modules
+from ..models import GROUP_NAMES, build_model, describe
+from ..models.anatomy import matches, norm_types, running_stat_norms
 
 BN_STATS = ("update", "freeze")
 SPECIAL_SPECS = ("bn",)
 
 
-def matches(name: str, prefix: str) -> bool:
-    """True when parameter/module `name` is `prefix` or lies below it."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def _bn_parameters(model: nn.Module) -> list:
-    return [f"{module_name}.{p}" for module_name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) for p, _ in m.named_parameters(recurse=False)]
-
-
-def trainable_names(model: nn.Module, arch: str, spec: str) -> list:
+def trainable_names(model: nn.Module, arch: str, spec: str, *, anatomy=None) -> list:
     """Names of the parameters of `model` that `spec` selects, in model order.
 
-    spec: a group (first|last|all|contracting|expanding), `bn` (BatchNorm affine parameters only),
+    spec: a group (first|last|all|contracting|expanding), `bn` (norm affine parameters only),
     `regex:PATTERN` (re.search on parameter names), or a comma list of groups and module paths (e.g.
-    `init_path.0,out_path`). Raises InputError (one line) when a name is unknown or selects nothing.
+    `init_path.0,out_path`). `arch` only names the network in messages (its type name when empty); `anatomy`
+    defaults to `describe(model)`. Raises InputError (one line) when a name is unknown or selects nothing.
     """
-    groups = layer_groups(arch)
-    names = [name for name, _ in model.named_parameters()]
+    anatomy = anatomy or describe(model)
+    label = arch or type(model).__name__
+    unused = set(anatomy.unused)
+    names = [name for name, _ in model.named_parameters() if name not in unused]
     spec = spec.strip()
     if spec.startswith("regex:"):
         try:
@@ -43,31 +38,31 @@ def trainable_names(model: nn.Module, arch: str, spec: str) -> list:
             raise InputError(f"--layers {spec!r}: invalid regular expression ({exc})") from None
         selected = [n for n in names if pattern.search(n)]
         if not selected:
-            raise InputError(f"--layers {spec!r} matches no parameter of {arch}")
+            raise InputError(f"--layers {spec!r} matches no parameter of {label}")
         return selected
     module_names = {name for name, _ in model.named_modules() if name}
     prefixes, chosen = [], set()
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        if item in groups:
-            prefixes.extend(groups[item])
+        if item in GROUP_NAMES:
+            chosen.update(anatomy.groups[item])
         elif item == "bn":
-            chosen.update(_bn_parameters(model))
+            chosen.update(anatomy.groups["norm"])
         elif item in module_names and any(matches(n, item) for n in names):
             prefixes.append(item)
         else:
             raise InputError(
-                f"--layers: unknown group or module {item!r} for {arch}; valid groups: {', '.join(GROUP_NAMES)}, "
-                f"bn, regex:PATTERN, or module paths with parameters such as {', '.join(top_modules(arch))}"
+                f"--layers: unknown group or module {item!r} for {label}; valid groups: {', '.join(GROUP_NAMES)}, "
+                f"bn, regex:PATTERN, or module paths with parameters such as "
+                f"{', '.join(anatomy.group_modules['all'])}"
             )
     if not prefixes and not chosen:
         raise InputError(f"--layers is empty; valid groups: {', '.join(GROUP_NAMES)}")
     return [n for n in names if n in chosen or any(matches(n, p) for p in prefixes)]
 
 
-def block_names(model: nn.Module, arch: str) -> list:
-    """Parameter names of each block (resolution stage) of `arch`, shallow to deep: a list of name lists."""
-    names = [name for name, _ in model.named_parameters()]
-    return [[n for n in names if any(matches(n, p) for p in block)] for block in blocks(arch)]
+def block_names(model: nn.Module, arch: str = "", *, anatomy=None) -> list:
+    """Parameter names of each block (resolution stage) of `model`, shallow to deep: a list of name lists."""
+    return [list(block) for block in (anatomy or describe(model)).blocks]
 
 
 def freeze(model: nn.Module, trainable, bn_stats: str = "update") -> list:
@@ -76,8 +71,11 @@ def freeze(model: nn.Module, trainable, bn_stats: str = "update") -> list:
     bn_stats: "update" (reference behaviour: every BatchNorm keeps updating its running statistics during
     training, frozen or not) or "freeze" (BatchNorms whose parameters are all frozen run in eval mode; applied by
     `set_train_mode`, which `fit` calls every epoch). Returns the sorted list of frozen parameter names.
+    "freeze" on a model whose norm layers keep no running statistics is a one-line InputError (it would do nothing).
     """
     check_bn_stats(bn_stats)
+    if bn_stats == "freeze" and not running_stat_norms(model):
+        raise InputError(f"--bn-stats freeze does not apply: {no_running_stats(model)}")
     trainable = set(trainable)
     names = {name for name, _ in model.named_parameters()}
     unknown = trainable - names
@@ -97,11 +95,18 @@ def check_bn_stats(bn_stats: str) -> str:
     return bn_stats
 
 
+def no_running_stats(model: nn.Module) -> str:
+    """Why running-statistics options do nothing for `model`, in words naming its norm layer types."""
+    types = norm_types(model)
+    if not types:
+        return f"{type(model).__name__} has no norm layer"
+    return f"the norm layers of {type(model).__name__} ({', '.join(types)}) keep no running statistics"
+
+
 def frozen_batchnorms(model: nn.Module) -> list:
-    """Names of BatchNorm modules whose affine parameters are all frozen."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and all(not p.requires_grad for p in m.parameters(recurse=False))]
+    """Names of the norm modules with running statistics (BatchNorm) whose affine parameters are all frozen."""
+    return [name for name, m in running_stat_norms(model)
+            if all(not p.requires_grad for p in m.parameters(recurse=False))]
 
 
 def set_train_mode(model: nn.Module, bn_stats: str = "update") -> nn.Module:
@@ -115,35 +120,57 @@ def set_train_mode(model: nn.Module, bn_stats: str = "update") -> nn.Module:
     return model
 
 
-def layers_table(arch: str) -> list:
-    """Rows (group, modules, n_params) for every named group of `arch`, then one row per top-level module."""
-    model = build_model(arch)
-    params = dict(model.named_parameters())
-    rows = []
-    for group, prefixes in layer_groups(arch).items():
-        n = sum(p.numel() for name, p in params.items() if any(matches(name, q) for q in prefixes))
-        rows.append((group, ", ".join(prefixes), n))
-    rows.append(("bn", "BatchNorm affine parameters", sum(params[n].numel() for n in _bn_parameters(model))))
-    for name, module in model.named_children():
-        n = sum(p.numel() for p in module.parameters())
+def model_layers_table(model: nn.Module, anatomy=None) -> list:
+    """Rows (group, modules, n_params) for every named group of `model`, the norm (`bn`) parameters, the layers
+    its forward never calls (`unused`, traced nets only), then one row per top-level module with parameters."""
+    anatomy = anatomy or describe(model)
+    rows = [(g, ", ".join(anatomy.group_modules[g]), anatomy.count(anatomy.groups[g])) for g in GROUP_NAMES]
+    batchnorms = {type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    what = "BatchNorm" if set(anatomy.norm_types) <= batchnorms else f"norm ({', '.join(anatomy.norm_types)})"
+    rows.append(("bn", f"{what} affine parameters", anatomy.count(anatomy.groups["norm"])))
+    if anatomy.unused:
+        rows.append(("unused", ", ".join(anatomy.unused_modules), anatomy.count(anatomy.unused)))
+    params = list(anatomy.sizes)
+    for name, _ in model.named_children():  # counted as named_parameters() names them (a shared module once)
+        n = anatomy.count(p for p in params if matches(p, name))
         if n:
             rows.append(("module", name, n))
     return rows
 
 
-def blocks_table(arch: str) -> list:
+def model_blocks_table(model: nn.Module, anatomy=None) -> list:
     """Rows (block number 1.., modules, n_params): the stages gradual unfreezing adds, shallow to deep."""
-    model = build_model(arch)
+    anatomy = anatomy or describe(model)
+    return [(i + 1, ", ".join(modules), anatomy.count(names))
+            for i, (modules, names) in enumerate(zip(anatomy.block_modules, anatomy.blocks))]
+
+
+def model_selection_table(model: nn.Module, spec: str, label: str = "", anatomy=None) -> list:
+    """Rows (parameter name, shape, n params) that the layer spec `spec` makes trainable in `model`."""
     params = dict(model.named_parameters())
-    return [(i + 1, ", ".join(block), sum(params[n].numel() for n in names))
-            for i, (block, names) in enumerate(zip(blocks(arch), block_names(model, arch)))]
+    return [(name, tuple(params[name].shape), params[name].numel())
+            for name in trainable_names(model, label, spec, anatomy=anatomy)]
+
+
+def units_rows(anatomy) -> list:
+    """Rows {index, name, modules, n_params} of the anatomy's decision units, for `layers --units`."""
+    return [{"index": u.index, "name": u.name, "modules": ",".join(u.modules), "n_params": u.n_params}
+            for u in anatomy.units]
+
+
+def layers_table(arch: str) -> list:
+    """`model_layers_table` of a fresh `arch` U-Net."""
+    return model_layers_table(build_model(arch))
+
+
+def blocks_table(arch: str) -> list:
+    """`model_blocks_table` of a fresh `arch` U-Net."""
+    return model_blocks_table(build_model(arch))
 
 
 def selection_table(arch: str, spec: str) -> list:
-    """Rows (parameter name, shape, n params) that the layer spec `spec` makes trainable in `arch`."""
-    model = build_model(arch)
-    params = dict(model.named_parameters())
-    return [(name, tuple(params[name].shape), params[name].numel()) for name in trainable_names(model, arch, spec)]
+    """`model_selection_table` of a fresh `arch` U-Net."""
+    return model_selection_table(build_model(arch), spec, arch)
 
 
 def format_layers_table(rows, first: str = "group") -> str:

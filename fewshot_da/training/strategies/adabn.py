@@ -6,17 +6,17 @@ prediction, in batches; each BN keeps the cumulative average of the batch statis
 """
 import numpy as np
 import torch
-from torch import nn
 
 from ...errors import InputError
-from ...models import pad_multiple
+from ...models.anatomy import describe, running_stat_norms
 from ...predict import pad_slices
+from ..layers import no_running_stats
 from .base import Strategy, check_options
 
 
 def reestimate_bn(model, images, *, batch_size: int = 16, pad_multiple: int = 8) -> dict:
     """Reset and re-estimate every BatchNorm's running mean/var from `images` ((S, H, W) arrays); returns counts."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for _, m in running_stat_norms(model)]  # BatchNorm (and InstanceNorm tracking running statistics)
     if not bns:
         raise InputError("--strategy adabn: the model has no BatchNorm layer (classic U-Net); use another strategy")
     saved = [(m, m.momentum) for m in bns]
@@ -43,8 +43,11 @@ def reestimate_bn(model, images, *, batch_size: int = 16, pad_multiple: int = 8)
 
 def build(model, arch, options, *, budget=None):
     options = check_options("adabn", options, ())
+    anatomy = describe(model)
+    if not anatomy.has_running_stats:  # AdaBN re-estimates running statistics: nothing to do without them
+        raise InputError(f"--strategy adabn does not apply: {no_running_stats(model)}; use another strategy")
 
     def prepare(net, images, batch_size):
-        return reestimate_bn(net, images, batch_size=batch_size, pad_multiple=pad_multiple(arch))
+        return reestimate_bn(net, images, batch_size=batch_size, pad_multiple=anatomy.pad_multiple)
 
     return Strategy("adabn", options, None, prepare=prepare)
