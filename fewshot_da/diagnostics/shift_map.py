@@ -215,7 +215,7 @@ def _read_spec(run_dir) -> dict:
 def _check_checkpoint(run_dir: Path) -> None:
     """One line naming checkpoint.pt when it is not one `fewshot-da train` / `adapt` wrote (a plain dict with
     the weights under `model` and the training config under `config`)."""
-    from ..training.fit import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     path = run_dir / "checkpoint.pt"
     state = load_checkpoint(path)
