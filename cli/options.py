@@ -33,7 +33,9 @@ training = _compose(
     click.option("--batch-size", type=int, default=None, help="Slices per batch (default: the preset's)."),
     click.option("--lr", type=float, default=None, help="Initial learning rate (default: the preset's)."),
     click.option("--lr-steps", default=None,
-                 help="EPOCH:FACTOR[,..], applied after that 0-based epoch (< epochs - 1), e.g. 80:0.1."),
+                 help="EPOCH:FACTOR[,..]: multiply the lr by FACTOR after 0-based epoch EPOCH, i.e. from epoch "
+                      "EPOCH+1 on; 0 <= EPOCH <= epochs - 2, e.g. 80:0.1; '' for none (default: the preset's drop, "
+                      "moved with --epochs to keep its fraction of the epochs)."),
     click.option("--lr-scale", multiple=True, default=None,
                  help="PATTERN=FACTOR: multiply the lr of parameters whose name matches the regex; repeatable."),
     click.option("--loss", type=click.Choice(["bce", "dice", "bce+dice"]), default=None,

@@ -43,7 +43,9 @@ DEMO = dict(source="siemens3", target="ge15", scans_per_domain=12, n_test=6, sha
 
 def _schedule(epochs_iters, lr, drop_epoch, batch_size, crop, seed):
     epochs, iters = epochs_iters
-    return {"epochs": epochs, "iters_per_epoch": iters, "lr": lr, "lr_steps": {drop_epoch: 0.1},
+    # a drop after the last epoch never fires (and is refused): such a schedule has none
+    return {"epochs": epochs, "iters_per_epoch": iters, "lr": lr,
+            "lr_steps": {drop_epoch: 0.1} if drop_epoch <= epochs - 2 else {},
             "batch_size": batch_size, "crop": crop, "seed": seed, "device": "auto"}
 
 

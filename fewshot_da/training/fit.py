@@ -11,7 +11,7 @@ from torch import nn
 from ..atomic import atomic_path, write_csv_atomic
 from ..cpu_memory import keep_freed_memory
 from ..errors import InputError
-from .config import TrainConfig, lr_at, save_config
+from .config import TrainConfig, lr_at, save_config, schedule_note
 from .layers import freeze, set_train_mode
 from .losses import segmentation_loss
 from .strategies import Strategy, train_all
@@ -201,6 +201,8 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
                       f"layout={str(layout).removeprefix('torch.')} heap_kept={heap_kept} "
                       f"seed={config.seed} strategy={strategy.name} {strategy.options} trainable={n_trainable} "
                       f"params in {len(ever_trained)} tensors")
+        if schedule_note(config):
+            _log(run_dir, schedule_note(config))
 
     timings = {"data_s": 0.0, "compute_s": 0.0, "validate_s": 0.0, "bookkeeping_s": 0.0}
     bar = None
