@@ -2,7 +2,6 @@
 (split between a command's workers); and a one-line note when the load average leaves fewer cores free than that."""
 import math
 import os
-from typing import Optional
 
 from .errors import InputError
 
@@ -15,7 +14,7 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def env_threads() -> Optional[int]:
+def env_threads() -> int | None:
     """OMP_NUM_THREADS as a positive int, None when unset or empty; a one-line InputError when it is not a number."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     if not value:
@@ -29,7 +28,7 @@ def env_threads() -> Optional[int]:
     return threads
 
 
-def resolve_threads(num_threads: Optional[int] = None) -> Optional[int]:
+def resolve_threads(num_threads: int | None = None) -> int | None:
     """The thread count a command was asked for: `num_threads` (>= 1), else OMP_NUM_THREADS, else None (all cores)."""
     if num_threads is not None:
         if int(num_threads) != num_threads or num_threads < 1:
@@ -38,14 +37,14 @@ def resolve_threads(num_threads: Optional[int] = None) -> Optional[int]:
     return env_threads()
 
 
-def threads_per_worker(num_threads: Optional[int] = None, workers: int = 1) -> int:
+def threads_per_worker(num_threads: int | None = None, workers: int = 1) -> int:
     """Threads each of `workers` processes or cases uses: the resolved count, else the cores split evenly."""
     resolved = resolve_threads(num_threads)
     return resolved if resolved is not None else max(1, cpu_cores() // max(1, int(workers)))
 
 
-def busy_cores_note(threads: int, workers: int = 1, *, load: Optional[float] = None,
-                    cores: Optional[int] = None) -> Optional[str]:
+def busy_cores_note(threads: int, workers: int = 1, *, load: float | None = None,
+                    cores: int | None = None) -> str | None:
     """One line when `workers` x `threads` exceed the cores the 1-minute load average leaves free (threads then
     wait on busy cores, several times slower), naming the --num-threads that fits; None when they fit."""
     cores = cpu_cores() if cores is None else int(cores)
@@ -64,7 +63,7 @@ def busy_cores_note(threads: int, workers: int = 1, *, load: Optional[float] = N
             f"thread(s) asked for; threads on busy cores run several times slower: use --num-threads {fits}{each}")
 
 
-def use_threads(num_threads: Optional[int]) -> Optional[int]:
+def use_threads(num_threads: int | None) -> int | None:
     """Apply a resolved count to torch's intra-op pool (None: leave torch's default); returns it."""
     if num_threads is not None:
         import torch

@@ -145,8 +145,9 @@ def test_train_typed_lr_steps_that_cannot_fire_is_refused(cli_runner, cli_app, p
     result = _train(cli_runner, cli_app, project, tmp_path / "run", "--epochs", "3", "--lr-steps", "2:0.1")
     assert result.exit_code != 0
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert errors == ["Error: --lr-steps 2:0.1: a drop after epoch 2 never fires with --epochs 3 (epochs 0..2; it "
-                      "applies from the next epoch on); give an epoch from 0 to 1"]
+    expected = ("Error: --lr-steps 2:0.1: a drop after epoch 2 never fires with --epochs 3 (epochs 0..2; it "
+                "applies from the next epoch on); give an epoch from 0 to 1")
+    assert errors == [expected]
     assert "Traceback" not in result.output
 
 

@@ -69,7 +69,7 @@ def test_experiment_slots_respect_the_flag_and_omp_num_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert [t for _, t in slot_environments(2, [], 4)] == [2, 2]  # default: the cores split between slots
     assert [e["OMP_NUM_THREADS"] for e, _ in slot_environments(2, [], 4, 1)] == ["1", "1"]
-    monkeypatch.setattr("fewshot_da.experiments.executors._visible_gpus", lambda: [])
+    monkeypatch.setattr("fewshot_da.experiments.executors._visible_gpus", list)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert make_executor("local", slots=1).describe().endswith("1 slot(s), 1 CPU thread(s) each")
     assert make_executor("local", slots=1, num_threads=3).describe().endswith("3 CPU thread(s) each")

@@ -103,7 +103,7 @@ def _visible_gpus() -> list:
         return []
 
 
-def slot_environments(slots: int, gpus: Sequence[str], cpus: int, threads: Optional[int] = None) -> list:
+def slot_environments(slots: int, gpus: Sequence[str], cpus: int, threads: int | None = None) -> list:
     """Per slot: the environment of its worker and its thread count. With GPUs slot i sees GPU i mod n;
     without, the CPU cores are split evenly (at least one thread each); `threads` (--num-threads or
     OMP_NUM_THREADS, resolved) sets each slot's count instead."""
@@ -142,7 +142,7 @@ def _slot_main(slot: int, env: dict, threads: int, tasks, results) -> None:
 class LocalExecutor:
     """`slots` worker processes on this machine (0: run in this process, for debugging and measurements)."""
 
-    def __init__(self, slots: Optional[int] = None, num_threads: Optional[int] = None):
+    def __init__(self, slots: Optional[int] = None, num_threads: int | None = None):
         self.num_threads = resolve_threads(num_threads)  # per slot; None: the cores split between the slots
         self.gpus = _visible_gpus()
         self.slots = (len(self.gpus) or 1) if slots is None else int(slots)
@@ -341,7 +341,7 @@ class SlurmExecutor:
         signal_delay_s: int = 90,
         poll_s: float = 2.0,
         additional_parameters: Optional[dict] = None,
-        num_threads: Optional[int] = None,
+        num_threads: int | None = None,
     ):
         if time_min < 1 or runs_per_task < 1 or array_parallelism < 1:
             raise InputError("--time, --runs-per-task and --array-parallelism must be >= 1")

@@ -4,7 +4,6 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -135,7 +134,7 @@ def scale_lr_steps(lr_steps: dict, from_epochs: int, to_epochs: int) -> dict:
     return out
 
 
-def schedule_note(config: "TrainConfig") -> Optional[str]:
+def schedule_note(config: "TrainConfig") -> str | None:
     """One line when `config`'s drops are its preset's, scaled to other epochs (None otherwise)."""
     preset = _PRESETS.get((config.preset, config.stage))
     if preset is None or config.epochs == preset["epochs"]:
