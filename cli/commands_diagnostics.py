@@ -34,15 +34,19 @@ from fewshot_da_cli.errors import one_line_errors
               help="Slices per forward pass (default: 32 on a GPU, 2 on a CPU; 16 with --forward adabn).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Cache of preprocessed target images (default: OUT/cache).")
+@options.num_threads
 @options.quiet
 @options.wait
 @one_line_errors
 def shift_map(model, manifest, out, domains, method, divergence, forward, units_file, max_scans, max_slices,
-              seed, batch_size, cache, quiet, wait):
+              seed, batch_size, cache, num_threads, quiet, wait):
     """Label-free map of where a target domain shifts the source model's activation statistics, per unit."""
     from fewshot_da.diagnostics.shift_map import read_units
     from fewshot_da.diagnostics.shift_map import shift_map as run_shift_map
+    from fewshot_da.threads import use_threads
 
+    options.note_busy_cores(num_threads)
+    use_threads(num_threads)
     units = read_units(units_file) if units_file else None
     summary = run_shift_map(model=model, manifest=manifest, out=out, domains=domains or None, method=method,
                             divergence=divergence, forward=forward, units=units, max_scans=max_scans or None,

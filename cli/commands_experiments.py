@@ -36,6 +36,7 @@ def _print_summary(summary):
 def train(manifest, splits, source, arch, out, preprocess, spacing_mm, resize, reorient_ras, cache, config, preset,
           num_threads, tolerances, quiet, wait, **kwargs):
     """Train a 2D U-Net from scratch on one source domain."""
+    options.note_busy_cores(num_threads)
     from fewshot_da.data.preprocess import preprocess_options
     from fewshot_da.experiments.stages import train as train_run
 
@@ -86,6 +87,7 @@ def adapt(model, target, strategy, layers, order, unfreeze_every, blocks_trained
           folds, fold, bn_stats, no_eval, save_predictions, out, config, preset, num_threads, tolerances, quiet,
           wait, **kwargs):
     """Adapt a source model to a target domain with a strategy; score the target's other scans."""
+    options.note_busy_cores(num_threads)
     from fewshot_da.experiments.stages import adapt as adapt_run
 
     overrides = options.training_overrides(kwargs)
@@ -123,6 +125,7 @@ def adapt(model, target, strategy, layers, order, unfreeze_every, blocks_trained
 @one_line_errors
 def predict(model, manifest, ids, out, original_grid, batch_size, tolerances, num_threads, quiet):
     """Predict whole volumes (batched slices), write NIfTI masks and score them where masks exist."""
+    options.note_busy_cores(num_threads)
     from fewshot_da.experiments.stages import predict as predict_run
 
     summary = predict_run(model=model, manifest=manifest, ids=ids, out=out, tolerances_mm=tolerances,
@@ -138,13 +141,16 @@ def predict(model, manifest, ids, out, original_grid, batch_size, tolerances, nu
 @click.option("--arch", default="dart20", show_default=True, help="dart20, dsa or vanilla.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the phantoms and the training.")
 @click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny schedules; numbers are not meaningful).")
+@options.num_threads
 @options.quiet
 @one_line_errors
-def demo(out, arch, seed, quick, quiet):
+def demo(out, arch, seed, quick, num_threads, quiet):
     """The main job on built-in synthetic data: train, adapt first/last/all layers, score, report D_R."""
     from fewshot_da.demo import run_demo
 
-    run_demo(out, arch=arch, seed=seed, quick=quick, progress=options.show_progress(quiet), log=click.echo)
+    options.note_busy_cores(num_threads)
+    run_demo(out, arch=arch, seed=seed, quick=quick, num_threads=num_threads, progress=options.show_progress(quiet),
+             log=click.echo)
 
 
 COMMANDS = [train, adapt, predict, demo]

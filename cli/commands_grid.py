@@ -3,6 +3,7 @@
 import sys
 
 import click
+from fewshot_da_cli import options
 from fewshot_da_cli.errors import one_line_errors
 
 
@@ -65,6 +66,7 @@ def experiment():
 @click.option(
     "--runs-per-task", type=int, default=None, help="SLURM: runs done in sequence per array task [4]."
 )
+@options.num_threads
 @click.option("--dry-run", is_flag=True, help="Prepare data and list the run counts; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar (shown only on a terminal; log lines always).")
 @one_line_errors
@@ -81,12 +83,15 @@ def run(
     cpus_per_task,
     array_parallelism,
     runs_per_task,
+    num_threads,
     dry_run,
     quiet,
 ):
     """Run or resume the grid of PLAN in --out; finished runs are skipped, results.csv collects every run."""
     from fewshot_da.experiments.executors import run_experiment
 
+    if executor == "local" and not dry_run:
+        options.note_busy_cores(num_threads, workers=slots or 1)
     summary = run_experiment(
         plan,
         out,
@@ -103,6 +108,7 @@ def run(
         cpus_per_task=cpus_per_task,
         array_parallelism=array_parallelism,
         runs_per_task=runs_per_task,
+        num_threads=num_threads,
     )
     if summary["failed"]:
         raise SystemExit(1)

@@ -1,6 +1,7 @@
 """CLI verbs (metrics): `fewshot-da eval`."""
 
 import click
+from fewshot_da_cli import options
 from fewshot_da_cli.errors import one_line_errors
 
 # kept in step with fewshot_da.metrics.scoring.METRICS (importing it here would load NumPy at start-up)
@@ -24,16 +25,7 @@ _METRICS = "dice,sdsc,hd95,assd,pixel_error,ari"
     type=click.Path(),
     help="Predicted mask(s): a file or a folder, matched to --gt by case id.",
 )
-@click.option(
-    "--tolerance",
-    "--tolerance-mm",
-    "tolerances_mm",
-    type=float,
-    multiple=True,
-    default=(1.0,),
-    show_default=True,
-    help="Surface-Dice tolerance in mm; repeat for several.",
-)
+@options.tolerance
 @click.option(
     "--metrics",
     "metrics",
@@ -63,23 +55,19 @@ _METRICS = "dice,sdsc,hd95,assd,pixel_error,ari"
     show_default=True,
     help="Cases scored at once (threads: decoding and kernels overlap; 1 = one case at a time, on all cores)",
 )
-@click.option(
-    "--num-threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="CPU threads per case for the surface metrics  [default: all cores, 1 with --workers > 1]",
-)
+@options.num_threads
 @one_line_errors
-def eval_command(gt, pred, tolerances_mm, metrics, out_dir, label, threshold, workers, num_threads):
+def eval_command(gt, pred, tolerances, metrics, out_dir, label, threshold, workers, num_threads):
     """Dice, surface Dice at each tolerance (mm), HD95 and ASSD (pixel error, ARI) of predictions."""
     import sys
 
     from fewshot_da.metrics.evaluate import IMAGE_RULE, evaluate_paths, format_table
 
+    options.note_busy_cores(num_threads, workers=workers)
     summary = evaluate_paths(
         gt,
         pred,
-        tolerances_mm=tolerances_mm,
+        tolerances_mm=tolerances,
         out_dir=out_dir,
         label=label,
         threshold=threshold,

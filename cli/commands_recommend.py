@@ -39,6 +39,7 @@ def recommend(model, manifest, out, domain, ids, slices, strategies, seeds, max_
     from fewshot_da.errors import InputError
     from fewshot_da.recommend.run import recommend as run_recommend
 
+    options.note_busy_cores(num_threads)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:

@@ -13,10 +13,34 @@ def _compose(*options):
     return decorate
 
 
-tolerance = click.option("--tolerance", "tolerances", type=float, multiple=True, default=(1.0,), show_default=True,
-                         help="Surface Dice tolerance in mm (finite, > 0); repeat for several.")
-num_threads = click.option("--num-threads", type=int, default=None,
-                           help="CPU threads this command uses (torch and the slice loader; default: all cores).")
+tolerance = click.option("--tolerance", "--tolerance-mm", "tolerances", type=float, multiple=True, default=(1.0,),
+                         show_default=True, help="Surface Dice tolerance in mm (finite, > 0); repeat for several.")
+
+
+def _resolve_threads(ctx, param, value):
+    """--num-threads N, else $OMP_NUM_THREADS, else None (all cores): fewshot_da.threads.resolve_threads."""
+    from fewshot_da.errors import InputError
+    from fewshot_da.threads import resolve_threads
+
+    try:
+        return resolve_threads(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+num_threads = click.option("--num-threads", type=click.IntRange(min=1), default=None, callback=_resolve_threads,
+                           help="CPU threads of each run, slot or case (torch, slice loader, metric kernels); "
+                                "default: $OMP_NUM_THREADS when set, else all cores, split between workers. On "
+                                "busy cores fewer is faster: a note says so.")
+
+
+def note_busy_cores(threads, workers: int = 1) -> None:
+    """Print (stderr) the one-line note when the load average leaves fewer free cores than the threads to use."""
+    from fewshot_da.threads import busy_cores_note, threads_per_worker
+
+    note = busy_cores_note(threads_per_worker(threads, workers), workers)
+    if note:
+        click.echo(note, err=True)
 spacing_mm = click.option("--spacing-mm", type=float, nargs=3, default=None,
                           help="Voxel spacing in mm, three floats in array-axis order.")
 resize = click.option("--resize", default=None,
@@ -33,7 +57,9 @@ training = _compose(
     click.option("--batch-size", type=int, default=None, help="Slices per batch (default: the preset's)."),
     click.option("--lr", type=float, default=None, help="Initial learning rate (default: the preset's)."),
     click.option("--lr-steps", default=None,
-                 help="EPOCH:FACTOR[,..], applied after that 0-based epoch (< epochs - 1), e.g. 80:0.1."),
+                 help="EPOCH:FACTOR[,..]: multiply the lr by FACTOR after 0-based epoch EPOCH, i.e. from epoch "
+                      "EPOCH+1 on; 0 <= EPOCH <= epochs - 2, e.g. 80:0.1; '' for none (default: the preset's drop, "
+                      "moved with --epochs to keep its fraction of the epochs)."),
     click.option("--lr-scale", multiple=True, default=None,
                  help="PATTERN=FACTOR: multiply the lr of parameters whose name matches the regex; repeatable."),
     click.option("--loss", type=click.Choice(["bce", "dice", "bce+dice"]), default=None,

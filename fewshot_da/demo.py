@@ -45,15 +45,18 @@ DEMO = dict(source="siemens3", target="ge15", scans_per_domain=12, n_test=6, sha
 
 def _schedule(epochs_iters, lr, drop_epoch, batch_size, crop, seed):
     epochs, iters = epochs_iters
-    return {"epochs": epochs, "iters_per_epoch": iters, "lr": lr, "lr_steps": {drop_epoch: 0.1},
+    # a drop after the last epoch never fires (and is refused): such a schedule has none
+    return {"epochs": epochs, "iters_per_epoch": iters, "lr": lr,
+            "lr_steps": {drop_epoch: 0.1} if drop_epoch <= epochs - 2 else {},
             "batch_size": batch_size, "crop": crop, "seed": seed, "device": "auto"}
 
 
 def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quick: bool = False,
-             progress: bool = True, log=print) -> dict:
+             num_threads=None, progress: bool = True, log=print) -> dict:
     """Run the demo into `out` and return {rows, table, elapsed_s}; finished stages are reused on a re-run.
 
     quick=True shrinks every schedule (for tests): the numbers then show the pipeline, not a result.
+    num_threads: CPU threads of every stage (None: torch's default and all cores for the slice loader).
     """
     cfg = dict(DEMO)
     if quick:
@@ -78,7 +81,8 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     test_ids = splits_mod.pair_test_ids(split, target, 3)[: cfg["n_test"]]
     oracle_ids = [r.id for r in records if r.domain == target and r.id not in set(test_ids)]
 
-    common = dict(manifest=manifest, splits=splits_path, arch=arch, cache=out / "cache", progress=progress)
+    common = dict(manifest=manifest, splits=splits_path, arch=arch, cache=out / "cache", progress=progress,
+                  num_threads=num_threads)
     log(f"[3/7] source model on {source}")
     source_overrides = _schedule(cfg["source_steps"], 1e-2, cfg["source_steps"][0] * 3 // 4, cfg["batch_size"], crop, seed)
     stages.train(source=source, out=out / "runs" / "source", overrides=source_overrides, **common)
@@ -99,11 +103,11 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
             name = f"{layers}-{'1scan' if slices is None else 'k' + str(cfg['slices_k'])}"
             stages.adapt(model=out / "runs" / "source", target=target, out=out / "runs" / name,
                          strategy_options={"layers": layers}, scans=1, slices=slices, overrides=ft_overrides,
-                         evaluate=False, progress=progress)
+                         evaluate=False, num_threads=num_threads, progress=progress)
             adapted[(layers, budget)] = out / "runs" / name
     for strategy in LABEL_FREE:  # no target label: BN statistics or intensities of the fine-tune scan only
         stages.adapt(model=out / "runs" / "source", target=target, out=out / "runs" / strategy, strategy=strategy,
-                     scans=1, overrides=ft_overrides, evaluate=False, progress=progress)
+                     scans=1, overrides=ft_overrides, evaluate=False, num_threads=num_threads, progress=progress)
         adapted[(strategy, "no labels")] = out / "runs" / strategy
     adapted[("src+aug", "no labels")] = out / "runs" / "source-intensity-aug"
 

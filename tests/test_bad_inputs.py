@@ -483,7 +483,7 @@ CASES = [
     Case("predict-tolerance-zero", _predict("--tolerance", "0"), r"--tolerance 0: .*> 0"),
     Case("train-resume-other-source", _interrupted_run_other_source, r"out: holds another run \(its source differs"),
     Case("train-folder-locked", _locked_out, r"out: another run is writing this folder \(pid 4242 on another-host"),
-    Case("adapt-lr-steps-late", _adapt("--lr-steps", "5:0.1"), r"--lr-steps 5: at or beyond --epochs 1"),
+    Case("adapt-lr-steps-late", _adapt("--lr-steps", "5:0.1"), r"--lr-steps 5:0.1: with --epochs 1 no drop can fire"),
     Case("adapt-spottune-bad-temperature", _adapt("--strategy", "spottune", "--temperature", "0"),
          r"--temperature must be > 0"),
     Case("adapt-gradual-too-many-blocks", _adapt("--strategy", "gradual", "--blocks-trained", "99"),

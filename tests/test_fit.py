@@ -49,7 +49,7 @@ def test_lr_schedule_dpipe_semantics():
     assert sum(lr_at(e, finetune) == 1e-3 for e in range(finetune.epochs)) == 16  # 16 then 4
     dsa = preset_config("dsa-code", "finetune", "dsa")
     assert (dsa.epochs, dsa.batch_size, sum(lr_at(e, dsa) == 1e-3 for e in range(dsa.epochs))) == (60, 16, 46)
-    two_steps = tiny_config(lr=1.0, lr_steps={2: 0.5, 0: 0.1})
+    two_steps = tiny_config(lr=1.0, lr_steps={2: 0.5, 0: 0.1}, epochs=4)  # a drop after epoch 2 needs a 4th
     assert [lr_at(e, two_steps) for e in range(4)] == [1.0, pytest.approx(0.1), pytest.approx(0.1),
                                                       pytest.approx(0.05)]
 
@@ -176,7 +176,7 @@ def test_validation_callback_and_no_trainable(tmp_path):
         m.eval()  # fit puts the model back in train mode each epoch
         return {"dice": 0.5}
 
-    fit(model, batches, tiny_config(epochs=2, iters_per_epoch=1), tmp_path / "v", validate=validate,
+    fit(model, batches, tiny_config(epochs=2, iters_per_epoch=1, lr_steps={}), tmp_path / "v", validate=validate,
         progress=False)
     assert [c[0] for c in calls] == [0, 1]
     assert float(list(csv.DictReader(open(tmp_path / "v" / "metrics.csv")))[0]["val_dice"]) == 0.5

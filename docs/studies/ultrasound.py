@@ -116,7 +116,7 @@ def write_table(run_dirs, out: Path) -> None:
         rows += rows_from_summary(summary, str(run_dir.relative_to(out)))
         means = summary["mean"]
         cells.setdefault((arch, label, budget), []).append(
-            (means["dice"], 100 * means.get("pixel_error", np.nan), means.get("ari", np.nan)))
+            (means["dice"], means.get("pixel_error_pct", np.nan), means.get("ari", np.nan)))
     write_results(out / "results.csv", rows)
     lines = ["| arch | strategy | budget | n | Dice | pixel error (%) | ARI |", "|---|---|---|---|---|---|---|"]
     for (arch, label, budget), values in cells.items():

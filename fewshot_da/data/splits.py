@@ -176,10 +176,19 @@ def make_splits(records: Sequence[Record], seed: int = REFERENCE_SEED, *, val_sc
 
 
 def _get(splits: dict, part: str, domain: str, role: str):
+    """splits[part][domain], or a one-line InputError that says why it is missing (the split's note, or the
+    domains the split file knows)."""
     try:
         return splits[part][domain]
-    except KeyError:
-        raise InputError(f"splits have no {part} entry for domain {domain!r} ({role})") from None
+    except (KeyError, TypeError):
+        pass
+    known = list(splits.get("domains") or splits.get("counts") or splits.get("one2one") or [])
+    if known and domain not in known:
+        why = f"the split file has no domain {domain!r}; its domains: {', '.join(map(str, known))}"
+    else:
+        notes = [n for n in splits.get("notes") or [] if n.startswith(f"domain {domain}:") and part in n]
+        why = notes[0].split(": ", 1)[1] if notes else None
+    raise InputError(f"splits have no {part} entry for domain {domain!r} ({role})" + (f": {why}" if why else ""))
 
 
 def source_train_ids(splits: dict, source: str) -> list[str]:

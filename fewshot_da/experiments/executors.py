@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import InputError
+from ..threads import resolve_threads
 from . import grid as grid_mod
 
 # ---- progress ---------------------------------------------------------------------------------------------
@@ -102,10 +103,11 @@ def _visible_gpus() -> list:
         return []
 
 
-def slot_environments(slots: int, gpus: Sequence[str], cpus: int) -> list:
+def slot_environments(slots: int, gpus: Sequence[str], cpus: int, threads: int | None = None) -> list:
     """Per slot: the environment of its worker and its thread count. With GPUs slot i sees GPU i mod n;
-    without, the CPU cores are split evenly (at least one thread each)."""
-    threads = max(1, cpus // max(1, slots))
+    without, the CPU cores are split evenly (at least one thread each); `threads` (--num-threads or
+    OMP_NUM_THREADS, resolved) sets each slot's count instead."""
+    threads = int(threads) if threads else max(1, cpus // max(1, slots))
     out = []
     for i in range(slots):
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -140,7 +142,8 @@ def _slot_main(slot: int, env: dict, threads: int, tasks, results) -> None:
 class LocalExecutor:
     """`slots` worker processes on this machine (0: run in this process, for debugging and measurements)."""
 
-    def __init__(self, slots: Optional[int] = None):
+    def __init__(self, slots: Optional[int] = None, num_threads: int | None = None):
+        self.num_threads = resolve_threads(num_threads)  # per slot; None: the cores split between the slots
         self.gpus = _visible_gpus()
         self.slots = (len(self.gpus) or 1) if slots is None else int(slots)
         if self.slots < 0:
@@ -149,7 +152,7 @@ class LocalExecutor:
     def describe(self) -> str:
         if self.slots == 0:
             return "local executor, in this process"
-        env = slot_environments(self.slots, self.gpus, _cpu_count())
+        env = slot_environments(self.slots, self.gpus, _cpu_count(), self.num_threads)
         where = (
             f"GPUs {', '.join(e['CUDA_VISIBLE_DEVICES'] for e, _ in env)}"
             if self.gpus
@@ -170,7 +173,7 @@ class LocalExecutor:
         workers = {}
 
         def start(slot):
-            env, threads = slot_environments(self.slots, self.gpus, _cpu_count())[slot]
+            env, threads = slot_environments(self.slots, self.gpus, _cpu_count(), self.num_threads)[slot]
             tasks = ctx.Queue()
             proc = ctx.Process(
                 target=_slot_main, args=(slot, env, threads, tasks, results), name=f"fewshot-da-slot{slot}"
@@ -259,7 +262,7 @@ class LocalExecutor:
             if spec.parent and spec.parent not in done:
                 self._fail(spec, f"parent {spec.parent} is not finished", outcome, failed, progress)
                 continue
-            result = grid_mod.execute_run(grid_dir, spec.to_dict(), context)
+            result = grid_mod.execute_run(grid_dir, spec.to_dict(), context, num_threads=self.num_threads)
             outcome[spec.run_id] = result
             (done if result["status"] in ("done", "skipped") else failed).add(spec.run_id)
             progress.update(result)
@@ -338,6 +341,7 @@ class SlurmExecutor:
         signal_delay_s: int = 90,
         poll_s: float = 2.0,
         additional_parameters: Optional[dict] = None,
+        num_threads: int | None = None,
     ):
         if time_min < 1 or runs_per_task < 1 or array_parallelism < 1:
             raise InputError("--time, --runs-per-task and --array-parallelism must be >= 1")
@@ -346,6 +350,7 @@ class SlurmExecutor:
         self.array_parallelism, self.runs_per_task = int(array_parallelism), int(runs_per_task)
         self.signal_delay_s, self.poll_s = int(signal_delay_s), poll_s
         self.additional_parameters = dict(additional_parameters or {})
+        self.num_threads = resolve_threads(num_threads)  # per task; None: --cpus-per-task (or 1)
         self.jobs = []
 
     def describe(self) -> str:
@@ -385,7 +390,7 @@ class SlurmExecutor:
         executor = self._executor(grid_dir)
         _submitit()
         task = GridTask()
-        threads = int(self.cpus_per_task or 1)
+        threads = int(self.num_threads or self.cpus_per_task or 1)
         jobs, previous = [], None
         for wave in waves:
             if not wave:
@@ -469,7 +474,7 @@ def make_executor(name: str = "local", **options):
     """`local` (slots) or `slurm` (partition, time_min, gpus_per_task, ...); None options are ignored."""
     options = {k: v for k, v in options.items() if v is not None}
     if name == "local":
-        unknown = set(options) - {"slots"}
+        unknown = set(options) - {"slots", "num_threads"}
         if unknown:
             raise InputError(f"--{sorted(unknown)[0].replace('_', '-')} applies to --executor slurm only")
         return LocalExecutor(**options)

@@ -19,8 +19,8 @@ from ..atomic import format_cell, write_csv_atomic
 from ..errors import InputError
 
 ID_COLUMNS = ("run", "arch", "source", "target", "strategy", "layers", "budget", "seed", "fold", "case")
-METRIC_ORDER = ("dice", "surface_dice_*", "hd95_mm", "assd_mm", "pixel_error", "ari")
-_SCORE_RENAMES = {"id": "case", "adjusted_rand_index": "ari", "pixel_error_pct": "pixel_error"}
+METRIC_ORDER = ("dice", "surface_dice_*", "hd95_mm", "assd_mm", "pixel_error_pct", "ari")
+_SCORE_RENAMES = {"id": "case", "adjusted_rand_index": "ari"}  # pixel_error_pct keeps its unit in its name
 
 
 def budget_label(scans: Optional[int] = None, slices_k: Optional[int] = None, images: bool = False) -> str:

@@ -14,9 +14,9 @@ FLAG_COLUMNS = ("empty_gt", "empty_pred")
 
 
 def score_prediction(volume, pred: np.ndarray, *, tolerances_mm=(1.0,)) -> dict:
-    """{id, domain, dice, surface_dice_<tol>mm, hd95_mm, assd_mm[, pixel_error, ari], empty_gt, empty_pred} of
+    """{id, domain, dice, surface_dice_<tol>mm, hd95_mm, assd_mm[, pixel_error_pct, ari], empty_gt, empty_pred} of
     one predicted (S, H, W) mask in the volume's cached grid. One-slice volumes (2D images) are scored as 2D
-    masks and also get pixel error (%) and the adjusted Rand index."""
+    masks and also get the pixel error in percent (as `eval`) and the adjusted Rand index."""
     gt = np.asarray(volume.mask)
     spacing = tuple(float(s) for s in volume.spacing_mm)
     two_d = gt.shape[0] == 1
@@ -25,7 +25,7 @@ def score_prediction(volume, pred: np.ndarray, *, tolerances_mm=(1.0,)) -> dict:
     scores = score_case(gt, pred, spacing_mm=spacing, tolerances_mm=tuple(tolerances_mm))
     row = {"id": volume.id, "domain": volume.domain, **{k: float(v) for k, v in scores.items()}}
     if two_d:
-        row["pixel_error"] = float(pixel_error(gt, pred))
+        row["pixel_error_pct"] = 100.0 * float(pixel_error(gt, pred))
         row["ari"] = float(adjusted_rand_index(gt, pred))
     row["empty_gt"] = int(not gt.any())
     row["empty_pred"] = int(not np.asarray(pred).any())

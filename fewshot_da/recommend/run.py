@@ -38,7 +38,8 @@ def quick_overrides(overrides: Optional[dict]) -> dict:
     """The adapt knobs given, on top of QUICK; the lr drops x0.1 halfway unless --lr-steps is given."""
     merged = {**QUICK, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     if "lr_steps" not in (overrides or {}):
-        merged["lr_steps"] = {int(merged["epochs"]) // 2: 0.1} if int(merged["epochs"]) >= 2 else {}
+        merged["lr_steps"] = ({min(int(merged["epochs"]) // 2, int(merged["epochs"]) - 2): 0.1}
+                              if int(merged["epochs"]) >= 2 else {})
     return merged
 
 

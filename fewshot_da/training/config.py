@@ -1,5 +1,6 @@
 """Training configuration: a frozen dataclass, named presets (paper, dart20-code, dsa-code) and YAML round trip."""
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,8 +18,8 @@ LOSSES = ("bce", "dice", "bce+dice")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a `fit` run depends on. `lr_steps` maps an epoch index e to a factor applied AFTER epoch e
-    (dpipe `Schedule`): {80: 0.1} trains epochs 0-80 at `lr` and 81.. at 0.1*lr."""
+    """Everything a `fit` run depends on. `lr_steps` maps a 0-based epoch E to a factor applied AFTER epoch E (dpipe
+    `Schedule`): {80: 0.1} trains epochs 0-80 at `lr` and 81.. at 0.1*lr. A drop must fire: 0 <= E <= epochs - 2."""
 
     arch: str = "dart20"
     stage: str = "source"
@@ -60,10 +61,7 @@ class TrainConfig:
             raise InputError(f"lr must be > 0, got {self.lr}")
         if self.loss not in LOSSES:
             raise InputError(f"--loss {self.loss!r} is not valid; valid: {', '.join(LOSSES)}")
-        late = [e for e in self.lr_steps if e >= int(self.epochs)]
-        if late:
-            raise InputError(f"--lr-steps {late[0]}: at or beyond --epochs {self.epochs}, the drop would never "
-                             f"fire; give --lr-steps with an epoch below {self.epochs} (0-based)")
+        check_lr_steps(self.lr_steps, int(self.epochs))
         try:
             scales = {str(k): float(v) for k, v in dict(self.lr_scale or {}).items()}
             for pattern in scales:
@@ -106,8 +104,52 @@ def resolve_augment(value) -> dict:
     return {} if options.mode == "none" else options.as_dict()
 
 
+def check_lr_steps(lr_steps: dict, epochs: int) -> None:
+    """One-line InputError for a drop that cannot fire: a drop after 0-based epoch E needs 0 <= E <= epochs - 2."""
+    for epoch, factor in lr_steps.items():
+        if 0 <= epoch <= epochs - 2:
+            continue
+        if epoch < 0:
+            raise InputError(f"--lr-steps {epoch}:{factor:g}: epochs are 0-based; give an epoch from 0 to "
+                             f"{max(0, epochs - 2)}")
+        if epochs < 2:
+            raise InputError(f"--lr-steps {epoch}:{factor:g}: with --epochs {epochs} no drop can fire (it applies "
+                             f"after an epoch, from the next on); give --lr-steps '' or more epochs")
+        raise InputError(f"--lr-steps {epoch}:{factor:g}: a drop after epoch {epoch} never fires with --epochs "
+                         f"{epochs} (epochs 0..{epochs - 1}; it applies from the next epoch on); give an epoch from "
+                         f"0 to {epochs - 2}")
+
+
+def scale_lr_steps(lr_steps: dict, from_epochs: int, to_epochs: int) -> dict:
+    """The drops of a `from_epochs` schedule moved to `to_epochs`, keeping the fraction of epochs before each: a drop
+    after epoch E (E + 1 epochs at the higher lr) moves after round((E + 1) * to / from) - 1, within 0..to - 2;
+    drops that land on one epoch multiply; none is left when to_epochs < 2."""
+    if to_epochs < 2:
+        return {}
+    out = {}
+    for epoch, factor in sorted(lr_steps.items()):
+        before = math.floor((epoch + 1) * to_epochs / from_epochs + 0.5)
+        moved = min(max(before - 1, 0), to_epochs - 2)
+        out[moved] = out.get(moved, 1.0) * factor
+    return out
+
+
+def schedule_note(config: "TrainConfig") -> str | None:
+    """One line when `config`'s drops are its preset's, scaled to other epochs (None otherwise)."""
+    preset = _PRESETS.get((config.preset, config.stage))
+    if preset is None or config.epochs == preset["epochs"]:
+        return None
+    if config.lr_steps != scale_lr_steps(preset["lr_steps"], preset["epochs"], config.epochs):
+        return None
+    original = ", ".join(f"x{f:g} after epoch {e}" for e, f in preset["lr_steps"].items())
+    drops = ", ".join(f"x{f:g} after epoch {e}" for e, f in config.lr_steps.items()) or "no lr drop"
+    return (f"lr schedule for {config.epochs} epoch(s): {drops} (0-based), the {config.preset} {config.stage} "
+            f"preset's {original} of {preset['epochs']} scaled to the epochs chosen")
+
+
 def lr_at(epoch: int, config: TrainConfig) -> float:
-    """Learning rate of 0-based `epoch`: `lr` times every factor whose step epoch is < `epoch`."""
+    """Learning rate of 0-based `epoch`: `lr` times every factor whose step epoch is < `epoch` (drops apply after
+    their epoch)."""
     lr = config.lr
     for step_epoch, factor in config.lr_steps.items():
         if epoch > step_epoch:
@@ -152,7 +194,11 @@ def with_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:
     unknown = sorted(set(changes) - valid)
     if unknown:
         raise InputError(f"unknown config key {unknown[0]!r}; valid: {', '.join(sorted(valid))}")
-    return dataclasses.replace(config, **{k: _coerce(k, v, getattr(config, k)) for k, v in changes.items()})
+    changes = {k: _coerce(k, v, getattr(config, k)) for k, v in changes.items()}
+    if "epochs" in changes and "lr_steps" not in changes and changes["epochs"] != config.epochs:
+        # the drops follow the epochs chosen (the preset's fraction); only drops given with the epochs are checked
+        changes["lr_steps"] = scale_lr_steps(config.lr_steps, config.epochs, changes["epochs"])
+    return dataclasses.replace(config, **changes)
 
 
 def _coerce(name, value, current):
@@ -210,5 +256,7 @@ def load_config(path, base: TrainConfig = None) -> TrainConfig:
 
 
 def save_config(config: TrainConfig, path) -> None:
-    """Write `config.resolved()` as YAML, atomically."""
-    write_text_atomic(path, yaml.safe_dump(config.resolved(), sort_keys=False))
+    """Write `config.resolved()` as YAML, atomically; a leading comment says when the drops are a scaled preset's."""
+    note = schedule_note(config)
+    header = f"# {note}\n" if note else ""
+    write_text_atomic(path, header + yaml.safe_dump(config.resolved(), sort_keys=False))

@@ -11,7 +11,7 @@ from ..checkpoint import seed_everything
 from ..cpu_memory import keep_freed_memory
 from ..errors import InputError
 from .bookkeeping import RunState, record_epoch, resume_or_start
-from .config import TrainConfig, lr_at
+from .config import TrainConfig, lr_at, schedule_note
 from .layers import freeze, set_train_mode
 from .losses import segmentation_loss
 from .strategies.base import Strategy, train_all
@@ -89,7 +89,8 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
                   f"layout={str(layout).removeprefix('torch.')} heap_kept={heap_kept} "
                   f"seed={config.seed} strategy={strategy.name} {strategy.options} trainable={n_trainable} "
                   f"params in {len(ever_trained)} tensors")
-    run = resume_or_start(run_dir, config, identity, model, optimizer, scaler, start_line)
+    run = resume_or_start(run_dir, config, identity, model, optimizer, scaler, start_line,
+                          notes=[note for note in (schedule_note(config),) if note])
 
     timings = {"data_s": 0.0, "compute_s": 0.0, "validate_s": 0.0, "bookkeeping_s": 0.0}
     bar = _progress_bar(config, run.start_epoch) if progress else None
