@@ -3,7 +3,7 @@ commands, the guide's example plan loads, and the README's command table lists e
 
 A fenced block is tested when an HTML comment `<!-- tested: NAME ... -->` stands right before it. The
 "your-data" block is run with bash in a temporary folder, with two substitutions (also stated on the guide page):
-the values on its first line (`LAYOUT=... ROOT=... SOURCE=... TARGET=... TARGET_MASKS=...`) become a small
+the values its first lines assign (`LAYOUT`, `ROOT`, `SOURCE`, `TARGET`, `TARGET_MASKS`) become a small
 phantom dataset, and every `fewshot-da train|adapt|recommend|predict|eval` line gets TINY[verb] appended (click
 takes the last value of an option given twice, so these shorten the schedule without editing the page).
 """
@@ -73,11 +73,13 @@ def fewshot_da_path(tmp_path: Path) -> str:
 def substituted_script(block: str, values: dict) -> str:
     """The your-data block with the first line's values replaced and the tiny schedule appended."""
     lines = _logical_lines(block)
-    first = lines[0].split("#", 1)[0]
-    assigned = dict(re.findall(r"(\w+)=(\S+)", first))
-    assert tuple(assigned) == VARIABLES, f"the block's first line sets {tuple(assigned)}, the test expects {VARIABLES}"
+    head = 0
+    while head < len(lines) and not lines[head].startswith("fewshot-da"):
+        head += 1
+    assigned = dict(re.findall(r"(\w+)=(\S+)", " ".join(line.split("#", 1)[0] for line in lines[:head])))
+    assert tuple(assigned) == VARIABLES, f"the block's first lines set {tuple(assigned)}, the test expects {VARIABLES}"
     out = ["set -euo pipefail", " ".join(f"{k}={shlex.quote(str(values[k]))}" for k in VARIABLES)]
-    for line in lines[1:]:
+    for line in lines[head:]:
         words = line.split()
         if len(words) > 1 and words[0] == "fewshot-da" and words[1] in TINY:
             assert "#" not in line, f"a comment on a tested command line would swallow the tiny schedule: {line}"
