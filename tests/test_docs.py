@@ -168,3 +168,12 @@ def test_docs_site_builds_strict(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "guide" / "your-data" / "index.html").is_file()
+
+
+def test_readme_links_point_at_files():
+    """The README's relative links (into docs/) name files that exist (mkdocs checks the links inside docs/)."""
+    links = re.findall(r"\]\(([^)#\s]+)(#[^)\s]*)?\)", README.read_text())
+    relative = [(path, anchor) for path, anchor in links if not re.match(r"[a-z]+:", path)]
+    assert len(relative) >= 8
+    missing = [path for path, _ in relative if not (ROOT / path).is_file()]
+    assert not missing, f"README links to missing files {missing}"
