@@ -118,7 +118,9 @@ setup(
     install_requires=["numpy>=1.22", "scipy>=1.8", "nibabel>=4", "click>=8", "torch>=2.0",
                       "pyyaml>=5", "tqdm>=4", "pillow>=9", "matplotlib>=3.5"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "surface-distance>=0.1", "submitit>=1.5",
-                             "pybind11>=2.10"],  # .ci/sanitize builds the C++ core again with the sanitizers
+                             "pybind11>=2.10",  # .ci/sanitize builds the C++ core again with the sanitizers
+                             "mkdocs>=1.5"],  # .ci/run builds the docs site with --strict
+                    "docs": ["mkdocs>=1.5"],
                     "bench": ["monai>=1.3", "surface-distance>=0.1", "edt>=2.3"],
                     "fast-io": ["isal>=1.6"], "slurm": ["submitit>=1.5"]},
     entry_points={"console_scripts": ["fewshot-da=fewshot_da_cli.main:cli"]},
