@@ -1,5 +1,6 @@
 """`spottune`: SpotTUnet (Zakazov et al., DART 2021): a policy network decides per slice and per unit whether to use
-the fine-tuned or the frozen source copy of each unit (REFERENCE.md section 6; `fewshot_da.models.spottune`).
+the fine-tuned or the frozen source copy of each unit (REFERENCE.md section 6; `fewshot_da.models.spottune` for the
+built-in U-Nets, `fewshot_da.models.spottune_traced` for any other network, from its traced anatomy).
 
 Loss: the segmentation loss + lam * the fraction of decisions that use the fine-tuned copy (the code's
 normalisation). Optimizer groups: the fine-tuned copy at the schedule's lr, the policy network at 10x it with weight
@@ -7,7 +8,9 @@ decay 1e-3 (the reference's 1e-3 / 1e-2 pair, both x0.1 at the preset's drop). R
 (policy_train.csv) and per test scan (policy_test.csv), the fraction of slices that used each unit's fine-tuned copy.
 Without `lam`, the paper's chosen value for the budget is used (dsa-code preset).
 """
+from ...models.anatomy import is_declared
 from ...models.spottune import SpotTUnet, policy_penalty
+from ...models.spottune_traced import TracedSpotTUnet
 from .base import Strategy, check_options
 
 # REFERENCE.md section 6: the lambda chosen on pairs 0-4 per budget, keyed by (scans, 1/k)
@@ -28,9 +31,11 @@ def build(model, arch, options, *, budget=None):
     options.setdefault("temperature", 0.1)
     options.setdefault("unit_map", "reference")
     lam = float(options["lam"])
-    base_filters = getattr(model, "base_filters", 0)
-    wrapper = SpotTUnet(arch, model.state_dict(), unit_map=options["unit_map"],
-                        temperature=float(options["temperature"]), base_filters=base_filters)
+    if is_declared(model):  # the built-in U-Nets: the declared units and wiring of models/spottune.py
+        wrapper = SpotTUnet(arch, model.state_dict(), unit_map=options["unit_map"],
+                            temperature=float(options["temperature"]), base_filters=getattr(model, "base_filters", 0))
+    else:  # any other network: units from its traced anatomy, mixed at each unit's output
+        wrapper = TracedSpotTUnet(model, temperature=float(options["temperature"]))
     names = wrapper.trainable_names()
 
     def groups(chosen):
