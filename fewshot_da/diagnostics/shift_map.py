@@ -24,6 +24,7 @@ from torch import nn
 from ..atomic import write_csv_atomic
 from ..errors import InputError
 from ..figures import heatmap
+from ..models.anatomy import describe, is_declared
 
 DIVERGENCES = ("w2", "skl")
 METHODS = ("auto", "bn", "features")
@@ -129,7 +130,10 @@ def adabn_copy(model: nn.Module) -> nn.Module:
 
 
 def module_units(model: nn.Module) -> list:
-    """Default units: the model's top-level modules in registration order, as [(name, [name])]."""
+    """Default units as [(name, [module prefixes])]: a built-in U-Net's top-level modules in registration order;
+    for any other network, the decision units of its traced anatomy (each conv with its norm), in execution order."""
+    if not is_declared(model):
+        return [(u.name, list(u.modules)) for u in describe(model).units]
     return [(name, [name]) for name, child in model.named_children() if any(True for _ in child.modules())]
 
 
@@ -363,14 +367,13 @@ def _shift_map(net, run, run_dir, manifest, out, targets, method, layers, units,
     from tqdm.auto import tqdm
 
     from ..data.preprocess import preprocess_options
-    from ..models import pad_multiple
 
     arch = run["arch"]
     forward_net = adabn_copy(net) if forward == "adabn" else net
     hooked = {name: dict(forward_net.named_modules())[name] for name in layers}
     if batch_size is None and forward == "adabn":
         batch_size = ADABN_BATCH
-    common = {"pad_multiple": pad_multiple(arch), "batch_size": batch_size}
+    common = {"pad_multiple": describe(net).pad_multiple, "batch_size": batch_size}
     reference = _reference_stats(layers, method, forward_net, hooked, run_dir, run, max_scans=max_scans,
                                  max_slices=max_slices, seed=seed, **common)
     options = preprocess_options(run["preprocess"])
