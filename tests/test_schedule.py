@@ -63,7 +63,7 @@ def test_presets_keep_their_effective_schedules():
 
 def test_demo_schedules_keep_their_lr_per_epoch():
     """The demo's fine-tune drop after its last epoch was a no-op: it is dropped, the lr per epoch is unchanged."""
-    from fewshot_da.experiments.demo import _schedule
+    from fewshot_da.demo import _schedule
 
     for (epochs, drop), expected in {(8, 6): [1.0] * 7 + [0.1], (4, 3): [1.0] * 4, (2, 1): [1.0] * 2,
                                      (1, 0): [1.0]}.items():
