@@ -15,6 +15,7 @@ from .collect import collect_hand_runs
 from .gap import pair_gaps, run_gaps
 from .html import Section, render_page
 from .policy import find_policy_files, policy_matrix, read_policy_csv
+from .validate import validate_results_file
 
 RESULTS = "results.csv"
 
@@ -37,6 +38,7 @@ def _load_rows(paths: Sequence, out: Path, baseline: Sequence, oracle: Sequence)
         missing = [c for c in ID_COLUMNS if c not in rows[0]]
         if missing:
             raise InputError(f"{results}: not a results table (no column {missing[0]!r})")
+        validate_results_file(results)
         return rows, [], (grid[0] if grid[0].is_dir() else grid[0].parent)
     for p in list(paths) + list(baseline) + list(oracle):
         if not Path(p).is_dir():
