@@ -44,11 +44,14 @@ def example_panels(rows, folders: dict, grid_specs: dict, metric: str, n_cases: 
     arch, source, target = pair
     base_rows = [r for r in rows if r["strategy"] == BASELINE and (r["arch"], r["source"], r["target"]) == pair]
     cases = sorted({r["case"] for r in base_rows})
-    chosen = {}  # method -> {case: run name}
-    base_run = base_rows[0]["run"]
-    spec = grid_specs.get(base_run)
-    base_folder = folders.get(spec["parent"]) if spec and spec.get("parent") else folders.get(base_run)
-    chosen[BASELINE] = {c: base_folder for c in cases}
+    def folder_of(run):
+        """A grid baseline run keeps no checkpoint: its model is its parent source run's."""
+        spec = grid_specs.get(run) or {}
+        return folders.get(spec["parent"]) if spec.get("kind") == "baseline" and spec.get("parent") \
+            else folders.get(run)
+
+    chosen = {}  # method -> {case: run folder}
+    chosen[BASELINE] = {c: folder_of(base_rows[0]["run"]) for c in cases}
     by_method = {}
     for r in adapted:
         if (r["arch"], r["source"], r["target"]) == pair:
@@ -57,12 +60,15 @@ def example_panels(rows, folders: dict, grid_specs: dict, metric: str, n_cases: 
         top = max(members, key=lambda r: (_scans(r["budget"]), -_num(r["seed"])))
         label = f"{method} {top['budget']}".strip()
         run = top["run"]
-        chosen[label] = {r["case"]: folders.get(run) for r in members if r["run"] == run}
-    oracle = {r["case"]: folders.get(r["run"]) for r in rows if r["strategy"] == ORACLE and r["arch"] == arch
+        chosen[label] = {r["case"]: folder_of(run) for r in members if r["run"] == run}
+    oracle = {r["case"]: folder_of(r["run"]) for r in rows if r["strategy"] == ORACLE and r["arch"] == arch
               and r["target"] == target}
     if oracle:
         chosen[ORACLE] = oracle
-    shared = [c for c in cases if all(c in m for m in chosen.values())][:n_cases]
+    # cases every method scored first; then those only the oracle lacks (its other folds trained on them)
+    shared = [c for c in cases if all(c in m for m in chosen.values())]
+    shared += [c for c in cases if c not in shared and all(c in m for k, m in chosen.items() if k != ORACLE)]
+    shared = shared[:n_cases]
     if not shared:
         return None, f"{source} -> {target}: no test case scored by every method; no example segmentations"
     models, images, truths, predictions, titles = {}, [], [], [], []
@@ -71,7 +77,10 @@ def example_panels(rows, folders: dict, grid_specs: dict, metric: str, n_cases: 
         predictions.append({})
         s = None
         for method, runs in chosen.items():
-            folder = _model_folder(Path(runs[case])) if runs.get(case) else None
+            if runs.get(case) is None:  # not a test case of that method (an oracle fold trained on it)
+                predictions[-1][method] = None
+                continue
+            folder = _model_folder(Path(runs[case]))
             if folder is None:
                 predictions[-1][method] = None
                 missing.add(method)

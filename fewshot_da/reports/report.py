@@ -71,8 +71,19 @@ def _method_order(method: str) -> tuple:
     return rank.get(method, 2), method
 
 
-def _clip(value: float, limits=DR_AXIS) -> float:
-    return min(max(value, limits[0]), limits[1]) if math.isfinite(value) else value
+def gap_figure_data(summary: Sequence[dict], pairs: Sequence, limits=DR_AXIS) -> tuple:
+    """(summary rows, pair points, n clipped) for the D_R figure: means, CI bounds and pair D_R clipped to the
+    axis `limits`, so one pair with a tiny D_O - D_B cannot flatten the others; n counts the clipped values."""
+    def clip(v):
+        return min(max(v, limits[0]), limits[1]) if math.isfinite(v) else v
+
+    points = [{"arch": p.arch, "method": p.method, "source": p.source, "target": p.target,
+               "budget_scans": budget_scans(p.budget), "gap": clip(p.gap)} for p in pairs]
+    beyond = sum(1 for p in pairs if math.isfinite(p.gap) and clip(p.gap) != p.gap)
+    beyond += sum(1 for r in summary for k in ("mean", "ci_low", "ci_high")
+                  if math.isfinite(r[k]) and clip(r[k]) != r[k])
+    shown = [dict(r, **{k: clip(r[k]) for k in ("mean", "ci_low", "ci_high")}) for r in summary]
+    return shown, points, beyond
 
 
 def _run_folders(grid_dir, paths, baseline, oracle) -> dict:
@@ -223,12 +234,7 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
                           "D_R = (D - D_B) / (D_O - D_B) per pair on the same scans: 0 is the source model, 1 the "
                           f"oracle. Pairs with D_O - D_B < {min_gap:g} are left out (listed below).")
         put(tables.gap_budget_table(summary, multi_arch), section)
-        points = [{"arch": p.arch, "method": p.method, "source": p.source, "target": p.target,
-                   "budget_scans": budget_scans(p.budget), "gap": _clip(p.gap)} for p in pairs]
-        beyond = sum(1 for p in pairs if math.isfinite(p.gap) and _clip(p.gap) != p.gap)
-        beyond += sum(1 for r in summary for k in ("mean", "ci_low", "ci_high")
-                      if math.isfinite(r[k]) and _clip(r[k]) != r[k])
-        shown = [dict(r, **{k: _clip(r[k]) for k in ("mean", "ci_low", "ci_high")}) for r in summary]
+        shown, points, beyond = gap_figure_data(summary, pairs)
         title = "D_R against budget (mean, 95% CI; faint: single pairs)"
         if beyond:
             title += f"\n{beyond} value(s) beyond [{DR_AXIS[0]:g}, {DR_AXIS[1]:g}] drawn at the edge"

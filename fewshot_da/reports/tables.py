@@ -25,6 +25,7 @@ class Table:
     caption: str = ""
     records: list = field(default_factory=list)
     record_columns: list = field(default_factory=list)
+    text: bool = False  # cells are words, not numbers (left-aligned on the page)
 
     def markdown(self) -> str:
         """A GitHub-flavoured Markdown table with its title and caption."""
@@ -208,7 +209,7 @@ def degenerate_budget_table(found: Sequence[dict], min_slices: int) -> Table:
               f["n_foreground"]] for f in found]
     caption = (f"Fine-tuning at these budgets sees fewer than {min_slices} labelled slices with any foreground: its "
                "scores and D_R say little about the method.")
-    return Table("degenerate_budgets", "Degenerate budgets", columns, cells, caption,
+    return Table("degenerate_budgets", "Fine-tune slices with foreground", columns, cells, caption,
                  [dict(f, scans=" ".join(f["scans"])) for f in found],
                  ["target", "budget", "fold", "scans", "n_slices", "n_foreground"])
 
@@ -217,7 +218,7 @@ def study_table(items: Sequence[tuple]) -> Table:
     """The study's description as (what, value) rows."""
     cells = [[k, v] for k, v in items]
     return Table("study", "What was run", ["", "value"], cells, "", [{"item": k, "value": v} for k, v in items],
-                 ["item", "value"])
+                 ["item", "value"], text=True)
 
 
 def decisions_table(decisions: Sequence[dict]) -> Table:
