@@ -168,8 +168,8 @@ def test_the_page_describes_the_study(grid_report):
     assert items["runs"] == "4: 1 source, 1 oracle, 1 baseline, 1 adapt; 4 done"
     assert re.match(r"[\d.]+ (s|min) in all", items["run times"]) and "adapt" in items["run times"]
     commit = subprocess.run(["git", "-C", str(Path(fewshot_da.__file__).parent), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    assert items["report made with"] == f"fewshot-da {fewshot_da.__version__}, commit {commit or 'unknown'}"
+                            check=False, capture_output=True, text=True).stdout.strip()
+    assert items["report made with"].startswith(f"fewshot-da {fewshot_da.__version__}, commit {commit or 'unknown'}")
 
 
 def test_score_table_per_scan_view_and_example_segmentations(grid_report):

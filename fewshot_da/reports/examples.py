@@ -100,8 +100,8 @@ def example_panels(rows, folders: dict, grid_specs: dict, metric: str, n_cases: 
                                                      pad_multiple=pad_multiple(spec["arch"]))[0]
         if s is None:
             return None, "no run of the pair kept a model checkpoint: no example segmentations"
-    note = (f"example segmentations: {', '.join(sorted(missing))} kept no model checkpoint (grid plan "
-            "keep_checkpoints: true keeps them)") if missing else ""
+    note = (f"example segmentations: {', '.join(sorted(missing))} kept no model checkpoint (a grid keeps them with "
+            "keep_checkpoints: true in its plan)") if missing else ""
     return (images, truths, predictions, titles), note
 
 
