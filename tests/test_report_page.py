@@ -155,6 +155,16 @@ def test_a_degenerate_budget_is_warned_about(grid_report):
     page = written["index"].read_text()
     assert "degenerate budget 1/4 on ge15: its fine-tune slices hold 1 slice(s) with foreground (of 2)" in page
     assert [r["n_foreground"] for r in _read(written["degenerate_budgets"])] == ["1"]
+    assert "| 1/4 (degenerate: ge15) |" in written["score_by_budget_md"].read_text()
+
+
+def test_a_degenerate_budget_of_a_hand_made_adapt_run(grid_report):
+    from fewshot_da.reports.budget_check import degenerate_runs
+
+    grid, _ = grid_report
+    run = grid / "runs" / "adapt" / "dart20" / "siemens3-ge15" / "first" / "1_4" / "s0"
+    found = degenerate_runs([run, grid / "runs" / "source" / "dart20" / "siemens3"])
+    assert [(d["target"], d["budget"], d["n_slices"], d["n_foreground"]) for d in found] == [("ge15", "1/4", 2, 1)]
 
 
 def test_the_page_describes_the_study(grid_report):

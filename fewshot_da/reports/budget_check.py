@@ -71,3 +71,39 @@ def degenerate_budgets(grid_dir, min_slices: int = MIN_FOREGROUND_SLICES) -> lis
             found.append({"target": target, "budget": budget, "fold": fold, "scans": list(ids), "n_slices": n_slices,
                           "n_foreground": n_fg})
     return found
+
+
+def degenerate_runs(run_dirs, min_slices: int = MIN_FOREGROUND_SLICES) -> list:
+    """degenerate_budgets' rows for adapt run folders made by hand: the fine-tune scans and slices their
+    summary.json records, their masks from the run's cache (run.yaml). Folders that are not adapt runs, or
+    trained on every slice of enough scans, are skipped."""
+    from ..experiments.run_folder import read_run
+    from ..experiments.stages import open_volumes
+
+    found = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+            spec = read_run(run_dir).get("spec") or {}
+        except (OSError, ValueError, InputError):
+            continue
+        if not isinstance(summary, dict) or summary.get("kind") != "adapt" or not summary.get("finetune_ids"):
+            continue
+        ids = list(summary["finetune_ids"])
+        slices = summary.get("slice_indices")
+        volumes = open_volumes(spec["manifest"], ids, cache=spec["cache"], preprocess=spec["preprocess"],
+                               progress=False)
+        n_slices = n_fg = 0
+        for v in volumes:
+            mask = np.asarray(v.mask)
+            fg = mask.reshape(mask.shape[0], -1).any(axis=1)
+            chosen = np.asarray(slices[v.id], dtype=np.int64) if isinstance(slices, dict) else np.arange(fg.size)
+            n_slices += chosen.size
+            n_fg += int(fg[chosen].sum())
+        if n_fg < min_slices:
+            k = int(spec.get("slices_k") or 1)
+            budget = f"{len(ids)}/{k}" if k > 1 else str(len(ids))
+            found.append({"target": spec.get("target"), "budget": budget, "fold": spec.get("fold"), "scans": ids,
+                          "n_slices": n_slices, "n_foreground": n_fg, "run": run_dir.name})
+    return found

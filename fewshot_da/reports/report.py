@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..experiments.results import ID_COLUMNS, budget_scans, read_results, write_results
 from ..metrics.scoring import surface_dice_key
 from . import plots, stats, tables
-from .budget_check import MIN_FOREGROUND_SLICES, degenerate_budgets
+from .budget_check import MIN_FOREGROUND_SLICES, degenerate_budgets, degenerate_runs
 from .collect import collect_hand_runs
 from .examples import example_panels
 from .gap import BASELINE, ORACLE, method_label, pair_denominators, pair_gaps, run_gaps
@@ -183,11 +183,10 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
 
     # degenerate budgets (a grid's fine-tune slices with almost no foreground)
     degenerate = []
-    if grid_dir is not None:
-        try:
-            degenerate = degenerate_budgets(grid_dir)
-        except (InputError, OSError, KeyError) as exc:
-            notes.append(f"budget check skipped: {exc}")
+    try:
+        degenerate = degenerate_budgets(grid_dir) if grid_dir is not None else degenerate_runs(paths)
+    except (InputError, OSError, KeyError) as exc:
+        notes.append(f"budget check skipped: {str(exc).splitlines()[0]}")
     degenerate_labels = {d["budget"] for d in degenerate}
     for d in degenerate:
         fold = "" if d["fold"] is None else f" (fold {d['fold']})"
@@ -205,7 +204,7 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
                              if degenerate_labels else ""))
         summary = stats.score_by_budget({**scores, **stats.reference_scores(rows, metric)})
         summary.sort(key=lambda r: (r["arch"], _method_order(r["method"]), r["budget_scans"]))
-        put(tables.score_budget_table(summary, metric, multi_arch), section)
+        put(_mark_degenerate(tables.score_budget_table(summary, metric, multi_arch), degenerate), section)
         groups = _scan_groups(rows, metric, series)
         if groups:
             written["scan_scores"] = plots.plot_scan_scores(
@@ -233,7 +232,7 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
         section = Section("Gap closed (D_R) against budget",
                           "D_R = (D - D_B) / (D_O - D_B) per pair on the same scans: 0 is the source model, 1 the "
                           f"oracle. Pairs with D_O - D_B < {min_gap:g} are left out (listed below).")
-        put(tables.gap_budget_table(summary, multi_arch), section)
+        put(_mark_degenerate(tables.gap_budget_table(summary, multi_arch), degenerate), section)
         shown, points, beyond = gap_figure_data(summary, pairs)
         title = "D_R against budget (mean, 95% CI; faint: single pairs)"
         if beyond:
@@ -341,6 +340,17 @@ def write_report(paths: Sequence, out, *, tolerance_mm: float = 1.0, alpha: floa
         markdown += [t.markdown() for t in section.tables]
     written["report_md"] = write_text_atomic(out / "report.md", "\n".join(markdown) + "\n")
     return written
+
+
+def _mark_degenerate(table, degenerate: Sequence[dict]):
+    """The table with each degenerate budget's row label marked '1/4 (degenerate: ge15)' (the CSV unchanged)."""
+    targets = {}
+    for d in degenerate:
+        targets.setdefault(d["budget"], set()).add(str(d["target"]))
+    for row in table.cells:
+        if row and row[0] in targets:
+            row[0] = f"{row[0]} (degenerate: {', '.join(sorted(targets[row[0]]))})"
+    return table
 
 
 def _scan_groups(rows, metric: str, series) -> list:
