@@ -98,11 +98,10 @@ def _run_folders(grid_dir, paths, baseline, oracle) -> dict:
     return folders
 
 
-class _GridFolders(dict):
-    """Run id -> grid run folder, for any id."""
+class _GridFolders:
+    """Run id -> its folder under a grid's runs/ (None when absent), with a dict's `get`."""
 
     def __init__(self, grid_dir: Path):
-        super().__init__()
         self.grid_dir = grid_dir
 
     def get(self, key, default=None):
