@@ -1,5 +1,6 @@
 """CLI verb `fewshot-da report`: tables, statistics, figures and index.html of a grid or of hand-made runs."""
 import click
+
 from fewshot_da_cli.errors import one_line_errors
 
 
@@ -16,15 +17,20 @@ from fewshot_da_cli.errors import one_line_errors
               help="A run folder to count as the baseline (source model scored on a target); repeatable.")
 @click.option("--oracle", "oracle", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A run folder to count as the oracle (trained and scored on one domain); repeatable.")
+@click.option("--min-gap", "min_gap", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="Pairs whose oracle-baseline gap D_O - D_B is below this score are left out of D_R and the "
+                   "winners (D_R divides by it) and listed apart.")
+@click.option("--examples/--no-examples", default=True, show_default=True,
+              help="Draw example segmentations of a few test slices with the runs' saved models.")
 @click.option("--policy", "policy", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A SpotTUnet policy CSV (unit, budget, fraction_finetuned); repeatable.")
 @one_line_errors
-def report(paths, out, tolerance_mm, alpha, ci, baseline, oracle, policy):
+def report(paths, out, tolerance_mm, alpha, ci, baseline, oracle, min_gap, examples, policy):
     """Report a study: PATHS is a grid folder with results.csv, or run folders made with train/adapt/predict."""
     from fewshot_da.reports.report import write_report
 
     written = write_report(paths, out, tolerance_mm=tolerance_mm, alpha=alpha, ci=ci, baseline=baseline,
-                           oracle=oracle, policy=policy)
+                           oracle=oracle, policy=policy, min_gap=min_gap, examples=examples)
     click.echo(f"wrote {len(written)} files; open {written['index']}")
 
 

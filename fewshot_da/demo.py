@@ -25,7 +25,7 @@ from .data.volumes import open_volumes
 from .experiments import stages
 from .experiments.run_folder import read_run
 from .experiments.scoring import score_volumes
-from .figures import plot_segmentations
+from .figures import plot_examples
 from .models import build_model
 from .reports.gap import format_mean_std, pair_gap_closed, scan_gap_closed, sign_test
 
@@ -126,7 +126,7 @@ def run_demo(out="fewshot-da-demo", *, arch: str = "dart20", seed: int = 0, quic
     table = _table(scores, finetune_pool[0])
     write_csv_atomic(out / "scores.csv",
                      [dict(method=k[0], budget=k[1], **r) for k, rows in scores.items() for r in rows])
-    plot_segmentations(volumes[0], {k: v[0] for k, v in masks.items()}, out / "demo.png")
+    _figure(volumes[0], {k: v[0] for k, v in masks.items()}, out / "demo.png")
     elapsed = time.perf_counter() - t0
     report = "\n".join([
         f"fewshot-da demo: source {source} -> target {target}, {arch}, {len(test_ids)} test scans, "
@@ -166,3 +166,13 @@ def _table(scores: dict, finetune_id: str) -> dict:
                      f"{second['method']} ({second['gap_closed']:.2f}); sign test on per-scan D_R p = {p:.3f}")
     lines.append(f"(fine-tune scan {finetune_id}; the 1/k budget uses its slices {{0, k, 2k, ...}})")
     return {"rows": rows, "text": "\n".join(lines)}
+
+
+def _figure(volume, masks: dict, path) -> None:
+    """The test scan's slice with the most brain: the true outline and each method's prediction ({(method, budget):
+    (S, H, W) mask})."""
+    gt = np.asarray(volume.mask)
+    s = int(np.argmax(gt.reshape(gt.shape[0], -1).sum(1)))
+    plot_examples([np.asarray(volume.image, dtype=np.float32)[s]], [gt[s]],
+                  [{f"{method} {budget}": np.asarray(mask)[s] for (method, budget), mask in masks.items()}],
+                  [f"{volume.id} slice {s}"], path)

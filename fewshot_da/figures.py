@@ -202,25 +202,75 @@ def plot_learning_curve(points: Sequence[tuple], curve_x: Sequence[float], curve
     return _save(fig, path)
 
 
-def plot_segmentations(volume, masks: dict, path, *, title: str = "") -> Path:
-    """The slice of `volume` with the most foreground, once per prediction in `masks` ({(method, budget): (S, H, W)
-    mask, ...}): the image with the true (green) and predicted (red) contours."""
-    image, gt = np.asarray(volume.image, dtype=np.float32), np.asarray(volume.mask)
-    s = int(np.argmax(gt.reshape(gt.shape[0], -1).sum(1)))
-    keys = list(masks)
-    fig = Figure(figsize=(2.2 * len(keys), 2.6))
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    for ax, key in zip(axes, keys):
-        ax.imshow(image[s], cmap="gray")
-        ax.contour(gt[s], levels=[0.5], colors="lime", linewidths=0.8)
-        pred = np.asarray(masks[key])[s]
-        if pred.any():
-            ax.contour(pred, levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title("\n".join(str(part) for part in (key if isinstance(key, tuple) else (key,))), fontsize=8)
-        ax.axis("off")
-    fig.suptitle(title or f"{volume.id} slice {s}: truth (green), prediction (red)", fontsize=9)
-    fig.tight_layout()
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return Path(path)
+def plot_scan_scores(groups: Sequence[tuple], path, *, colors: dict | None = None, y_label: str = "score",
+                     title: str = "") -> Path:
+    """Per-scan scores as a box and its points (jittered, seeded) per (budget, series) group, grouped by budget
+    along x; `groups` are (budget label, series label, values) in display order. NaN values are left out and
+    counted in the title."""
+    budgets = list(dict.fromkeys(b for b, _, _ in groups))
+    labels = list(dict.fromkeys(s for _, s, _ in groups))
+    colors = colors or palette(labels)
+    fig = Figure(figsize=(max(6.5, 0.45 * len(groups) + 2.5), 4.6))
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    width = 0.8 / max(1, len(labels))
+    n_nan = 0
+    for i, budget in enumerate(budgets):
+        for j, label in enumerate(labels):
+            values = [np.asarray(v, dtype=float) for b, s, v in groups if b == budget and s == label]
+            if not values:
+                continue
+            v = np.concatenate(values)
+            n_nan += int(np.isnan(v).sum())
+            v = v[np.isfinite(v)]
+            if not v.size:
+                continue
+            x = i + (j - (len(labels) - 1) / 2) * width
+            ax.boxplot([v], positions=[x], widths=width * 0.8, showfliers=False, patch_artist=True,
+                       boxprops={"facecolor": colors[label], "alpha": 0.25, "edgecolor": colors[label]},
+                       medianprops={"color": colors[label]}, whiskerprops={"color": colors[label]},
+                       capprops={"color": colors[label]})
+            ax.scatter(x + rng.uniform(-0.3, 0.3, v.size) * width, v, s=9, color=colors[label], zorder=3)
+    for label in labels:
+        ax.scatter([], [], color=colors[label], label=label)
+    ax.set_xticks(range(len(budgets)), budgets)
+    ax.set_xlim(-0.6, len(budgets) - 0.4)
+    ax.set_xlabel("budget (target scans with labels)")
+    ax.set_ylabel(y_label)
+    ax.set_title((title or "Per-scan scores (box: quartiles; dots: scans)") + (f"; {n_nan} NaN left out" if n_nan
+                                                                               else ""), fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_examples(images: Sequence, truths: Sequence, predictions: Sequence[dict], row_titles: Sequence[str],
+                  path) -> Path:
+    """Example segmentations: one row per slice, the image with its true outline (green) and one column per method
+    with the predicted outline (red) over the image; `predictions[i]` maps a method to slice i's mask (or None
+    when that method has no prediction of it)."""
+    methods = list(dict.fromkeys(m for p in predictions for m in p))
+    n_rows, n_cols = len(images), 1 + len(methods)
+    fig = Figure(figsize=(1.9 * n_cols, 2.0 * n_rows + 0.3), layout="constrained")
+    axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
+    for i, (image, truth) in enumerate(zip(images, truths)):
+        image, truth = np.asarray(image, dtype=float), np.asarray(truth)
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.imshow(image, cmap="gray")
+            if truth.any():
+                ax.contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
+            if j:
+                mask = predictions[i].get(methods[j - 1])
+                if mask is None:
+                    ax.text(0.5, 0.5, "no prediction", transform=ax.transAxes, ha="center", color="white",
+                            fontsize=7)
+                elif np.asarray(mask).any():
+                    ax.contour(np.asarray(mask), levels=[0.5], colors="red", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("image, truth" if j == 0 else methods[j - 1], fontsize=8)
+        axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
+    fig.suptitle("truth: green outline; prediction: red outline", fontsize=9)
+    return _save(fig, path)

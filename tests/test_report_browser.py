@@ -56,7 +56,7 @@ def report_page(tmp_path_factory):
 
 def test_every_image_exists_and_decodes(report_page):
     sources = re.findall(r'<img src="([^"]+)"', report_page.read_text())
-    assert len(sources) == 4
+    assert len(sources) == 5  # + the per-scan scores (issue 23 §4)
     for src in sources:
         assert "/" not in src and not src.startswith(("http", "file"))  # relative links beside index.html
         with Image.open(report_page.parent / src) as im:
@@ -73,7 +73,7 @@ def test_chromium_renders_the_page(tmp_path, report_page):
     assert gray.shape == (2400, 1200)
     assert gray.std() > 20 and (gray < 200).mean() > 0.02, "the screenshot is blank"
     states = _image_states(tmp_path, report_page)
-    assert len(states) == 4 and all(ok for _, ok in states), states
+    assert len(states) == 5 and all(ok for _, ok in states), states
 
 
 def test_the_probe_sees_a_broken_image(tmp_path, report_page):

@@ -80,6 +80,62 @@ def _run_spec(run_dir: Path, summary: dict) -> dict:
     return spec
 
 
+def _what_scored(run_dir: Path, summary: dict) -> tuple:
+    """(kind, spec, wording) of the model a run folder scored: the run itself, or a predict run's model
+    (its summary's spec, else run.yaml's); wording names it for an error ('an adapt run (strategy freeze, ...)')."""
+    spec = dict(summary.get("spec") or _legacy_spec(run_dir, summary))
+    if spec.get("kind") is None and (run_dir / "run.yaml").is_file():
+        spec = _run_yaml_spec(run_dir) or spec
+    via = ""
+    if spec.get("kind") == "predict" and summary.get("model"):
+        model_dir = Path(summary["model"])
+        model = {}
+        if (model_dir / "summary.json").is_file():
+            model = _summary(model_dir)
+        model_spec = dict(model.get("spec") or _legacy_spec(model_dir, model)) if model else {}
+        if model_spec.get("kind") is None:
+            model_spec = _run_yaml_spec(model_dir) or model_spec
+        spec, via = model_spec, f"a predict run of {model_dir}, which is "
+    kind = spec.get("kind")
+    details = ", ".join(f"{k} {spec[k]}" for k in ("strategy", "layers", "budget") if spec.get(k) not in (None, ""))
+    if kind is None:
+        wording = f"{via}a run of unknown kind (no spec or kind in its summary.json or run.yaml)"
+    else:
+        wording = f"{via}{'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind} run" + (f" ({details})" if details else "")
+    return kind, spec, wording
+
+
+def _run_yaml_spec(run_dir: Path) -> dict:
+    import yaml
+
+    try:
+        info = yaml.safe_load((Path(run_dir) / "run.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    spec = info.get("spec") if isinstance(info, dict) else None
+    return dict(spec) if isinstance(spec, dict) else {}
+
+
+def check_role(run_dir: Path, summary: dict, role: str) -> None:
+    """InputError unless the run folder can be the `role` ('baseline' or 'oracle') of a report: a baseline is an
+    unadapted source model (a train run, an adapt run with strategy none, or a predict run of either); an oracle
+    is a model trained from scratch (a train run, or a predict run of one) scored on the domain it was trained on."""
+    kind, spec, wording = _what_scored(run_dir, summary)
+    if role == BASELINE:
+        if kind == "train" or (kind == "adapt" and spec.get("strategy") == "none"):
+            return
+        raise InputError(f"{run_dir}: --baseline needs an unadapted source model (a train run, an adapt run with "
+                         f"strategy none, or a predict run of one), but this is {wording}")
+    if kind != "train":
+        raise InputError(f"{run_dir}: --oracle needs a model trained on the target itself (a train run, or a "
+                         f"predict run of one), but this is {wording}")
+    domains = _score_domains(summary)
+    trained_on = spec.get("source")
+    if trained_on and len(domains) == 1 and domains[0] != trained_on:
+        raise InputError(f"{run_dir}: --oracle needs a model scored on the domain it was trained on, but this "
+                         f"{wording} trained on {trained_on} is scored on {domains[0]} (a baseline?)")
+
+
 def collect_hand_runs(run_dirs: Sequence, baseline: Sequence = (), oracle: Sequence = ()) -> tuple:
     """(rows, notes): results rows of finished run folders, each labelled; `baseline` / `oracle` folders (also
     accepted when not in `run_dirs`) become strategy 'baseline' / 'oracle'. Notes say which folders were left out."""
@@ -93,6 +149,8 @@ def collect_hand_runs(run_dirs: Sequence, baseline: Sequence = (), oracle: Seque
     names = Counter(d.name for d, _ in roles.values())  # folders of one name (runs/x, preds/x) get parent/name
     for run_dir, role in roles.values():
         summary = _summary(run_dir)
+        if role:
+            check_role(run_dir, summary, role)
         spec = _run_spec(run_dir, summary)
         domains = _score_domains(summary)
         if role == BASELINE:

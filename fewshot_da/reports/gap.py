@@ -181,3 +181,25 @@ def pair_gaps(gaps: Sequence[RunGap]) -> list:
         out.append(PairGap(*key, gap=float(np.mean(finite)) if finite else float("nan"),
                            replicate_gaps=tuple(g.gap for g in members), scan_gaps=scan))
     return out
+
+
+def pair_denominators(rows: Sequence[dict], metric: str) -> list:
+    """D_O - D_B of every (arch, source, target) with baseline rows: means over the target cases that have both a
+    finite baseline and a finite oracle score. Rows arch, source, target, n_cases, baseline, oracle, gap (NaN
+    without a shared case)."""
+    base = _case_means([r for r in rows if r["strategy"] == BASELINE], metric,
+                       lambda r: (r["arch"], r["source"], r["target"]))
+    oracle = _case_means([r for r in rows if r["strategy"] == ORACLE], metric, lambda r: (r["arch"], r["target"]))
+    pairs = {}
+    for (arch, source, target, case), d_b in base.items():
+        d_o = oracle.get((arch, target, case), float("nan"))
+        entry = pairs.setdefault((arch, source, target), ([], []))
+        if math.isfinite(d_b) and math.isfinite(d_o):
+            entry[0].append(d_b)
+            entry[1].append(d_o)
+    out = []
+    for (arch, source, target), (b, o) in sorted(pairs.items()):
+        d_b, d_o = (float(np.mean(v)) if v else float("nan") for v in (b, o))
+        out.append({"arch": arch, "source": source, "target": target, "n_cases": len(b), "baseline": d_b,
+                    "oracle": d_o, "gap": d_o - d_b})
+    return out

@@ -17,7 +17,7 @@ th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; display: block; }
 .caption { color: #555; font-size: .9em; } .notes li { color: #8a4b00; }
-.files a { margin-right: 1em; }
+.files a { margin-right: 1em; } table.text td { text-align: left; }
 """
 
 
@@ -42,7 +42,8 @@ def table_html(table: Table) -> str:
     head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in table.cells)
     caption = f'<p class="caption">{escape(table.caption)}</p>' if table.caption else ""
-    return f"<h3>{escape(table.title)}</h3>{caption}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    kind = ' class="text"' if table.text else ""
+    return f"<h3>{escape(table.title)}</h3>{caption}<table{kind}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_page(title: str, sections: Sequence[Section], notes: Sequence[str] = (), intro: str = "") -> str:

@@ -21,6 +21,8 @@ from scipy import stats
 from ..experiments.results import budget_scans
 from .gap import BASELINE, ORACLE, PairGap, RunGap, method_label, sign_test
 
+NO_WINNER = "no winner"
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -104,10 +106,11 @@ def winners(pairs: Sequence[PairGap], methods: Sequence[str], alpha: float = 0.1
     """Winner counts per (arch, budget) among `methods`, and the per-pair decisions behind them.
 
     In each (arch, budget, source, target) with at least two of `methods` having a finite pair-level D_R, the
-    highest D_R wins (ties go to the method listed first in `methods`, as a stable sort does); the win is
+    highest D_R wins (ties go to the method listed first in `methods`, as a stable sort does), unless every D_R
+    is <= 0 (all at or below the baseline): then the decision's winner is NO_WINNER and nobody scores; the win is
     significant when `sign_test` of the scan-level D_R differences (winner - runner-up, cases both scored) gives
     p < alpha. Returns (counts, decisions): counts rows arch, budget, budget_scans, method, wins,
-    significant_wins, n_pairs, alpha; decision rows arch, budget, source, target, winner, runner_up, gap_winner,
+    significant_wins, n_pairs, no_winner (pairs of the budget without a winner), alpha; decision rows arch, budget, source, target, winner, runner_up, gap_winner,
     gap_runner_up, p_value, significant, n_cases.
     """
     order = {m: i for i, m in enumerate(methods)}
@@ -121,6 +124,12 @@ def winners(pairs: Sequence[PairGap], methods: Sequence[str], alpha: float = 0.1
             continue
         ranked = sorted(members, key=lambda p: (-p.gap, order[p.method]))
         top, second = ranked[0], ranked[1]
+        if top.gap <= 0:  # every candidate at or below the baseline: nobody won
+            decisions.append({"arch": arch, "budget": budget, "source": source, "target": target,
+                              "winner": NO_WINNER, "runner_up": top.method, "gap_winner": float("nan"),
+                              "gap_runner_up": top.gap, "p_value": float("nan"), "significant": False,
+                              "n_cases": 0})
+            continue
         shared = sorted(set(top.scan_gaps) & set(second.scan_gaps))
         p_value = sign_test([top.scan_gaps[c] for c in shared], [second.scan_gaps[c] for c in shared])
         decisions.append({"arch": arch, "budget": budget, "source": source, "target": target,
@@ -131,13 +140,16 @@ def winners(pairs: Sequence[PairGap], methods: Sequence[str], alpha: float = 0.1
     for d in decisions:
         key = (d["arch"], d["budget"])
         for m in methods:
-            counts.setdefault(key + (m,), [0, 0, 0])
+            counts.setdefault(key + (m,), [0, 0, 0, 0])
         for m in methods:
             counts[key + (m,)][2] += 1
-        counts[key + (d["winner"],)][0] += 1
-        counts[key + (d["winner"],)][1] += int(d["significant"])
+            counts[key + (m,)][3] += int(d["winner"] == NO_WINNER)
+        if d["winner"] != NO_WINNER:
+            counts[key + (d["winner"],)][0] += 1
+            counts[key + (d["winner"],)][1] += int(d["significant"])
     rows = [{"arch": a, "budget": b, "budget_scans": budget_scans(b), "method": m, "wins": w,
-             "significant_wins": s, "n_pairs": n, "alpha": alpha} for (a, b, m), (w, s, n) in counts.items()]
+             "significant_wins": s, "n_pairs": n, "no_winner": none, "alpha": alpha}
+            for (a, b, m), (w, s, n, none) in counts.items()]
     rows.sort(key=lambda r: (r["arch"], r["budget_scans"], order[r["method"]]))
     return rows, decisions
 
@@ -246,3 +258,29 @@ def score_by_budget(scores: Mapping, confidence: float = 0.95) -> list:
         out.append({"arch": arch, "method": method, "budget": budget, "budget_scans": budget_scans(budget),
                     "n_pairs": interval.n, "mean": interval.mean, "ci_low": interval.low, "ci_high": interval.high})
     return sorted(out, key=lambda r: (r["arch"], r["method"], r["budget_scans"]))
+
+
+def reference_scores(rows: Sequence[dict], metric: str) -> dict:
+    """{(arch, 'baseline' | 'oracle', budget): {(source, target): mean score}}: the unadapted source model and the
+    oracle on the same cases as the adapted runs of each (arch, budget, source, target), so a score-by-budget row
+    compares like with like (case means of replicated baseline/oracle runs first)."""
+    base, oracle = {}, {}
+    for r in rows:
+        if r["strategy"] == BASELINE:
+            base.setdefault((r["arch"], r["source"], r["target"], r["case"]), []).append(float(r.get(metric, "nan")))
+        elif r["strategy"] == ORACLE:
+            oracle.setdefault((r["arch"], r["target"], r["case"]), []).append(float(r.get(metric, "nan")))
+    base = {k: _finite_mean(v) for k, v in base.items()}
+    oracle = {k: _finite_mean(v) for k, v in oracle.items()}
+    cases = {}
+    for r in rows:
+        if r["strategy"] not in (BASELINE, ORACLE):
+            cases.setdefault((r["arch"], r["budget"], r["source"], r["target"]), set()).add(r["case"])
+    out = {}
+    for (arch, budget, source, target), chosen in cases.items():
+        for name, values in ((BASELINE, [base.get((arch, source, target, c), float("nan")) for c in chosen]),
+                             (ORACLE, [oracle.get((arch, target, c), float("nan")) for c in chosen])):
+            value = _finite_mean(values)
+            if math.isfinite(value):
+                out.setdefault((arch, name, budget), {})[(source, target)] = value
+    return out

@@ -25,6 +25,7 @@ class Table:
     caption: str = ""
     records: list = field(default_factory=list)
     record_columns: list = field(default_factory=list)
+    text: bool = False  # cells are words, not numbers (left-aligned on the page)
 
     def markdown(self) -> str:
         """A GitHub-flavoured Markdown table with its title and caption."""
@@ -161,7 +162,9 @@ def score_budget_table(summary: Sequence[dict], metric: str, multi_arch: bool = 
         return f"{_num(r['mean'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}] (n={r['n_pairs']})"
 
     columns, cells = _budget_grid(summary, series_label(multi_arch), cell)
-    caption = f"{metric}: mean over pairs of per-pair means (cases, then seeds); 95% Student-t CI over pairs."
+    caption = (f"{metric}: mean over pairs of per-pair means (cases, then seeds); 95% Student-t CI over pairs. "
+               f"{BASELINE}: the source model without adaptation, {ORACLE}: the model trained on the target, both "
+               "on the same pairs and test scans as the row's runs.")
     return Table("score_by_budget", f"Mean {metric} against budget", columns, cells, caption, list(summary),
                  ["arch", "method", "budget", "budget_scans", "n_pairs", "mean", "ci_low", "ci_high"])
 
@@ -173,13 +176,49 @@ def winner_table(counts: Sequence[dict], multi_arch: bool = False) -> Table:
 
     columns, cells = _budget_grid(counts, series_label(multi_arch), cell)
     for row in cells:
-        n = next((r["n_pairs"] for r in counts if (r["budget"] or NO_LABELS) == row[0]), 0)
-        row.append(str(n))
+        first = next((r for r in counts if (r["budget"] or NO_LABELS) == row[0]), {})
+        row += [str(first.get("no_winner", 0)), str(first.get("n_pairs", 0))]
     alpha = counts[0]["alpha"] if counts else float("nan")
     caption = (f"Wins / significant wins (two-sided sign test on scan-level D_R against the runner-up, p < {alpha:g}) "
-               "out of n pairs; the highest pair-level D_R wins.")
-    return Table("winners", "Winner counts per budget", columns + ["n pairs"], cells, caption, list(counts),
-                 ["arch", "budget", "budget_scans", "method", "wins", "significant_wins", "n_pairs", "alpha"])
+               "out of n pairs; the highest pair-level D_R wins. No winner: every candidate's D_R <= 0 (none beat "
+               "the unadapted source model).")
+    return Table("winners", "Winner counts per budget", columns + ["no winner", "n pairs"], cells, caption,
+                 list(counts), ["arch", "budget", "budget_scans", "method", "wins", "significant_wins", "no_winner",
+                                "n_pairs", "alpha"])
+
+
+def flagged_pairs_table(pairs: Sequence[dict], min_gap: float, metric: str) -> Table:
+    """Pairs whose oracle-baseline gap D_O - D_B is below `min_gap` (left out of D_R and the winners), with the
+    D_R their runs would have had (`pairs` rows of gap.pair_denominators plus dr_min, dr_max, n_runs)."""
+    columns = ["arch", "source", "target", "D_B", "D_O", "D_O - D_B", "n cases", "runs", "D_R of the runs"]
+    cells = [[p["arch"], p["source"], p["target"], _num(p["baseline"]), _num(p["oracle"]), _num(p["gap"]),
+              p["n_cases"], p["n_runs"], f"{_num(p['dr_min'], 1)} .. {_num(p['dr_max'], 1)}" if p["n_runs"] else "–"]
+             for p in pairs]
+    caption = (f"{metric}: D_O - D_B < {min_gap:g}, so D_R = (D - D_B) / (D_O - D_B) divides by almost nothing (or "
+               "flips sign); these pairs are left out of the D_R table, the figure and the winners. Compare their "
+               "scores in the score table instead.")
+    return Table("low_gap_pairs", f"Pairs left out of D_R (D_O - D_B < {min_gap:g})", columns, cells, caption,
+                 list(pairs), ["arch", "source", "target", "n_cases", "baseline", "oracle", "gap", "n_runs",
+                               "dr_min", "dr_max"])
+
+
+def degenerate_budget_table(found: Sequence[dict], min_slices: int) -> Table:
+    """Budgets whose fine-tune slices hold fewer than `min_slices` slices with foreground (budget_check rows)."""
+    columns = ["target", "budget", "fold", "fine-tune scans", "slices", "with foreground"]
+    cells = [[f["target"], f["budget"], "" if f["fold"] is None else f["fold"], ", ".join(f["scans"]), f["n_slices"],
+              f["n_foreground"]] for f in found]
+    caption = (f"Fine-tuning at these budgets sees fewer than {min_slices} labelled slices with any foreground: its "
+               "scores and D_R say little about the method.")
+    return Table("degenerate_budgets", "Fine-tune slices with foreground", columns, cells, caption,
+                 [dict(f, scans=" ".join(f["scans"])) for f in found],
+                 ["target", "budget", "fold", "scans", "n_slices", "n_foreground"])
+
+
+def study_table(items: Sequence[tuple]) -> Table:
+    """The study's description as (what, value) rows."""
+    cells = [[k, v] for k, v in items]
+    return Table("study", "What was run", ["", "value"], cells, "", [{"item": k, "value": v} for k, v in items],
+                 ["item", "value"], text=True)
 
 
 def decisions_table(decisions: Sequence[dict]) -> Table:
