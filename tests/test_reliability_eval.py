@@ -131,3 +131,13 @@ def test_image_rule_keeps_masks_with_image_like_names(tmp_path):
     # a numeric tag is a case index, not a sequence name: x_2 beside x_mask stays a mask
     assert image_files([tmp_path / "x_mask.nii.gz", tmp_path / "x_2.nii.gz", tmp_path / "x_t1.nii.gz"]) == \
         [tmp_path / "x_t1.nii.gz"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_eval_tolerance_has_the_rule_of_every_verb(tmp_path, cli_runner, cli_app, value):
+    """One validator (metrics.scoring.check_tolerances): finite and > 0, in eval as in train/adapt/predict."""
+    gt = _write(tmp_path / "gt.nii.gz", _cube())
+    result = cli_runner.invoke(cli_app, ["eval", "--gt", gt, "--pred", gt, "--tolerance", value])
+    errors = _errors(result)
+    assert result.exit_code != 0 and len(errors) == 1 and f"--tolerance {value}" in errors[0]
+    assert "finite number of mm > 0" in errors[0]

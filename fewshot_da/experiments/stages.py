@@ -7,7 +7,6 @@ record is the provenance in run.yaml and the `spec` of the summary, from which r
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,6 +21,7 @@ from ..data.manifest import read_manifest
 from ..data.preprocess import PreprocessOptions, preprocess_options
 from ..data.volumes import open_volumes
 from ..errors import InputError
+from ..metrics.scoring import check_tolerances
 from ..models import check_arch
 from ..models.spec import build_network, builtin_spec, spec_of
 from ..training.config import load_config, preset_config, with_overrides
@@ -72,17 +72,6 @@ class RunSpec:
                 "strategy": self.strategy, "layers": self.strategy_options.get("layers", ""),
                 "budget": self.budget, "seed": self.seed, "fold": self.fold,
                 "options": self.strategy_options}
-
-
-def check_tolerances(tolerances_mm) -> tuple:
-    """Surface Dice tolerances in mm: each finite and > 0 (one validator for every verb)."""
-    values = tuple(float(t) for t in tolerances_mm)
-    for t in values:
-        if not math.isfinite(t) or t <= 0:
-            raise InputError(f"--tolerance {t:g}: a tolerance must be a finite number of mm > 0")
-    if not values:
-        raise InputError("--tolerance: give at least one tolerance in mm")
-    return values
 
 
 def set_threads(num_threads: Optional[int]) -> Optional[int]:

@@ -16,7 +16,7 @@ from fewshot_da.data.datasets import CC359_NAME, MASK_SUFFIXES
 from fewshot_da.data.io import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES, is_image2d, strip_suffix
 from fewshot_da.errors import InputError
 from fewshot_da.metrics.masks import binarize, read_mask_file
-from fewshot_da.metrics.scoring import DEFAULT_METRICS, check_metrics, result_keys, score_case
+from fewshot_da.metrics.scoring import DEFAULT_METRICS, check_metrics, check_tolerances, result_keys, score_case
 from fewshot_da.metrics.summary import summarize
 
 MASK_FILE_SUFFIXES = NIFTI_SUFFIXES + IMAGE2D_SUFFIXES
@@ -226,9 +226,7 @@ def evaluate_paths(
     n_label_only_in_pred, each with its cases; n_gt_unscored, gt_images_skipped) when
     `out_dir` is given. Raises InputError with a one-line message on bad input.
     """
-    tolerances = [float(t) for t in tolerances_mm]
-    if not tolerances or not all(t >= 0 and math.isfinite(t) for t in tolerances):
-        raise InputError(f"--tolerance values must be finite and >= 0, got {tolerances_mm!r}")
+    tolerances = list(check_tolerances(tolerances_mm))
     if label is not None and threshold is not None:
         raise InputError("--label and --threshold exclude each other (a label map or a probability map)")
     if threshold is not None and not math.isfinite(float(threshold)):

@@ -3,6 +3,7 @@ surface Dice by the tolerance stencil, or, when HD95 / ASSD are asked for, from 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from fewshot_da import _backend
@@ -21,6 +22,17 @@ from fewshot_da.metrics.surface import (
 # Metric names accepted by `score_case(metrics=...)` and `fewshot-da eval --metrics`, in output order.
 METRICS = ("dice", "sdsc", "hd95", "assd", "pixel_error", "ari")
 DEFAULT_METRICS = ("dice", "sdsc", "hd95", "assd")
+
+
+def check_tolerances(tolerances_mm) -> tuple:
+    """Surface Dice tolerances in mm: each finite and > 0 (one validator for every verb)."""
+    values = tuple(float(t) for t in tolerances_mm)
+    for t in values:
+        if not math.isfinite(t) or t <= 0:
+            raise InputError(f"--tolerance {t:g}: a tolerance must be a finite number of mm > 0")
+    if not values:
+        raise InputError("--tolerance: give at least one tolerance in mm")
+    return values
 
 
 def surface_dice_key(tolerance_mm: float) -> str:
