@@ -84,7 +84,55 @@ class _Wiring:
         return runners[name] if name in runners else getattr(self.__dict__["_model"], name)
 
 
-class SpotTUnet(nn.Module):
+class PolicyWrapper(nn.Module):
+    """What both SpotTUnet wrappers share: the policy decisions of a batch (sampled, checked, recorded) and the
+    per-unit records of how often each unit's fine-tuned copy was used. Subclasses set `units`, `policy` and
+    `temperature`, and call `_init_records()` once."""
+
+    def _init_records(self) -> None:
+        # per unit: sum over slices of (1 - p) = slices that used the fine-tuned unit; and the slice count
+        self.register_buffer("record_finetuned", torch.zeros(len(self.units), dtype=torch.float64))
+        self.register_buffer("record_slices", torch.zeros((), dtype=torch.int64))
+        self.recording = True
+        self.last_policy = None
+
+    def _decide(self, x: torch.Tensor, policy: torch.Tensor | None) -> torch.Tensor:
+        """(B, n_units) decisions for x (p = 1: frozen unit): `policy` if given, else the policy network's (Gumbel
+        straight-through in training, argmax in eval); kept as `last_policy` and added to the records."""
+        if policy is None:
+            policy = sample_policy(self.policy(x), temperature=self.temperature, hard_gumbel=self.training)
+        if policy.shape != (x.shape[0], len(self.units)):
+            raise ValueError(f"policy has shape {tuple(policy.shape)}, expected ({x.shape[0]}, {len(self.units)})")
+        self.last_policy = policy
+        if self.recording:
+            with torch.no_grad():
+                self.record_finetuned += (1 - policy.detach()).sum(0).to(torch.float64)
+                self.record_slices += x.shape[0]
+        return policy
+
+    def reset_policy_record(self) -> None:
+        self.record_finetuned.zero_()
+        self.record_slices.zero_()
+
+    def policy_fractions(self) -> dict:
+        """{unit name: fraction of recorded slices that used the fine-tuned unit} (NaN before any slice)."""
+        n = int(self.record_slices)
+        values = (self.record_finetuned / n).tolist() if n else [float("nan")] * len(self.units)
+        return {u.name: v for u, v in zip(self.units, values)}
+
+    def policy_rows(self) -> list:
+        """Rows {index, unit, fraction_finetuned, slices} of the current record, for a per-epoch / per-scan CSV."""
+        n = int(self.record_slices)
+        return [{"index": u.index, "unit": u.name, "fraction_finetuned": f, "slices": n}
+                for u, f in zip(self.units, self.policy_fractions().values())]
+
+    def trainable_names(self) -> list:
+        """Parameter names that train: the fine-tuned copy and the policy network (never `frozen.*`)."""
+        return [n for n, _ in self.named_parameters() if not n.startswith("frozen.")]
+
+
+
+class SpotTUnet(PolicyWrapper):
     """Two copies of the `arch` U-Net (`finetuned`: trainable; `frozen`: requires_grad False) loaded from the same
     source state dict, the `policy` network (2 logits per unit) and per-unit policy records.
 
@@ -110,11 +158,7 @@ class SpotTUnet(nn.Module):
         self.units = tuple(decision_units(self.finetuned, arch, unit_map))
         self.policy = PolicyNet(len(self.units), in_channels=in_channels)
         self._whole, self._ranges = _sites(self.units)
-        # per unit: sum over slices of (1 - p) = slices that used the fine-tuned unit; and the slice count
-        self.register_buffer("record_finetuned", torch.zeros(len(self.units), dtype=torch.float64))
-        self.register_buffer("record_slices", torch.zeros((), dtype=torch.int64))
-        self.recording = True
-        self.last_policy = None
+        self._init_records()
 
     @classmethod
     def from_checkpoint(cls, arch: str, path, **kwargs) -> "SpotTUnet":
@@ -148,40 +192,11 @@ class SpotTUnet(nn.Module):
 
     def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for x (B, C, H, W). `policy` (B, n_units) in [0, 1] overrides the policy network (tests, analysis)."""
-        if policy is None:
-            policy = sample_policy(self.policy(x), temperature=self.temperature, hard_gumbel=self.training)
-        if policy.shape != (x.shape[0], len(self.units)):
-            raise ValueError(f"policy has shape {tuple(policy.shape)}, expected ({x.shape[0]}, {len(self.units)})")
-        self.last_policy = policy
-        if self.recording:
-            with torch.no_grad():
-                self.record_finetuned += (1 - policy.detach()).sum(0).to(torch.float64)
-                self.record_slices += x.shape[0]
-        weights = policy.unbind(1)
+        weights = self._decide(x, policy).unbind(1)
         runners = {name: functools.partial(self._run_top, name, weights=weights)
                    for name, _ in self.finetuned.named_children()}
         return type(self.finetuned).forward(_Wiring(runners, self.finetuned), x)
 
-    # --- records -------------------------------------------------------------------------------------------------
-    def reset_policy_record(self) -> None:
-        self.record_finetuned.zero_()
-        self.record_slices.zero_()
-
-    def policy_fractions(self) -> dict:
-        """{unit name: fraction of recorded slices that used the fine-tuned unit} (NaN before any slice)."""
-        n = int(self.record_slices)
-        values = (self.record_finetuned / n).tolist() if n else [float("nan")] * len(self.units)
-        return {u.name: v for u, v in zip(self.units, values)}
-
-    def policy_rows(self) -> list:
-        """Rows {index, unit, fraction_finetuned, slices} of the current record, for a per-epoch / per-scan CSV."""
-        n = int(self.record_slices)
-        return [{"index": u.index, "unit": u.name, "fraction_finetuned": f, "slices": n}
-                for u, f in zip(self.units, self.policy_fractions().values())]
-
-    def trainable_names(self) -> list:
-        """Parameter names that train: the fine-tuned copy and the policy network (never `frozen.*`)."""
-        return [n for n, _ in self.named_parameters() if not n.startswith("frozen.")]
 
 
 def policy_penalty(policy: torch.Tensor, lam: float) -> torch.Tensor:

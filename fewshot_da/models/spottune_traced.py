@@ -19,8 +19,8 @@ from torch import nn
 
 from ..errors import InputError
 from .anatomy import describe
-from .policy_net import DEFAULT_TEMPERATURE, PolicyNet, sample_policy
-from .spottune import mix
+from .policy_net import DEFAULT_TEMPERATURE, PolicyNet
+from .spottune import PolicyWrapper, mix
 
 
 def mixing_sites(model: nn.Module, units) -> list:
@@ -51,7 +51,7 @@ def _full_resolution(output):
     return output
 
 
-class TracedSpotTUnet(nn.Module):
+class TracedSpotTUnet(PolicyWrapper):
     """SpotTUnet for a traced network: `finetuned` (trainable) and `frozen` (requires_grad False) copies of
     `network` with its current weights, the `policy` network (2 logits per unit) and per-unit policy records; the
     same interface as `models.spottune.SpotTUnet` (forward(x, policy=None), last_policy, records, trainable_names).
@@ -76,10 +76,7 @@ class TracedSpotTUnet(nn.Module):
         self._weights = None
         for path, unit in self.sites:
             finetuned_modules[path].register_forward_hook(self._mixer(frozen_modules[path], unit))
-        self.register_buffer("record_finetuned", torch.zeros(len(self.units), dtype=torch.float64))
-        self.register_buffer("record_slices", torch.zeros((), dtype=torch.int64))
-        self.recording = True
-        self.last_policy = None
+        self._init_records()
 
     def _mixer(self, frozen_module: nn.Module, unit: int):
         def hook(module, inputs, output):
@@ -90,37 +87,8 @@ class TracedSpotTUnet(nn.Module):
 
     def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for x (B, C, H, W); `policy` (B, n_units) in [0, 1] overrides the policy network."""
-        if policy is None:
-            policy = sample_policy(self.policy(x), temperature=self.temperature, hard_gumbel=self.training)
-        if policy.shape != (x.shape[0], len(self.units)):
-            raise ValueError(f"policy has shape {tuple(policy.shape)}, expected ({x.shape[0]}, {len(self.units)})")
-        self.last_policy = policy
-        if self.recording:
-            with torch.no_grad():
-                self.record_finetuned += (1 - policy.detach()).sum(0).to(torch.float64)
-                self.record_slices += x.shape[0]
-        self._weights = policy.unbind(1)
+        self._weights = self._decide(x, policy).unbind(1)
         try:
             return _full_resolution(self.finetuned(x))
         finally:
             self._weights = None
-
-    def reset_policy_record(self) -> None:
-        self.record_finetuned.zero_()
-        self.record_slices.zero_()
-
-    def policy_fractions(self) -> dict:
-        """{unit name: fraction of recorded slices that used the fine-tuned unit} (NaN before any slice)."""
-        n = int(self.record_slices)
-        values = (self.record_finetuned / n).tolist() if n else [float("nan")] * len(self.units)
-        return {u.name: v for u, v in zip(self.units, values)}
-
-    def policy_rows(self) -> list:
-        """Rows {index, unit, fraction_finetuned, slices} of the current record."""
-        n = int(self.record_slices)
-        return [{"index": u.index, "unit": u.name, "fraction_finetuned": f, "slices": n}
-                for u, f in zip(self.units, self.policy_fractions().values())]
-
-    def trainable_names(self) -> list:
-        """Parameter names that train: the fine-tuned copy and the policy network (never `frozen.*`)."""
-        return [n for n, p in self.named_parameters() if not n.startswith("frozen.") and p.requires_grad]
