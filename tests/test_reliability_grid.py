@@ -21,6 +21,7 @@ from fewshot_da.experiments.executors import run_experiment
 from fewshot_da.experiments.results import append_results, read_results
 from fewshot_da.experiments.run_folder import claim, identity_of
 from tests.grid_plans import tiny_plan
+from tests.test_slurm import slurm  # noqa: F401  (the real local SLURM fixture; skips with a reason without it)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPT = "runs/adapt/dart20/siemens3-ge15/all/1/s0"
@@ -197,6 +198,14 @@ def test_the_reader_skips_and_names_a_malformed_middle_line(tmp_path):
         read_results(path)
 
 
+def test_rows_appended_twice_are_kept_once(tmp_path):
+    """A cancelled task that finishes its run after the re-run did appends the same rows again: kept once."""
+    path = tmp_path / "results.csv"
+    append_results(path, _rows("a", 2))
+    append_results(path, _rows("a", 3))
+    assert [(r["run"], r["case"]) for r in read_results(path)] == [("a", "c000"), ("a", "c001"), ("a", "c002")]
+
+
 _APPENDER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
@@ -325,3 +334,42 @@ def test_a_grid_resumed_with_another_thread_count_warns_naming_runs_and_threads(
     warnings = [line for line in lines if "different CPU thread counts" in line]
     assert len(warnings) == 1
     assert "1 thread(s): 2 run(s)" in warnings[0] and f"2 thread(s): 1 run(s), e.g. {run_id}" in warnings[0]
+
+
+# ---- SLURM: scancel mid-way, re-run: results.csv whole and complete -------------------------------------------
+
+def test_slurm_grid_cancelled_mid_way_then_rerun_is_whole_and_complete(slurm, tmp_path):  # noqa: F811
+    from fewshot_da.experiments.executors import SlurmExecutor
+
+    local = tmp_path / "local"
+    assert run_experiment(small_plan(), local, slots=0, log=_quiet)["failed"] == 0
+    out = tmp_path / "slurm"
+    executor = SlurmExecutor(time_min=10, runs_per_task=1, cpus_per_task=1, poll_s=0.5)
+    cancelled = {}
+
+    def cancel_mid_way():
+        deadline = time.monotonic() + 300
+        adapt = out / ADAPT
+        while time.monotonic() < deadline and not cancelled:
+            if len(executor.jobs) > 1 and (adapt / ".grid-lock").exists() and not (adapt / "summary.json").exists():
+                arrays = sorted({j.job_id.split("_")[0] for j in executor.jobs})
+                subprocess.run(["scancel", *arrays], capture_output=True, check=False)
+                cancelled["arrays"] = arrays
+            time.sleep(0.05)
+
+    import threading
+
+    watcher = threading.Thread(target=cancel_mid_way, daemon=True)
+    watcher.start()
+    lines = []
+    first = run_experiment(small_plan(), out, executor=executor, log=lines.append)
+    watcher.join(timeout=10)
+    assert cancelled, f"the grid ended before its adapted run was caught running: {lines}"
+    assert first["failed"] >= 1 and not (out / ADAPT / "summary.json").exists()
+    again = run_experiment(small_plan(), out, executor=SlurmExecutor(time_min=10, runs_per_task=1, cpus_per_task=1,
+                                                                     poll_s=0.5), log=lines.append)
+    assert again["failed"] == 0 and again["done"] == 3, lines
+    problems = []
+    assert len(read_results(out / "results.csv", log=problems.append)) == len(read_results(local / "results.csv"))
+    assert problems == []
+    assert (out / "results.csv").read_bytes() == (local / "results.csv").read_bytes()

@@ -1,12 +1,16 @@
 """An experiment grid: a plan expanded into frozen run specs with stable ids, run folders and results.csv.
 
 Layout of a grid folder DIR: `grid.json` (plan, data and every spec), `data/` (generated or indexed data,
-manifest, splits), `cache/` (preprocessed volumes), `runs/<run id>/` (one run folder each, see stages.py, plus
-`spec.json`, `error.txt` on failure and `.grid-lock` while a grid worker holds it) and `results.csv`.
+manifest, splits; `ready.json` names them with their sha256 and the plan's `data`), `cache/` (preprocessed
+volumes), `runs/<run id>/` (one run folder each, see stages.py, plus `spec.json`, `grid_run.json` (the data,
+preset, preprocessing and tolerances it was made with, and its CPU thread count), `error.txt` on failure and
+`.grid-lock` while a grid worker holds it, with its pid and host) and `results.csv`.
+
+A re-run refuses a folder made from other data or settings (naming what differs) before it runs anything.
 
 Run ids: `source/<arch>/<domain>`, `oracle/<arch>/<domain>/f<fold>`, `baseline/<arch>/<source>-<target>`,
 `adapt/<arch>/<source>-<target>/<method>/<budget>/s<seed>` (budget 1/8 written 1_8). Source models are shared
-by their baseline and adapted runs; a run with `summary.json` is finished and never recomputed.
+by their baseline and adapted runs; a run whose `summary.json` parses is finished and never recomputed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Optional
 
 from ..atomic import write_json_atomic
 from ..errors import InputError
-from .results import append_results, read_results, rows_from_summary, write_results
+from .results import append_results, read_results, rewrite_results, rows_from_summary
 
 KINDS = ("source", "oracle", "baseline", "adapt")
 RESULTS = "results.csv"
@@ -590,7 +594,7 @@ def _identity_problem(folder: Path, spec: RunSpec, context: dict) -> Optional[st
             key = next((k for k in differ if k not in ("sha256", "data")), None)
             detail = f": was {saved.get(key)!r}, now {want.get(key)!r}" if key else ""
             return f"its {words} {'differs' if len(differ) == 1 else 'differ'}{detail}"
-        if _read_summary(folder / SUMMARY) is not None:
+        if spec.kind != "source" and _read_summary(folder / SUMMARY) is not None:  # sources make no rows
             old_tol = [float(t) for t in saved.get("tolerances_mm") or []]
             if old_tol and old_tol != want["tolerances_mm"]:
                 return (f"it was scored at tolerances_mm {_mm(old_tol)}, the plan asks {_mm(want['tolerances_mm'])}; "
@@ -813,10 +817,6 @@ def finish_results(grid_dir, specs: Sequence[RunSpec], *, log: Optional[Callable
     warning = thread_warning(grid_dir, specs)
     if warning:
         log(warning)
-    if not rows and not path.exists():
-        return write_results(path, rows)
-    from .results import rewrite_results
-
     return rewrite_results(path, rows)
 
 

@@ -142,14 +142,20 @@ def _lines(rows: Sequence[dict], columns: Sequence[str], header: bool) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _header(path: Path) -> list:
+def _header_and_keys(path: Path) -> tuple:
+    """(header, {(run, case)} of the rows already in the file)."""
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        return next(csv.reader(f), [])
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if "run" not in header or "case" not in header:
+            return header, set()
+        run, case = header.index("run"), header.index("case")
+        return header, {(r[run], r[case]) for r in reader if len(r) == len(header)}
 
 
 def append_results(path, rows: Sequence[dict], *, log: Optional[Callable] = None) -> Path:
     """Append rows as whole lines under an exclusive lock (several slots, array tasks or grids may finish at
-    once); the header is written once. All rows go down in one write() on an O_APPEND descriptor, so a kill
+    once); the header is written once, and a row whose (run, case) the file holds already is not added again. All rows go down in one write() on an O_APPEND descriptor, so a kill
     leaves at most one half-written last line, which the next append cuts off (the grid rewrites every
     finished run's rows from its summary at the end). A new metric column rewrites the file, widened."""
     path = Path(path)
@@ -159,7 +165,10 @@ def append_results(path, rows: Sequence[dict], *, log: Optional[Callable] = None
             cut = _drop_partial_tail(path)
             if cut is not None and log is not None:
                 log(f"{path} line {cut}: a half-written row (its writer was killed) was removed")
-        header = _header(path) if path.is_file() and path.stat().st_size else []
+        header, have = _header_and_keys(path) if path.is_file() and path.stat().st_size else ([], set())
+        rows = [r for r in rows if (str(r.get("run")), str(r.get("case"))) not in have]  # appended already
+        if not rows:
+            return path
         columns = _columns([dict.fromkeys(header)] + list(rows)) if header else _columns(rows)
         if header and columns != header:
             existing = read_results(path, log=log)

@@ -67,8 +67,6 @@ class Identity(str):
     """A run's identity hash (a str), carrying the parts it was made from (`parts`: config, data digests,
     parent identity) so a refusal can name what differs."""
 
-    parts: dict = {}
-
 
 def identity_of(spec: dict, config: Optional[dict], data_files=(), parent: Optional[str] = None) -> Identity:
     """Stable hash of what determines a run's result: spec, config (device excluded), data file contents, parent."""
