@@ -229,18 +229,21 @@ def test_concurrent_appends_from_a_process_tree_keep_every_row_whole(tmp_path):
         return subprocess.Popen([sys.executable, str(script), str(ROOT), str(path), name, str(batches)],
                                 env=env, stderr=subprocess.PIPE)
 
+    victims = [start(f"k{i}", 100000) for i in range(2)]
     workers = [start(f"p{i}", 12) for i in range(6)]
-    victims = [start(f"k{i}", 1000) for i in range(2)]
-    deadline = time.monotonic() + 60
-    while not path.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill the victims once each has appended, while the others append
+        text = path.read_text() if path.exists() else ""
+        if all(f"\nk{i}-" in text for i in range(len(victims))) and sum(f"\np{i}-" in text for i in range(6)) >= 3:
+            break
         time.sleep(0.01)
-    time.sleep(0.3)
     for proc in victims:
         proc.send_signal(signal.SIGKILL)
-    for proc in workers:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-800:]
-    for proc in victims:
-        proc.wait()
+    for proc in workers + victims:
+        code = proc.wait(timeout=300)
+        error = proc.stderr.read().decode()[-800:]
+        proc.stderr.close()
+        assert code == (0 if proc in workers else -signal.SIGKILL), error
     append_results(path, _rows("last", 1))
     problems = []
     rows = read_results(path, log=problems.append)
