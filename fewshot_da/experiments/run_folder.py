@@ -94,7 +94,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list:
 
 
 def _what_differs(old: dict, spec: dict, identity: str) -> str:
-    """'its source differs', 'its config.lr, config.epochs differ', 'its data file contents differ', ..."""
+    """'its source differs (also train_ids)', 'its config.lr differs', 'its data file contents ... differs'."""
     keys = _differences(old.get("spec") or {}, spec)
     parts, saved = getattr(identity, "parts", None), old.get("parts")
     if not keys and parts and isinstance(saved, dict):
@@ -105,8 +105,8 @@ def _what_differs(old: dict, spec: dict, identity: str) -> str:
             keys.append("parent run")
     if not keys:
         return "its data files, training config or parent run differ"
-    shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
-    return f"its {shown} {'differs' if len(keys) == 1 else 'differ'}"
+    also = ", ".join(keys[1:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    return f"its {keys[0]} differs" + (f" (also {also})" if also else "")
 
 
 def check_claim(run_dir, spec: dict, identity: str) -> bool:
