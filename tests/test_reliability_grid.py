@@ -369,6 +369,8 @@ def test_slurm_grid_cancelled_mid_way_then_rerun_is_whole_and_complete(slurm, tm
     watcher.join(timeout=10)
     assert cancelled, f"the grid ended before its adapted run was caught running: {lines}"
     assert first["failed"] >= 1 and not (out / ADAPT / "summary.json").exists()
+    failure = next(line for line in lines if f"failed {ADAPT.removeprefix('runs/')} " in line)
+    assert "its array task ended without finishing it (see DIR/slurm/ logs); it was interrupted" in failure
     again = run_experiment(small_plan(), out, executor=SlurmExecutor(time_min=10, runs_per_task=1, cpus_per_task=1,
                                                                      poll_s=0.5), log=lines.append)
     assert again["failed"] == 0 and again["done"] == 3, lines

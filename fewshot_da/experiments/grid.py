@@ -731,12 +731,20 @@ def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] 
 
 
 def run_failure(grid_dir, run_id: str, default: str) -> str:
-    """The one-line error a failed run left (error.txt), else `default` (e.g. where its logs are)."""
+    """What became of a run that did not finish: the one-line error it left (error.txt), else `default` (e.g.
+    where its logs are) with how far it got (interrupted with a checkpoint, or never started)."""
+    folder = run_dir(grid_dir, run_id)
     try:
-        text = (run_dir(grid_dir, run_id) / "error.txt").read_text().strip()
+        text = (folder / "error.txt").read_text().strip()
     except OSError:
         text = ""
-    return text.splitlines()[0] if text else default
+    if text:
+        return text.splitlines()[0]
+    if (folder / "checkpoint.pt").is_file():
+        return f"{default}; it was interrupted mid-run (checkpoint.pt kept: a re-run resumes it)"
+    if (folder / CORRUPT).is_file() or (folder / SUMMARY).is_file():
+        return f"{default}; its summary.json is damaged (a re-run does it again)"
+    return f"{default}; it was interrupted before its first checkpoint (a re-run starts it again)"
 
 
 # ---- the grid as a whole ----------------------------------------------------------------------------------
