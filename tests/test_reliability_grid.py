@@ -198,12 +198,17 @@ def test_the_reader_skips_and_names_a_malformed_middle_line(tmp_path):
         read_results(path)
 
 
-def test_rows_appended_twice_are_kept_once(tmp_path):
-    """A cancelled task that finishes its run after the re-run did appends the same rows again: kept once."""
+def test_a_run_appended_again_replaces_its_rows(tmp_path):
+    """A cancelled task that finishes its run after the re-run did appends the run's rows again: kept once,
+    the later ones."""
     path = tmp_path / "results.csv"
-    append_results(path, _rows("a", 2))
-    append_results(path, _rows("a", 3))
-    assert [(r["run"], r["case"]) for r in read_results(path)] == [("a", "c000"), ("a", "c001"), ("a", "c002")]
+    append_results(path, _rows("a", 2) + _rows("b", 1))
+    again = [dict(r, dice=0.75) for r in _rows("a", 3)]
+    append_results(path, again)
+    rows = read_results(path)
+    assert sorted((r["run"], r["case"]) for r in rows) == [("a", "c000"), ("a", "c001"), ("a", "c002"),
+                                                           ("b", "c000")]
+    assert [r["dice"] for r in rows if r["run"] == "a"] == [0.75] * 3
 
 
 _APPENDER = textwrap.dedent("""

@@ -155,9 +155,10 @@ def _header_and_keys(path: Path) -> tuple:
 
 def append_results(path, rows: Sequence[dict], *, log: Optional[Callable] = None) -> Path:
     """Append rows as whole lines under an exclusive lock (several slots, array tasks or grids may finish at
-    once); the header is written once, and a row whose (run, case) the file holds already is not added again. All rows go down in one write() on an O_APPEND descriptor, so a kill
-    leaves at most one half-written last line, which the next append cuts off (the grid rewrites every
-    finished run's rows from its summary at the end). A new metric column rewrites the file, widened."""
+    once); the header is written once, and a run appended again replaces its earlier rows (never twice).
+    All rows go down in one write() on an O_APPEND descriptor, so a kill leaves at most one half-written last
+    line, which the next append cuts off (the grid rewrites every finished run's rows from its summary at the
+    end). A new metric column rewrites the file, widened."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _lock(path):
@@ -166,12 +167,10 @@ def append_results(path, rows: Sequence[dict], *, log: Optional[Callable] = None
             if cut is not None and log is not None:
                 log(f"{path} line {cut}: a half-written row (its writer was killed) was removed")
         header, have = _header_and_keys(path) if path.is_file() and path.stat().st_size else ([], set())
-        rows = [r for r in rows if (str(r.get("run")), str(r.get("case"))) not in have]  # appended already
-        if not rows:
-            return path
+        again = {str(r.get("run")) for r in rows if (str(r.get("run")), str(r.get("case"))) in have}
         columns = _columns([dict.fromkeys(header)] + list(rows)) if header else _columns(rows)
-        if header and columns != header:
-            existing = read_results(path, log=log)
+        if header and (columns != header or again):  # a wider header, or a run appended again: rewrite
+            existing = [r for r in read_results(path, log=log) if r["run"] not in again]
             write_csv_atomic(path, existing + list(rows), _columns(existing + list(rows)))
             return path
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
