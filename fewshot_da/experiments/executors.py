@@ -57,6 +57,9 @@ class GridProgress:
             self.done += 1
         elif status == "failed":
             self.failed += 1
+        elif status == "busy":  # not failed: another grid process holds the run
+            self.log(f"[held] {result['run']}: {result.get('error', 'held by another process')}")
+            return
         else:
             return
         eta = self.eta_s()
@@ -220,11 +223,7 @@ class LocalExecutor:
                     continue
                 spec = workers[slot]["spec"]
                 workers[slot]["spec"] = None
-                if result["status"] == "busy":  # another grid process holds it; its parent waits for it
-                    result = dict(
-                        result, status="failed", error="run held by another process (running elsewhere)"
-                    )
-                outcome[spec.run_id] = result
+                outcome[spec.run_id] = result  # busy: another grid process holds it (not failed)
                 (done if result["status"] in ("done", "skipped") else failed).add(spec.run_id)
                 progress.update(result)
         finally:
@@ -245,11 +244,18 @@ class LocalExecutor:
         progress.update(result)
 
     def _next_ready(self, pending, done, failed, outcome, progress):
-        """Pop the first pending spec whose parent is finished; specs whose parent failed fail too."""
+        """Pop the first pending spec whose parent is finished; specs whose parent failed fail too, those whose
+        parent another process holds are held (busy) too."""
         for spec in list(pending):
             if spec.parent and spec.parent in failed:
                 pending.remove(spec)
-                self._fail(spec, f"parent {spec.parent} failed", outcome, failed, progress)
+                held = outcome.get(spec.parent, {}).get("status") == "busy"
+                if held:
+                    outcome[spec.run_id] = grid_mod.held_result(spec.run_id, outcome[spec.parent])
+                    progress.update(outcome[spec.run_id])
+                else:
+                    self._fail(spec, f"parent {spec.parent} failed", outcome, failed, progress)
+                failed.add(spec.run_id)
                 continue
             if not spec.parent or spec.parent in done:
                 pending.remove(spec)
@@ -260,6 +266,10 @@ class LocalExecutor:
         outcome, failed = {}, set()
         for spec in todo:
             if spec.parent and spec.parent not in done:
+                if outcome.get(spec.parent, {}).get("status") == "busy":
+                    outcome[spec.run_id] = grid_mod.held_result(spec.run_id, outcome[spec.parent])
+                    progress.update(outcome[spec.run_id])
+                    continue
                 self._fail(spec, f"parent {spec.parent} is not finished", outcome, failed, progress)
                 continue
             result = grid_mod.execute_run(grid_dir, spec.to_dict(), context, num_threads=self.num_threads)
@@ -450,7 +460,9 @@ class SlurmExecutor:
                     "run": spec.run_id,
                     "status": "failed",
                     "seconds": 0.0,
-                    "error": "its array task ended without finishing it (see DIR/slurm/ logs)",
+                    "error": grid_mod.run_failure(
+                        grid_dir, spec.run_id, "its array task ended without finishing it (see DIR/slurm/ logs)"
+                    ),
                 }
                 outcome[spec.run_id] = result
                 progress.update(result)
@@ -530,13 +542,15 @@ def run_experiment(
         outcome = runner.run(out, context, specs, bar)
     finally:
         bar.close()
-    results = grid_mod.finish_results(out, specs)
+    results = grid_mod.finish_results(out, specs, log=log)
     n_done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
     failed = [r for r in outcome.values() if r["status"] == "failed"]
+    held = [r for r in outcome.values() if r["status"] == "busy"]
     seconds = time.perf_counter() - t0
     log(
         f"experiment {plan['name']}: {n_done}/{len(specs)} runs finished, {len(failed)} failed, "
-        f"{_duration(seconds)}; {results}"
+        + (f"{len(held)} held by another process, " if held else "")
+        + f"{_duration(seconds)}; {results}"
     )
     return {
         "total": len(specs),

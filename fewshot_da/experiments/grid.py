@@ -1,12 +1,16 @@
 """An experiment grid: a plan expanded into frozen run specs with stable ids, run folders and results.csv.
 
 Layout of a grid folder DIR: `grid.json` (plan, data and every spec), `data/` (generated or indexed data,
-manifest, splits), `cache/` (preprocessed volumes), `runs/<run id>/` (one run folder each, see stages.py, plus
-`spec.json`, `error.txt` on failure and `.grid-lock` while a grid worker holds it) and `results.csv`.
+manifest, splits; `ready.json` names them with their sha256 and the plan's `data`), `cache/` (preprocessed
+volumes), `runs/<run id>/` (one run folder each, see stages.py, plus `spec.json`, `grid_run.json` (the data,
+preset, preprocessing and tolerances it was made with, and its CPU thread count), `error.txt` on failure and
+`.grid-lock` while a grid worker holds it, with its pid and host) and `results.csv`.
+
+A re-run refuses a folder made from other data or settings (naming what differs) before it runs anything.
 
 Run ids: `source/<arch>/<domain>`, `oracle/<arch>/<domain>/f<fold>`, `baseline/<arch>/<source>-<target>`,
 `adapt/<arch>/<source>-<target>/<method>/<budget>/s<seed>` (budget 1/8 written 1_8). Source models are shared
-by their baseline and adapted runs; a run with `summary.json` is finished and never recomputed.
+by their baseline and adapted runs; a run whose `summary.json` parses is finished and never recomputed.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
 from ..atomic import write_json_atomic
 from ..errors import InputError
-from .results import append_results, read_results, rows_from_summary, write_results
+from .results import append_results, read_results, rewrite_results, rows_from_summary
 
 KINDS = ("source", "oracle", "baseline", "adapt")
 RESULTS = "results.csv"
@@ -315,7 +319,7 @@ def prepare_data(plan: dict, grid_dir, *, num_workers: int = 2, log=print) -> di
     out = Path(grid_dir) / "data"
     ready = out / "ready.json"
     if ready.is_file():
-        return json.loads(ready.read_text())
+        return _check_ready(ready, data)
     if data.get("manifest"):
         manifest = Path(data["manifest"])
         if not manifest.is_file():
@@ -323,7 +327,9 @@ def prepare_data(plan: dict, grid_dir, *, num_workers: int = 2, log=print) -> di
         if data.get("splits"):
             if not Path(data["splits"]).is_file():
                 raise InputError(f"{data['splits']}: splits file not found (plan data.splits or --splits)")
-            return {"manifest": str(manifest), "splits": str(data["splits"])}
+            info = {"manifest": str(manifest), "splits": str(data["splits"])}
+            write_json_atomic(ready, _ready_record(info, data))
+            return info
         records = read_manifest(manifest)
     elif data.get("generator") == "phantoms":
         from ..data.phantoms import write_phantom_dataset
@@ -342,7 +348,51 @@ def prepare_data(plan: dict, grid_dir, *, num_workers: int = 2, log=print) -> di
     splits_path = out / "splits.json"
     splits_mod.write_splits(records, splits_path, **dict(data.get("splits_options") or {}))
     info = {"manifest": str(Path(manifest).resolve()), "splits": str(splits_path.resolve())}
-    write_json_atomic(ready, info)
+    write_json_atomic(ready, _ready_record(info, data))
+    return info
+
+
+def data_digests(info: dict) -> dict:
+    """sha256 of the grid's manifest and split file contents: {manifest, splits}."""
+    from .run_folder import file_digest
+
+    return {key: file_digest(info[key]) for key in ("manifest", "splits")}
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _ready_record(info: dict, data: dict) -> dict:
+    """data/ready.json: the manifest and splits the grid uses, their content digests and the plan's `data`."""
+    return {**info, "sha256": data_digests(info), "data": _plain(data)}
+
+
+def _check_ready(ready: Path, data: dict) -> dict:
+    """The manifest and splits of data/ready.json, refused (one line naming what differs) when the plan's data
+    or the content of those files changed since the grid was made: its finished runs came from that data."""
+    try:
+        record = json.loads(ready.read_text())
+        info = {"manifest": record["manifest"], "splits": record["splits"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{ready}: not valid JSON naming the grid's manifest and splits; delete it to "
+                         "prepare the data again") from None
+    hint = "use a new --out folder for other data, or give the data this grid was made from"
+    if "data" in record:  # older grids recorded no plan data: nothing to compare
+        old, new = record["data"], _plain(data)
+        differ = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+        if differ:
+            shown = "; ".join(f"data.{k}: grid {old.get(k)!r}, now {new.get(k)!r}" for k in differ[:3])
+            raise InputError(f"{ready.parent.parent}: this grid was made from other data ({shown}); {hint}")
+    for key in ("manifest", "splits"):
+        if not Path(info[key]).is_file():
+            raise InputError(f"{info[key]}: the grid's {key} file is gone (named by {ready}); {hint}")
+    if "sha256" in record:
+        now = data_digests(info)
+        changed = [k for k in ("manifest", "splits") if now[k] != record["sha256"].get(k)]
+        if changed:
+            raise InputError(f"{info[changed[0]]}: the grid's {changed[0]} file changed since the grid was made "
+                             f"(its sha256 differs); {hint}")
     return info
 
 
@@ -493,13 +543,77 @@ def result_rows(spec: RunSpec, summary: dict) -> list:
 
 def _read_summary(path: Path) -> Optional[dict]:
     try:
-        return json.loads(path.read_text())
+        summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return summary if isinstance(summary, dict) else None
+
+
+SUMMARY = "summary.json"
+CORRUPT = "summary.json.corrupt"  # a summary that did not parse, set aside when its run is done again
+RUN_IDENTITY = "grid_run.json"  # what a grid run was made from: data digests, preset, preprocess, tolerances
 
 
 def is_done(grid_dir, run_id: str) -> bool:
-    return (run_dir(grid_dir, run_id) / "summary.json").is_file()
+    """A run is finished when its summary.json exists and parses (a truncated one is not finished)."""
+    return _read_summary(run_dir(grid_dir, run_id) / SUMMARY) is not None
+
+
+def run_identity(spec: RunSpec, context: dict) -> dict:
+    """What a grid run is made from, beyond its spec: the grid's manifest and splits (paths and content
+    digests), preset and preprocessing (refused when they differ), and the scoring tolerances."""
+    return _plain({
+        "run": spec.run_id,
+        "data": context.get("data"),
+        "manifest": context["manifest"],
+        "splits": context["splits"],
+        "sha256": context.get("sha256"),
+        "preset": context["preset"],
+        "preprocess": context["preprocess"],
+        "tolerances_mm": [float(t) for t in context["tolerances_mm"]],
+    })
+
+
+IDENTITY_KEYS = ("data", "manifest", "splits", "sha256", "preset", "preprocess")
+_IDENTITY_WORDS = {"data": "plan data", "manifest": "manifest path", "splits": "split file path",
+                   "sha256": "manifest or split file content (sha256)", "preset": "preset",
+                   "preprocess": "preprocessing"}
+
+
+def _identity_problem(folder: Path, spec: RunSpec, context: dict) -> Optional[str]:
+    """Why `folder` holds a run made from other data or settings than `context` (None when it does not): the
+    grid's own record (grid_run.json), else the stage's run.yaml (its manifest and split file paths)."""
+    if not any((folder / name).exists() for name in (SUMMARY, CORRUPT, "checkpoint.pt")):
+        return None  # not started: the run will be made afresh from the grid's data
+    want = run_identity(spec, context)
+    saved = _read_summary(folder / RUN_IDENTITY)
+    if saved is not None:
+        differ = [k for k in IDENTITY_KEYS if saved.get(k) != want.get(k)]
+        if differ:
+            words = ", ".join(_IDENTITY_WORDS[k] for k in differ)
+            key = next((k for k in differ if k not in ("sha256", "data")), None)
+            detail = f": was {saved.get(key)!r}, now {want.get(key)!r}" if key else ""
+            return f"its {words} {'differs' if len(differ) == 1 else 'differ'}{detail}"
+        if spec.kind != "source" and _read_summary(folder / SUMMARY) is not None:  # sources make no rows
+            old_tol = [float(t) for t in saved.get("tolerances_mm") or []]
+            if old_tol and old_tol != want["tolerances_mm"]:
+                return (f"it was scored at tolerances_mm {_mm(old_tol)}, the plan asks {_mm(want['tolerances_mm'])}; "
+                        "a finished grid run keeps no predictions to score again (set tolerances_mm back, or "
+                        "use a new --out)")
+        return None
+    run_file = folder / "run.yaml"
+    if run_file.is_file():
+        from .run_folder import read_run
+
+        old = read_run(folder).get("spec") or {}
+        for key in ("manifest", "splits"):
+            if old.get(key) and Path(str(old[key])).resolve() != Path(str(context[key])).resolve():
+                return f"its {key} differs (was {old[key]}, now {context[key]})"
+    return None
+
+
+def _mm(values) -> str:
+    return ", ".join(f"{v:g}" for v in values) + " mm"
 
 
 def _check_spec_file(folder: Path, spec: RunSpec) -> None:
@@ -516,34 +630,69 @@ def _check_spec_file(folder: Path, spec: RunSpec) -> None:
         write_json_atomic(path, spec.to_dict())
 
 
-def check_existing(grid_dir, specs: Sequence[RunSpec]) -> None:
-    """InputError when a run folder of `specs` already holds a run of a different spec."""
+def check_existing(grid_dir, specs: Sequence[RunSpec], context: Optional[dict] = None) -> None:
+    """InputError when a run folder of `specs` already holds a run of a different spec, or (with `context`)
+    one made from other data or settings (named: the run, how many runs, what differs)."""
+    bad = []
     for spec in specs:
-        path = run_dir(grid_dir, spec.run_id) / "spec.json"
-        if path.is_file():
-            _check_spec_file(path.parent, spec)
+        folder = run_dir(grid_dir, spec.run_id)
+        if (folder / "spec.json").is_file():
+            _check_spec_file(folder, spec)
+        if context is not None and folder.is_dir():
+            problem = _identity_problem(folder, spec, context)
+            if problem:
+                bad.append((folder, problem))
+    if bad:
+        folder, problem = bad[0]
+        more = f" (and {len(bad) - 1} more run folder(s))" if len(bad) > 1 else ""
+        raise InputError(f"{folder}: holds a run made from other data or settings: {problem}{more}; use a new "
+                         "--out folder, or delete those runs")
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _held_by(lock_path: Path) -> str:
+    try:
+        text = lock_path.read_text().strip()
+    except OSError:
+        text = ""
+    return text or "another process"
 
 
 def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] = None) -> dict:
     """Run one spec (a dict) unless it is finished or held by another worker; append its results rows.
 
     Returns {run, status: done|skipped|busy|failed, seconds, error}. Errors are caught and written to the
-    run's
-    error.txt (one line); SystemExit/KeyboardInterrupt (a preemption, a kill) propagate.
+    run's error.txt (one line); busy names the holder (pid and host); SystemExit/KeyboardInterrupt (a
+    preemption, a kill) propagate. A summary.json that does not parse is set aside (summary.json.corrupt)
+    and the run is done again.
     """
     spec = RunSpec(**spec)
     folder = run_dir(grid_dir, spec.run_id)
-    if (folder / "summary.json").is_file():
+    if is_done(grid_dir, spec.run_id):
         return {"run": spec.run_id, "status": "skipped", "seconds": 0.0}
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / GRID_LOCK, "a") as lock:
+    with open(folder / GRID_LOCK, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return {"run": spec.run_id, "status": "busy", "seconds": 0.0}
-        if (folder / "summary.json").is_file():
+            return {"run": spec.run_id, "status": "busy", "seconds": 0.0,
+                    "error": f"held by another process ({_held_by(folder / GRID_LOCK)})"}
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        if is_done(grid_dir, spec.run_id):
             return {"run": spec.run_id, "status": "skipped", "seconds": 0.0}
         _check_spec_file(folder, spec)
+        if (folder / SUMMARY).exists():  # it does not parse (a truncated write): not finished, set it aside
+            os.replace(folder / SUMMARY, folder / CORRUPT)
+        threads = int(num_threads) if num_threads else _threads()
+        write_json_atomic(folder / RUN_IDENTITY, dict(run_identity(spec, context), threads=threads))
         (folder / "error.txt").unlink(missing_ok=True)
         (folder / "error_traceback.txt").unlink(missing_ok=True)
         start = time.perf_counter()
@@ -565,16 +714,37 @@ def execute_run(grid_dir, spec: dict, context: dict, num_threads: Optional[int] 
                 "error": message,
             }
         seconds = time.perf_counter() - start
+        (folder / CORRUPT).unlink(missing_ok=True)
         write_json_atomic(
             folder / "grid_timing.json",
-            {"wall_s": seconds, "host": socket.gethostname(), "pid": os.getpid(), "threads": num_threads},
+            {"wall_s": seconds, "host": socket.gethostname(), "pid": os.getpid(), "threads": threads},
         )
         rows = result_rows(spec, summary)
-        if rows:
-            append_results(Path(grid_dir) / RESULTS, rows)
+        if rows:  # the run is finished either way: finish_results rewrites every row from the summaries
+            try:
+                append_results(Path(grid_dir) / RESULTS, rows)
+            except (OSError, InputError) as exc:
+                (folder / "append_error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
         if spec.kind in ("adapt", "baseline") and not context.get("keep_checkpoints"):
             (folder / "checkpoint.pt").unlink(missing_ok=True)
     return {"run": spec.run_id, "status": "done", "seconds": seconds}
+
+
+def run_failure(grid_dir, run_id: str, default: str) -> str:
+    """What became of a run that did not finish: the one-line error it left (error.txt), else `default` (e.g.
+    where its logs are) with how far it got (interrupted with a checkpoint, or never started)."""
+    folder = run_dir(grid_dir, run_id)
+    try:
+        text = (folder / "error.txt").read_text().strip()
+    except OSError:
+        text = ""
+    if text:
+        return text.splitlines()[0]
+    if (folder / "checkpoint.pt").is_file():
+        return f"{default}; it was interrupted mid-run (checkpoint.pt kept: a re-run resumes it)"
+    if (folder / CORRUPT).is_file() or (folder / SUMMARY).is_file():
+        return f"{default}; its summary.json is damaged (a re-run does it again)"
+    return f"{default}; it was interrupted before its first checkpoint (a re-run starts it again)"
 
 
 # ---- the grid as a whole ----------------------------------------------------------------------------------
@@ -589,16 +759,18 @@ def open_grid(plan: dict, grid_dir, *, num_workers: int = 2, log=print) -> dict:
     data = prepare_data(plan, grid_dir, num_workers=num_workers, log=log)
     splits = splits_mod.read_splits(data["splits"])
     specs = build_specs(plan, splits)
-    check_existing(grid_dir, specs)
     context = {
         "manifest": data["manifest"],
         "splits": data["splits"],
+        "sha256": data_digests(data),
+        "data": _plain(plan["data"]),
         "cache": str((grid_dir / "cache").resolve()),
         "preset": plan["preset"],
         "preprocess": plan["preprocess"],
         "tolerances_mm": plan["tolerances_mm"],
         "keep_checkpoints": bool(plan["keep_checkpoints"]),
     }
+    check_existing(grid_dir, specs, context)
     write_json_atomic(
         grid_dir / GRID_FILE, {"plan": plan, "context": context, "specs": [s.to_dict() for s in specs]}
     )
@@ -612,23 +784,63 @@ def load_grid(grid_dir) -> dict:
         raise InputError(
             f"{grid_dir}: not an experiment grid folder (no {GRID_FILE}); run `fewshot-da experiment`"
         )
-    data = json.loads(path.read_text())
-    return {"plan": data["plan"], "context": data["context"], "specs": [RunSpec(**s) for s in data["specs"]]}
+    again = f"run `fewshot-da experiment PLAN --out {grid_dir}` again to rewrite it"
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); {again}") from None
+    try:
+        return {"plan": data["plan"], "context": data["context"], "specs": [RunSpec(**s) for s in data["specs"]]}
+    except (KeyError, TypeError):
+        raise InputError(f"{path}: not a grid description (plan, context and specs); {again}") from None
 
 
 def collect_results(grid_dir, specs: Sequence[RunSpec]) -> list:
     """results.csv rows of every finished run of `specs`, read from their summaries."""
     rows = []
     for spec in specs:
-        summary = _read_summary(run_dir(grid_dir, spec.run_id) / "summary.json")
+        summary = _read_summary(run_dir(grid_dir, spec.run_id) / SUMMARY)
         if summary is not None:
             rows.extend(result_rows(spec, summary))
     return rows
 
 
-def finish_results(grid_dir, specs: Sequence[RunSpec]) -> Path:
-    """Rewrite DIR/results.csv in canonical order from the finished runs (an interrupted grid converges)."""
-    return write_results(Path(grid_dir) / RESULTS, collect_results(grid_dir, specs))
+def finish_results(grid_dir, specs: Sequence[RunSpec], *, log: Optional[Callable] = None) -> Path:
+    """Rewrite DIR/results.csv in canonical order from the finished runs (an interrupted grid converges).
+
+    A run whose summary.json is damaged (does not parse, or was set aside and its re-run did not finish) keeps
+    the rows results.csv already holds for it, and is named through `log`; malformed lines are named too."""
+    log = log or (lambda line: None)
+    path = Path(grid_dir) / RESULTS
+    rows = collect_results(grid_dir, specs)
+    damaged = [s.run_id for s in specs if not is_done(grid_dir, s.run_id)
+               and any((run_dir(grid_dir, s.run_id) / n).exists() for n in (SUMMARY, CORRUPT))]
+    if damaged:
+        old = read_results(path, log=log) if path.is_file() and path.stat().st_size else []
+        kept = [r for r in old if r["run"] in set(damaged)]
+        rows += kept
+        log(f"warning: {len(damaged)} run(s) have a damaged summary.json and are not finished "
+            f"({', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''}); results.csv keeps their "
+            f"{len(kept)} earlier row(s)")
+    warning = thread_warning(grid_dir, specs)
+    if warning:
+        log(warning)
+    return rewrite_results(path, rows)
+
+
+def thread_warning(grid_dir, specs: Sequence[RunSpec]) -> Optional[str]:
+    """One warning line when the finished CPU runs of the grid ran with different thread counts (CPU numerics
+    depend on it, so a grid resumed with another count mixes them), else None."""
+    by_threads = {}
+    for spec in specs:
+        timing = _read_summary(run_dir(grid_dir, spec.run_id) / "grid_timing.json")
+        if timing and timing.get("threads") and is_done(grid_dir, spec.run_id):
+            by_threads.setdefault(int(timing["threads"]), []).append(spec.run_id)
+    if len(by_threads) < 2:
+        return None
+    parts = "; ".join(f"{n} thread(s): {len(ids)} run(s), e.g. {ids[0]}" for n, ids in sorted(by_threads.items()))
+    return (f"warning: the finished runs used different CPU thread counts ({parts}); CPU results depend on the "
+            "thread count, so this grid mixes numerics")
 
 
 def run_state(grid_dir, spec: RunSpec) -> str:
@@ -665,12 +877,14 @@ def grid_status(grid_dir) -> dict:
         if state == "failed":
             failed.append((spec.run_id, (run_dir(grid_dir, spec.run_id) / "error.txt").read_text().strip()))
     results = Path(grid_dir) / RESULTS
-    n_rows = len(read_results(results)) if results.is_file() and results.stat().st_size else 0
+    skipped = []
+    n_rows = len(read_results(results, log=skipped.append)) if results.is_file() and results.stat().st_size else 0
     return {
         "counts": {k: v for k, v in counts.items() if sum(v.values())},
         "failed": failed,
         "total": len(grid["specs"]),
         "results_rows": n_rows,
+        "results_problems": skipped,
     }
 
 
@@ -685,6 +899,13 @@ def format_status(status: dict) -> str:
             totals[s] += counts[s]
     lines.append(f"{'all':<10}" + "".join(f"{totals[s]:>13}" for s in STATES) + f"{status['total']:>8}")
     lines.append(f"results.csv: {status['results_rows']} rows")
+    lines += status.get("results_problems", [])[:5]
     for run_id, error in status["failed"][:20]:
         lines.append(f"failed {run_id}: {error}")
     return "\n".join(lines)
+
+
+def held_result(run_id: str, parent: dict) -> dict:
+    """The result of a run whose parent another grid process holds: busy (held) too, not failed."""
+    return {"run": run_id, "status": "busy", "seconds": 0.0,
+            "error": f"its parent {parent['run']} is {parent.get('error', 'held by another process')}"}

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import io
 import json
 import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from ..atomic import format_cell, write_csv_atomic
 from ..errors import InputError
@@ -104,46 +106,130 @@ def write_results(path, rows: Sequence[dict]) -> Path:
     return write_csv_atomic(path, sorted(rows, key=_sort_key), _columns(rows))
 
 
-def append_results(path, rows: Sequence[dict]) -> Path:
-    """Append rows under an exclusive lock (several slots may finish at once); the header is written once.
+def _lock(path: Path):
+    """The exclusive lock of results.csv (an flock on `results.csv.lock`, dropped by the kernel on kill -9)."""
+    handle = open(path.with_name(path.name + ".lock"), "a")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
-    A new metric column appearing later rewrites the file with the widened header.
-    """
+
+def _drop_partial_tail(path: Path) -> Optional[int]:
+    """Cut a half-written last row (no line end: its writer was killed mid-line) off `path`; returns the cut
+    row's 1-based line number, or None when the file ends with a whole line. Call it under the lock."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if not size:
+            return None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+        return data.count(b"\n", 0, keep) + 1
+
+
+def _lines(rows: Sequence[dict], columns: Sequence[str], header: bool) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(columns)
+    for row in rows:
+        writer.writerow([format_cell(row.get(c)) for c in columns])
+    return buffer.getvalue().encode("utf-8")
+
+
+def _header_and_keys(path: Path) -> tuple:
+    """(header, {(run, case)} of the rows already in the file)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if "run" not in header or "case" not in header:
+            return header, set()
+        run, case = header.index("run"), header.index("case")
+        return header, {(r[run], r[case]) for r in reader if len(r) == len(header)}
+
+
+def append_results(path, rows: Sequence[dict], *, log: Optional[Callable] = None) -> Path:
+    """Append rows as whole lines under an exclusive lock (several slots, array tasks or grids may finish at
+    once); the header is written once, and a run appended again replaces its earlier rows (never twice).
+    All rows go down in one write() on an O_APPEND descriptor, so a kill leaves at most one half-written last
+    line, which the next append cuts off (the grid rewrites every finished run's rows from its summary at the
+    end). A new metric column rewrites the file, widened."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        existing = read_results(path) if path.is_file() and path.stat().st_size else []
-        columns = _columns(existing + list(rows))
-        if existing and columns != list(existing[0].keys()):
-            write_csv_atomic(path, existing + list(rows), columns)
+    with _lock(path):
+        if path.is_file():
+            cut = _drop_partial_tail(path)
+            if cut is not None and log is not None:
+                log(f"{path} line {cut}: a half-written row (its writer was killed) was removed")
+        header, have = _header_and_keys(path) if path.is_file() and path.stat().st_size else ([], set())
+        again = {str(r.get("run")) for r in rows if (str(r.get("run")), str(r.get("case"))) in have}
+        columns = _columns([dict.fromkeys(header)] + list(rows)) if header else _columns(rows)
+        if header and (columns != header or again):  # a wider header, or a run appended again: rewrite
+            existing = [r for r in read_results(path, log=log) if r["run"] not in again]
+            write_csv_atomic(path, existing + list(rows), _columns(existing + list(rows)))
             return path
-        with open(path, "a", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            if not existing:
-                writer.writerow(columns)
-            for row in rows:
-                writer.writerow([format_cell(row.get(c)) for c in columns])
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            data = _lines(rows, columns, header=not header)
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return path
 
 
-def read_results(path) -> list:
-    """Rows of a results.csv as dicts; metric cells as floats (NaN kept), id cells as strings."""
+def rewrite_results(path, rows: Sequence[dict]) -> Path:
+    """write_results under the lock of `append_results` (no append lands on a file being replaced)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(path):
+        return write_results(path, rows)
+
+
+def read_results(path, *, log: Optional[Callable] = None) -> list:
+    """Rows of a results.csv as dicts; metric cells as floats (NaN kept), id cells as strings.
+
+    A malformed line (a field count other than the header's, or a last line without its line end: a row
+    whose writer was killed) is skipped and named, file and line number, through `log` (default: a warning).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: results table not found")
+    report = log if log is not None else (lambda message: warnings.warn(message, stacklevel=3))
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or "case" not in reader.fieldnames:
-                raise InputError(f"{path}: not a results table (no 'case' column)")
-            rows = []
-            for row in reader:
-                rows.append({k: (v if k in ID_COLUMNS else _float(v)) for k, v in row.items()})
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header or "case" not in header:
+        raise InputError(f"{path}: not a results table (no 'case' column)")
+    rows, whole = [], text.endswith("\n")
+    last_line = text.count("\n") + (0 if whole else 1)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            report(f"{path} line {start}: not CSV ({exc}); line skipped")
+            continue
+        if not fields:
+            continue
+        if not whole and reader.line_num == last_line:
+            report(f"{path} line {start}: a half-written row (no line end); line skipped")
+            continue
+        if len(fields) != len(header):
+            report(f"{path} line {start}: {len(fields)} fields, the header has {len(header)}; line skipped")
+            continue
+        rows.append({k: (v if k in ID_COLUMNS else _float(v)) for k, v in zip(header, fields)})
     return rows
 
 

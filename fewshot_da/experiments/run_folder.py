@@ -63,7 +63,12 @@ def file_digest(path) -> str:
     return digest.hexdigest()
 
 
-def identity_of(spec: dict, config: Optional[dict], data_files=(), parent: Optional[str] = None) -> str:
+class Identity(str):
+    """A run's identity hash (a str), carrying the parts it was made from (`parts`: config, data digests,
+    parent identity) so a refusal can name what differs."""
+
+
+def identity_of(spec: dict, config: Optional[dict], data_files=(), parent: Optional[str] = None) -> Identity:
     """Stable hash of what determines a run's result: spec, config (device excluded), data file contents, parent."""
     parts = {
         "spec": spec,
@@ -71,14 +76,37 @@ def identity_of(spec: dict, config: Optional[dict], data_files=(), parent: Optio
         "data": [file_digest(p) for p in data_files],
         "parent": read_run(parent).get("identity") if parent else None,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    identity = Identity(hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16])
+    identity.parts = json.loads(json.dumps({k: v for k, v in parts.items() if k != "spec"}, default=str))
+    return identity
 
 
-def _first_difference(old: dict, new: dict) -> str:
-    for key in dict.fromkeys([*new, *old]):  # the spec's own field order: kind, arch, data, source, target, ...
-        if old.get(key) != new.get(key):
-            return key
-    return "its data files or parent run"
+def _differences(old: dict, new: dict, prefix: str = "") -> list:
+    """Keys whose values differ, in the new record's order (nested dicts as `config.lr`)."""
+    out = []
+    for key in dict.fromkeys([*new, *old]):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _what_differs(old: dict, spec: dict, identity: str) -> str:
+    """'its source differs (also train_ids)', 'its config.lr differs', 'its data file contents ... differs'."""
+    keys = _differences(old.get("spec") or {}, spec)
+    parts, saved = getattr(identity, "parts", None), old.get("parts")
+    if not keys and parts and isinstance(saved, dict):
+        keys = _differences(saved.get("config") or {}, parts.get("config") or {}, "config.")
+        if saved.get("data") != parts.get("data"):
+            keys.append("data file contents (manifest or split file)")
+        if saved.get("parent") != parts.get("parent"):
+            keys.append("parent run")
+    if not keys:
+        return "its data files, training config or parent run differ"
+    also = ", ".join(keys[1:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    return f"its {keys[0]} differs" + (f" (also {also})" if also else "")
 
 
 def check_claim(run_dir, spec: dict, identity: str) -> bool:
@@ -91,8 +119,7 @@ def check_claim(run_dir, spec: dict, identity: str) -> bool:
     if old.get("identity") == identity:
         return True
     if (run_dir / SUMMARY).exists() or (run_dir / "checkpoint.pt").exists():
-        what = _first_difference(old.get("spec") or {}, spec)
-        raise InputError(f"{run_dir}: holds another run (its {what} differs, or its data changed); "
+        raise InputError(f"{run_dir}: holds another run ({_what_differs(old, spec, identity)}); "
                          f"use a new --out folder or delete this one")
     return False
 
@@ -100,8 +127,10 @@ def check_claim(run_dir, spec: dict, identity: str) -> bool:
 def claim(run_dir, spec: dict, identity: str) -> None:
     """Write run.yaml for a new run, or check that an existing one is the same run (else a one-line error)."""
     if not check_claim(run_dir, spec, identity):
-        write_text_atomic(Path(run_dir) / RUN_FILE, yaml.safe_dump({"identity": identity, "spec": spec},
-                                                                   sort_keys=False))
+        record = {"identity": str(identity), "spec": spec}
+        if getattr(identity, "parts", None):
+            record["parts"] = identity.parts  # what the identity hashes, to name a difference later
+        write_text_atomic(Path(run_dir) / RUN_FILE, yaml.safe_dump(record, sort_keys=False))
 
 
 def write_summary(run_dir, summary: dict) -> dict:
