@@ -333,10 +333,9 @@ def test_a_grid_resumed_with_another_thread_count_warns_naming_runs_and_threads(
     assert json.loads((grid_copy / ADAPT / "grid_run.json").read_text())["threads"] == 1
     (grid_copy / ADAPT / "summary.json").unlink()
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     try:
         lines = []
-        run_experiment(small_plan(), grid_copy, slots=0, log=lines.append)
+        run_experiment(small_plan(), grid_copy, slots=0, num_threads=2, log=lines.append)
     finally:
         torch.set_num_threads(threads)
     warnings = [line for line in lines if "different CPU thread counts" in line]
@@ -349,8 +348,11 @@ def test_a_grid_resumed_with_another_thread_count_warns_naming_runs_and_threads(
 def test_slurm_grid_cancelled_mid_way_then_rerun_is_whole_and_complete(slurm, tmp_path):  # noqa: F811
     from fewshot_da.experiments.executors import SlurmExecutor
 
+    # the adapted run long enough (90 steps) that the watcher catches it running, whatever the machine's load
+    plan = small_plan(schedules={"source": {"epochs": 2, "iters_per_epoch": 4, "batch_size": 4, "crop": 24},
+                                 "finetune": {"epochs": 3, "iters_per_epoch": 30, "batch_size": 4, "crop": 24}})
     local = tmp_path / "local"
-    assert run_experiment(small_plan(), local, slots=0, log=_quiet)["failed"] == 0
+    assert run_experiment(plan, local, slots=0, log=_quiet)["failed"] == 0
     out = tmp_path / "slurm"
     executor = SlurmExecutor(time_min=10, runs_per_task=1, cpus_per_task=1, poll_s=0.5)
     cancelled = {}
@@ -370,13 +372,13 @@ def test_slurm_grid_cancelled_mid_way_then_rerun_is_whole_and_complete(slurm, tm
     watcher = threading.Thread(target=cancel_mid_way, daemon=True)
     watcher.start()
     lines = []
-    first = run_experiment(small_plan(), out, executor=executor, log=lines.append)
+    first = run_experiment(plan, out, executor=executor, log=lines.append)
     watcher.join(timeout=10)
     assert cancelled, f"the grid ended before its adapted run was caught running: {lines}"
     assert first["failed"] >= 1 and not (out / ADAPT / "summary.json").exists()
     failure = next(line for line in lines if f"failed {ADAPT.removeprefix('runs/')} " in line)
     assert "its array task ended without finishing it (see DIR/slurm/ logs); it was interrupted" in failure
-    again = run_experiment(small_plan(), out, executor=SlurmExecutor(time_min=10, runs_per_task=1, cpus_per_task=1,
+    again = run_experiment(plan, out, executor=SlurmExecutor(time_min=10, runs_per_task=1, cpus_per_task=1,
                                                                      poll_s=0.5), log=lines.append)
     assert again["failed"] == 0 and again["done"] == 3, lines
     problems = []
