@@ -6,8 +6,8 @@ import pytest
 
 from fewshot_da.atomic import write_json_atomic
 from fewshot_da.errors import InputError
-from fewshot_da.experiments.results import (append_results, budget_label, budget_scans, collect_runs,
-                                            read_results, rows_from_summary, write_results)
+from fewshot_da.data.budgets import budget_label, budget_scans
+from fewshot_da.experiments.results import append_results, collect_runs, read_results, rows_from_summary, write_results
 
 
 def _summary(strategy="freeze", budget="1/8", cases=("b", "a")):

@@ -1,7 +1,13 @@
-"""Target-data budgets: N fine-tuning scans and the 1/k slice comb (REFERENCE.md §3); N images for 2D data."""
+"""Target-data budgets: N fine-tuning scans and the 1/k slice comb (REFERENCE.md §3); N images for 2D data.
+
+One spelling for every file and plan: the label 'N' (N scans or images) or '1/k' (1/k of one scan's slices), ''
+for no target labels (`budget_label`, read back by `parse_budget_label`); a folder-safe slug ('1_48'); a number
+of scans for sorting and plotting (`budget_scans`); and a name for people ('1 scan', '1/48', '5 images').
+"""
 from __future__ import annotations
 
-from typing import NamedTuple
+from fractions import Fraction
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -86,3 +92,41 @@ def make_budget(n_scans: int = 1, slices="all", *, images2d: bool = False) -> Bu
 def budget_slices(budget: Budget, n_slices: dict) -> dict:
     """Allowed slice indices per fine-tuning scan: {scan id: comb_slices(S, k)} for `n_slices` = {id: S}."""
     return {scan_id: comb_slices(int(count), budget.slice_interval) for scan_id, count in n_slices.items()}
+
+
+def budget_label(scans: Optional[int] = None, slices_k: Optional[int] = None, images: bool = False) -> str:
+    """'3', '1' (scans or images), '1/48' (1/k of one scan's slices) or '' (no target labels)."""
+    if scans is None:
+        return ""
+    if slices_k and slices_k > 1:
+        return f"{int(scans)}/{int(slices_k)}" if scans != 1 else f"1/{int(slices_k)}"
+    return str(int(scans))
+
+
+def parse_budget_label(label, where: str = "budget") -> tuple:
+    """'3' -> (3, None); '1/8' -> (1, 8): a plan's or results.csv's budget. One-line InputError otherwise."""
+    text = str(label).strip()
+    head, _, tail = text.partition("/")
+    try:
+        scans, k = int(head), (int(tail) if tail else None)
+    except ValueError:
+        raise InputError(f"{where} {label!r}: expected N (scans or images) or 1/k (a share of one scan)") from None
+    if scans < 1 or (k is not None and (scans != 1 or k < 2)):
+        raise InputError(f"{where} {label!r}: expected N >= 1 or 1/k with k >= 2")
+    return scans, k
+
+
+def budget_scans(label) -> float:
+    """A budget label as a number of scans (1/48 -> 0.0208); '' (no labels) -> 0."""
+    label = str(label).strip()
+    if not label:
+        return 0.0
+    try:
+        return float(Fraction(label))
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"budget {label!r} is not N or 1/k") from None
+
+
+def budget_slug(label: str) -> str:
+    """The label as a folder name: '1/48' -> '1_48'."""
+    return str(label).replace("/", "_")

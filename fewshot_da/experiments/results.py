@@ -13,7 +13,6 @@ import io
 import json
 import os
 import warnings
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -23,26 +22,6 @@ from ..errors import InputError
 ID_COLUMNS = ("run", "arch", "source", "target", "strategy", "layers", "budget", "seed", "fold", "case")
 METRIC_ORDER = ("dice", "surface_dice_*", "hd95_mm", "assd_mm", "pixel_error_pct", "ari")
 _SCORE_RENAMES = {"id": "case", "adjusted_rand_index": "ari"}  # pixel_error_pct keeps its unit in its name
-
-
-def budget_label(scans: Optional[int] = None, slices_k: Optional[int] = None, images: bool = False) -> str:
-    """'3', '1' (scans or images), '1/48' (1/k of one scan's slices) or '' (no target labels)."""
-    if scans is None:
-        return ""
-    if slices_k and slices_k > 1:
-        return f"{int(scans)}/{int(slices_k)}" if scans != 1 else f"1/{int(slices_k)}"
-    return str(int(scans))
-
-
-def budget_scans(label: str) -> float:
-    """A budget label as a number of scans (1/48 -> 0.0208); '' (no labels) -> 0."""
-    label = str(label).strip()
-    if not label:
-        return 0.0
-    try:
-        return float(Fraction(label))
-    except (ValueError, ZeroDivisionError):
-        raise InputError(f"budget {label!r} is not N or 1/k") from None
 
 
 def metric_columns(columns: Iterable[str]) -> list:

@@ -15,7 +15,7 @@ import torch
 
 from ..atomic import write_csv_atomic
 from ..data import splits as splits_mod
-from ..data.budgets import comb_slices, make_budget
+from ..data.budgets import budget_label, comb_slices, make_budget
 from ..data.loader import SliceLoader
 from ..data.manifest import read_manifest
 from ..data.preprocess import PreprocessOptions, preprocess_options
@@ -28,7 +28,6 @@ from ..training.config import load_config, preset_config, with_overrides
 from ..checkpoint import load_checkpoint, load_pretrained, save_checkpoint
 from ..training.fit import fit
 from ..training.strategies.registry import LABEL_FREE, make_strategy
-from .results import budget_label
 from .run_folder import finished_summary, identity_of, locked, open_run, read_run, write_summary
 from .scoring import aggregate_scores, score_volumes
 

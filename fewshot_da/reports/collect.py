@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from ..experiments.results import budget_label, collect_runs
+from ..data.budgets import budget_label
+from ..experiments.results import collect_runs
 from .gap import BASELINE, ORACLE
 
 

@@ -106,7 +106,7 @@ def example_panels(rows, folders: dict, grid_specs: dict, metric: str, n_cases: 
 
 
 def _scans(budget) -> float:
-    from ..experiments.results import budget_scans
+    from ..data.budgets import budget_scans
 
     return budget_scans(budget)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..experiments.results import budget_scans
+from ..data.budgets import budget_scans
 
 POLICY_FILE = "policy_test.csv"
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..atomic import write_csv_atomic, write_text_atomic
 from ..errors import InputError
-from ..experiments.results import ID_COLUMNS, budget_scans, read_results, write_results
+from ..data.budgets import budget_scans
+from ..experiments.results import ID_COLUMNS, read_results, write_results
 from ..metrics.scoring import surface_dice_key
 from .. import figures
 from . import stats, tables

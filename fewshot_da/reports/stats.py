@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ..experiments.results import budget_scans
+from ..data.budgets import budget_scans
 from .gap import BASELINE, ORACLE, PairGap, RunGap, method_label, sign_test
 
 NO_WINNER = "no winner"

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from ..errors import InputError
-from ..experiments.results import ID_COLUMNS, budget_scans
+from ..data.budgets import budget_scans
+from ..experiments.results import ID_COLUMNS
 
 # id fields every row needs (layers, budget, seed and fold may be empty)
 REQUIRED = ("run", "arch", "source", "target", "strategy", "case")
