@@ -85,25 +85,28 @@ def run(
     quiet,
 ):
     """Run or resume the grid of PLAN in --out; finished runs are skipped, results.csv collects every run."""
-    from fewshot_da.experiments.executors import run_experiment
+    from fewshot_da.experiments.executors import GridInterrupted, run_experiment
 
-    summary = run_experiment(
-        plan,
-        out,
-        executor=executor,
-        data=manifest,
-        splits=splits,
-        dry_run=dry_run,
-        progress=not quiet and sys.stderr.isatty(),
-        log=click.echo,
-        slots=slots,
-        partition=partition,
-        time_min=time_min,
-        gpus_per_task=gpus_per_task,
-        cpus_per_task=cpus_per_task,
-        array_parallelism=array_parallelism,
-        runs_per_task=runs_per_task,
-    )
+    try:
+        summary = run_experiment(
+            plan,
+            out,
+            executor=executor,
+            data=manifest,
+            splits=splits,
+            dry_run=dry_run,
+            progress=not quiet and sys.stderr.isatty(),
+            log=click.echo,
+            slots=slots,
+            partition=partition,
+            time_min=time_min,
+            gpus_per_task=gpus_per_task,
+            cpus_per_task=cpus_per_task,
+            array_parallelism=array_parallelism,
+            runs_per_task=runs_per_task,
+        )
+    except GridInterrupted as stop:  # the library stopped the workers and logged what is kept
+        raise SystemExit(128 + stop.signum) from None
     if summary["failed"]:
         raise SystemExit(1)
 
