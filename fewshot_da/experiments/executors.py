@@ -600,9 +600,12 @@ def run_experiment(
     appended as runs finish and rewritten in canonical order at the end. SIGTERM or SIGINT while runs execute
     stops the workers, rewrites results.csv from the finished runs, logs one line and raises GridInterrupted.
     """
-    from .plans import load_plan
+    from ..data.splits import read_splits
+    from .plan_checks import budget_warnings, check_plan_data
+    from .plans import load_plan, plan_origin
 
     t0 = time.perf_counter()
+    where = plan_origin(plan)
     plan = load_plan(plan, data=data, splits=splits)
     runner = (
         make_executor(executor, **executor_options)
@@ -610,6 +613,9 @@ def run_experiment(
         else executor
     )
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the plan against its data before any spec is made: prepare_data is idempotent (open_grid asks it again)
+    check_plan_data(plan, read_splits(grid_mod.prepare_data(plan, out, log=log)["splits"]), where)
     opened = grid_mod.open_grid(plan, out, log=log)
     specs, context = opened["specs"], opened["context"]
     done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
@@ -619,11 +625,15 @@ def run_experiment(
         f"({', '.join(f'{v} {k}' for k, v in kinds.items() if v)}), "
         f"{done} already finished; {runner.describe()}; folder {out}"
     )
+    workers = max(1, getattr(runner, "slots", 1) or 1)
     if dry_run:
+        for line in budget_warnings(specs, context, num_workers=workers):
+            log(line)
         return {"total": len(specs), "done": done, "failed": 0, "results": None, "seconds": 0.0}
     domains = sorted({s.source for s in specs} | {s.target for s in specs} - {""})
-    workers = max(1, getattr(runner, "slots", 1) or 1)
     grid_mod.preprocess_all(context, domains, num_workers=workers, progress=progress)
+    for line in budget_warnings(specs, context):
+        log(line)
     bar = GridProgress(len(specs), done, log=log, bar=progress)
     try:
         with stop_on_signals():
