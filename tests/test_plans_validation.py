@@ -50,7 +50,7 @@ def test_a_layer_group_typo_is_refused_at_load_naming_the_entry(tmp_path):
 
 
 def test_a_strategy_typo_or_an_unknown_key_is_refused_at_load(tmp_path):
-    _refused(tmp_path, r"strategies\[0\] 'spotune': not a registered strategy .*did you mean 'spottune'",
+    _refused(tmp_path, r"strategies\[0\]: strategy 'spotune' is not registered .*did you mean 'spottune'",
              strategies=[{"name": "spotune"}])
     _refused(tmp_path, r"strategies\[0\] 'spottune': unknown key 'option'.*did you mean 'options'",
              strategies=[{"name": "spottune", "option": {"lam": 0.01}}])

@@ -195,8 +195,8 @@ def _check_strategies(plan: dict, where: str, budgets: list) -> None:
             raise InputError(f"{label}: unknown key {unknown[0]!r}; valid: {', '.join(STRATEGY_KEYS)}"
                              + _did_you_mean(unknown[0], STRATEGY_KEYS))
         if name not in STRATEGIES:
-            raise InputError(f"{label}: not a registered strategy ({', '.join(STRATEGIES)})"
-                             + _did_you_mean(name, list(STRATEGIES)))
+            raise InputError(f"{where}: strategies[{i}]: strategy {name!r} is not registered in this install "
+                             f"(available: {', '.join(STRATEGIES)})" + _did_you_mean(name, list(STRATEGIES)))
         for key in ("options", "options_by_budget", "grid"):
             if not isinstance(entry.get(key) or {}, dict):
                 raise InputError(f"{label}: {key} must be a mapping, got {entry[key]!r}")
