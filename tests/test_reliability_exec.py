@@ -156,6 +156,8 @@ def test_kill9_of_the_grid_leaves_no_worker_and_the_grid_resumes(tmp_path):
     rc, output = _resume(plan, out)
     assert rc == 0, output
     assert "9/9 runs finished, 0 failed" in output
+    # a real run warns about the degenerate budget as --dry-run does (tests/test_plans_validation.py)
+    assert "warning: budget 1/4 of ge15 is degenerate" in output
 
 
 def test_sigterm_stops_the_workers_and_exits_cleanly_and_the_cut_run_is_rerun(tmp_path):
@@ -211,3 +213,43 @@ def test_ctrl_c_of_the_group_stops_everything_without_tracebacks(tmp_path):
     assert rc == 128 + signal.SIGINT, (rc, stdout, stderr)
     assert "Traceback" not in stderr, stderr
     assert "interrupted by SIGINT" in stdout.strip().splitlines()[-1], stdout
+
+
+PREPROCESS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from fewshot_da.data.phantoms import write_phantom_dataset
+from fewshot_da.data.preprocess import preprocess_manifest, preprocess_options
+
+if __name__ == "__main__":
+    records = write_phantom_dataset(sys.argv[2], domains=["siemens3", "ge15"], scans_per_domain=12,
+                                    shape=[96, 96, 64], seed=0)
+    preprocess_manifest(records, sys.argv[2] + "/cache", preprocess_options("paper"), num_workers=2,
+                        progress=False)
+"""
+
+
+def test_kill9_during_preprocessing_leaves_no_pool_worker(tmp_path):
+    """The grid preprocesses every scan in a process pool first; its workers end with the killed parent too."""
+    script = tmp_path / "preprocess.py"  # a file, not -c: spawned workers re-import the main module
+    script.write_text(PREPROCESS)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(script), str(ROOT), str(tmp_path / "data")], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    recorded = {}
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            below = _descendants(proc.pid)
+            if sum("spawn_main" in _cmdline(pid) for pid in below) >= 2 and (tmp_path / "data/cache").is_dir():
+                recorded = below
+                break
+            time.sleep(0.05)
+        assert recorded, f"the pool never started (rc {proc.poll()}): {proc.stderr.read()[-800:]}"
+        time.sleep(1.0)  # the workers are past their start and inside a scan
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        survivors = _survivors(recorded, within_s=10.0)
+    finally:
+        _cleanup(proc, recorded)
+    assert not survivors, f"alive 10 s after kill -9 during preprocessing: {survivors}"

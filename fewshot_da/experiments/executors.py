@@ -568,7 +568,8 @@ def make_executor(name: str = "local", **options):
     raise InputError(f"--executor {name!r}: choose local or slurm")
 
 
-def _report_interrupted(name: str, out: Path, specs: Sequence, stop: GridInterrupted, log: Callable) -> None:
+def _report_interrupted(name: str, out: Path, specs: Sequence, stop: GridInterrupted, log: Callable,
+                        runner=None) -> None:
     """After SIGTERM/SIGINT: results.csv rewritten from the finished runs, and one line saying what is kept."""
     results = grid_mod.finish_results(out, specs)
     n_done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
@@ -576,9 +577,12 @@ def _report_interrupted(name: str, out: Path, specs: Sequence, stop: GridInterru
         (grid_mod.run_dir(out, s.run_id) / "checkpoint.pt").is_file() and not grid_mod.is_done(out, s.run_id)
         for s in specs
     )
+    jobs = sorted({j.job_id.split("_")[0] for j in getattr(runner, "jobs", None) or []})
+    still = (f"; its SLURM job(s) {', '.join(jobs)} keep running (scancel them to stop)" if jobs else "")
     log(
         f"experiment {name}: interrupted by {stop.name}; {n_done}/{len(specs)} runs finished and kept, the "
         f"other {len(specs) - n_done} are re-run by the same command ({cut} resume from a checkpoint); {results}"
+        + still
     )
 
 
@@ -640,7 +644,7 @@ def run_experiment(
             outcome = runner.run(out, context, specs, bar)
     except GridInterrupted as stop:
         bar.close()
-        _report_interrupted(plan["name"], out, specs, stop, log)
+        _report_interrupted(plan["name"], out, specs, stop, log, runner)
         raise
     finally:
         bar.close()
