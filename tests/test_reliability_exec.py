@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fewshot_da.experiments.executors import GridProgress
 from tests.grid_plans import tiny_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,21 @@ def _resume(plan: Path, out: Path):
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600,
     )
     return done.returncode, done.stdout + done.stderr
+
+
+def test_the_progress_bar_keeps_one_line_per_finished_run_and_says_resumed(capsys):
+    """On a terminal the bar used to swallow every finished run's line (only failures were written)."""
+    lines = []
+    bar = GridProgress(3, 1, log=lines.append, bar=True)
+    bar.update({"run": "adapt/x", "status": "done", "seconds": 1.0, "resumed": "resumed after epoch 1"})
+    bar.update({"run": "adapt/y", "status": "done", "seconds": 2.0})
+    bar.close()
+    err = capsys.readouterr().err
+    assert "[2/3] done adapt/x (1.0 s)" in err and "resumed after epoch 1" in err
+    assert "[3/3] done adapt/y (2.0 s)" in err
+    quiet = GridProgress(2, 0, log=lines.append)
+    quiet.update({"run": "adapt/x", "status": "done", "seconds": 1.0, "resumed": "resumed after epoch 1"})
+    assert lines[-1].startswith("[1/2] done adapt/x (1.0 s)") and lines[-1].endswith(", resumed after epoch 1")
 
 
 def test_kill9_of_the_grid_leaves_no_worker_and_the_grid_resumes(tmp_path):
