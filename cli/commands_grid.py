@@ -65,7 +65,9 @@ def experiment():
 @click.option(
     "--runs-per-task", type=int, default=None, help="SLURM: runs done in sequence per array task [4]."
 )
-@click.option("--dry-run", is_flag=True, help="Prepare data and list the run counts; run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Prepare data, check the whole plan against it, list the run counts and warn about budgets "
+                   "whose slices hold fewer than 2 with foreground; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar (shown only on a terminal; log lines always).")
 @one_line_errors
 def run(
@@ -84,7 +86,9 @@ def run(
     dry_run,
     quiet,
 ):
-    """Run or resume the grid of PLAN in --out; finished runs are skipped, results.csv collects every run."""
+    """Run or resume the grid of PLAN in --out; finished runs are skipped, results.csv collects every run.
+
+    SIGTERM or Ctrl-C stops the workers and exits with 128 + the signal; the same command resumes."""
     from fewshot_da.experiments.executors import GridInterrupted, run_experiment
 
     try:

@@ -1,7 +1,8 @@
 """Where a grid's runs execute: local worker slots (one per GPU, or CPU threads split) or SLURM job arrays.
 
 Both executors only call `grid.execute_run` on run specs; what is finished is read from the run folders, so
-a grid can be interrupted anywhere (Ctrl-C, kill -9, a preempted job) and re-run to completion.
+a grid can be interrupted anywhere (Ctrl-C, kill -9, a preempted job) and re-run to completion. Local slot
+workers end with their parent, even after kill -9; SIGTERM or Ctrl-C stops them and exits with 128 + signal.
 """
 
 from __future__ import annotations
