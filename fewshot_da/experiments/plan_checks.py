@@ -171,8 +171,9 @@ def _build_strategy(arch: str, name: str, options_json: str) -> None:
 
 def _check_strategies(plan: dict, where: str, budgets: list) -> None:
     """Every strategy entry names a registered strategy or a layer selection of the plan's network, with keys,
-    options and option values its runs accept. Each distinct option set is built once (float values, which
-    only the value rules below constrain, are left out of the build, so a lambda grid costs one build)."""
+    options and option values its runs accept. Each distinct option set is built once on an untrained network;
+    float values, which only the value rules constrain, are built with the first value seen, so a lambda grid
+    costs one build. YAML's numeric budget keys of options_by_budget (`1:`) become text, as the budgets are."""
     from ..models import GROUP_NAMES
     from ..training.strategies import STRATEGIES
 
