@@ -195,7 +195,6 @@ def test_dry_run_warns_about_a_degenerate_budget(tmp_path, cli_runner, cli_app):
                                          "--dry-run"])
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning: budget")]
-    assert warnings == [
-        "warning: budget 1/4 of ge15 is degenerate: its 2 fine-tune slice(s) (1 scan(s), every 4th slice) hold 1 "
-        "with foreground, fewer than 2; its fine-tuned runs learn from almost no object"
-    ], result.output
+    expected = ("warning: budget 1/4 of ge15 is degenerate: its 2 fine-tune slice(s) (1 scan(s), every 4th slice) "
+                "hold 1 with foreground, fewer than 2; its fine-tuned runs learn from almost no object")
+    assert warnings == [expected], result.output

@@ -137,7 +137,7 @@ def _resume(plan: Path, out: Path):
     done = subprocess.run(
         [sys.executable, "-c", CLI, str(ROOT), "experiment", "run", str(plan), "--out", str(out),
          "--slots", "2", "--quiet"],
-        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600,
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     return done.returncode, done.stdout + done.stderr
 
