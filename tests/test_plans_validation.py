@@ -198,3 +198,14 @@ def test_dry_run_warns_about_a_degenerate_budget(tmp_path, cli_runner, cli_app):
     expected = ("warning: budget 1/4 of ge15 is degenerate: its 2 fine-tune slice(s) (1 scan(s), every 4th slice) "
                 "hold 1 with foreground, fewer than 2; its fine-tuned runs learn from almost no object")
     assert warnings == [expected], result.output
+
+
+def test_checking_a_plan_leaves_the_global_random_state_alone():
+    """The checks build a network and a SpotTUnet once; code that runs after load_plan draws the same numbers."""
+    import torch
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_plan({"base": "phantoms", "arch": "dsa", "strategies": ["first", "spottune", "gradual"]})
+    assert torch.equal(torch.rand(3), expected)

@@ -156,17 +156,24 @@ def _pair_indices(pairs, entry: str) -> set:
 
 @functools.lru_cache(maxsize=8)
 def _model(arch: str):
-    """One untrained network per architecture per process: strategies are checked against it."""
+    """One untrained network per architecture per process: strategies are checked against it. Built under a
+    forked RNG, so checking a plan never moves torch's global random state."""
+    import torch
+
     from ..models import build_model
 
-    return build_model(arch)
+    with torch.random.fork_rng(devices=[]):
+        return build_model(arch)
 
 
 @functools.lru_cache(maxsize=256)
 def _build_strategy(arch: str, name: str, options_json: str) -> None:
+    import torch
+
     from ..training.strategies import make_strategy
 
-    make_strategy(name, _model(arch), arch, json.loads(options_json))
+    with torch.random.fork_rng(devices=[]):  # SpotTUnet's policy network draws its initial weights
+        make_strategy(name, _model(arch), arch, json.loads(options_json))
 
 
 def _check_strategies(plan: dict, where: str, budgets: list) -> None:
