@@ -269,3 +269,27 @@ def test_kill9_during_preprocessing_leaves_no_pool_worker(tmp_path):
     finally:
         _cleanup(proc, recorded)
     assert not survivors, f"alive 10 s after kill -9 during preprocessing: {survivors}"
+
+
+def test_a_grid_stopped_with_only_sources_finished_leaves_an_appendable_results_table(tmp_path):
+    """SIGTERM after the source runs only (they have no results rows): the table is not rewritten as a bare
+    header, which the next run's append would follow with a second header (every later read then failed with
+    "'NoneType' object has no attribute 'startswith'")."""
+    import json
+
+    from fewshot_da.experiments import executors
+    from fewshot_da.experiments import grid as grid_mod
+    from fewshot_da.experiments.results import append_results, read_results
+
+    source = grid_mod.RunSpec("source/dart20/a", "source", "dart20", source="a", target="a")
+    oracle = grid_mod.RunSpec("oracle/dart20/b/f0", "oracle", "dart20", source="b", target="b", fold=0)
+    folder = grid_mod.run_dir(tmp_path, source.run_id)
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"spec": {"kind": "train"}, "scores": [{"id": "x", "dice": 1}]}))
+    lines = []
+    stop = executors.GridInterrupted(signal.SIGTERM)
+    executors._report_interrupted("g", tmp_path, [source, oracle], stop, lines.append)
+    assert "interrupted by SIGTERM; 1/2 runs finished" in lines[0]
+    append_results(tmp_path / "results.csv", [{"run": oracle.run_id, "case": "y", "dice": 0.5}])
+    rows = read_results(tmp_path / "results.csv")
+    assert [(r["run"], r["dice"]) for r in rows] == [(oracle.run_id, 0.5)]

@@ -569,10 +569,20 @@ def make_executor(name: str = "local", **options):
     raise InputError(f"--executor {name!r}: choose local or slurm")
 
 
+def _rewrite_results(out: Path, specs: Sequence) -> Path:
+    """DIR/results.csv rewritten in canonical order from the finished runs, as grid.finish_results, but never
+    as a header without rows (while only source runs, which have no rows, are finished): the next append would
+    then write a second header under it, and every later read of the table fails."""
+    path = Path(out) / grid_mod.RESULTS
+    if not grid_mod.collect_results(out, specs):
+        return path
+    return grid_mod.finish_results(out, specs)
+
+
 def _report_interrupted(name: str, out: Path, specs: Sequence, stop: GridInterrupted, log: Callable,
                         runner=None) -> None:
     """After SIGTERM/SIGINT: results.csv rewritten from the finished runs, and one line saying what is kept."""
-    results = grid_mod.finish_results(out, specs)
+    results = _rewrite_results(out, specs)
     n_done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
     cut = sum(
         (grid_mod.run_dir(out, s.run_id) / "checkpoint.pt").is_file() and not grid_mod.is_done(out, s.run_id)
@@ -649,7 +659,7 @@ def run_experiment(
         raise
     finally:
         bar.close()
-    results = grid_mod.finish_results(out, specs)
+    results = _rewrite_results(out, specs)
     n_done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
     failed = [r for r in outcome.values() if r["status"] == "failed"]
     seconds = time.perf_counter() - t0
