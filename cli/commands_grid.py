@@ -67,7 +67,9 @@ def experiment():
     "--runs-per-task", type=int, default=None, help="SLURM: runs done in sequence per array task [4]."
 )
 @options.num_threads
-@click.option("--dry-run", is_flag=True, help="Prepare data and list the run counts; run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Prepare data, check the whole plan against it, list the run counts and warn about budgets "
+                   "whose slices hold fewer than 2 with foreground; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar (shown only on a terminal; log lines always).")
 @one_line_errors
 def run(
@@ -87,29 +89,34 @@ def run(
     dry_run,
     quiet,
 ):
-    """Run or resume the grid of PLAN in --out; finished runs are skipped, results.csv collects every run."""
-    from fewshot_da.experiments.executors import run_experiment
+    """Run or resume the grid of PLAN in --out; finished runs are skipped, results.csv collects every run.
+
+    SIGTERM or Ctrl-C stops the workers and exits with 128 + the signal; the same command resumes."""
+    from fewshot_da.experiments.executors import GridInterrupted, run_experiment
 
     if executor == "local" and not dry_run:
         options.note_busy_cores(num_threads, workers=slots or 1)
-    summary = run_experiment(
-        plan,
-        out,
-        executor=executor,
-        data=manifest,
-        splits=splits,
-        dry_run=dry_run,
-        progress=not quiet and sys.stderr.isatty(),
-        log=click.echo,
-        slots=slots,
-        partition=partition,
-        time_min=time_min,
-        gpus_per_task=gpus_per_task,
-        cpus_per_task=cpus_per_task,
-        array_parallelism=array_parallelism,
-        runs_per_task=runs_per_task,
-        num_threads=num_threads,
-    )
+    try:
+        summary = run_experiment(
+            plan,
+            out,
+            executor=executor,
+            data=manifest,
+            splits=splits,
+            dry_run=dry_run,
+            progress=not quiet and sys.stderr.isatty(),
+            log=click.echo,
+            slots=slots,
+            partition=partition,
+            time_min=time_min,
+            gpus_per_task=gpus_per_task,
+            cpus_per_task=cpus_per_task,
+            array_parallelism=array_parallelism,
+            runs_per_task=runs_per_task,
+            num_threads=num_threads,
+        )
+    except GridInterrupted as stop:  # the library stopped the workers and logged what is kept
+        raise SystemExit(128 + stop.signum) from None
     if summary["failed"]:
         raise SystemExit(1)
 

@@ -86,9 +86,8 @@ def test_cc359_dsa_enumeration_with_spottune():
 
 
 def test_unregistered_strategy_is_refused():
-    plan = load_plan({"base": "cc359-dart20", "strategies": ["first", {"name": "magic"}]})
-    with pytest.raises(InputError, match="strategy 'magic' is not registered"):
-        grid_mod.build_specs(plan, _cc359_splits())
+    with pytest.raises(InputError, match="strategy 'magic' is not registered"):  # when the plan is loaded
+        load_plan({"base": "cc359-dart20", "strategies": ["first", {"name": "magic"}]})
 
 
 def test_dsa_plan_without_spottune_has_nine_budgets():
@@ -369,7 +368,7 @@ def test_cli_refuses_a_plan_whose_strategy_is_not_registered(tiny_grid, cli_runn
                                          "--data", str(manifest)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(
-        "Error: plan magic: strategy 'magic' is not registered")
+        f"Error: {plan}: strategies[0]: strategy 'magic' is not registered")
     result = cli_runner.invoke(cli_app, ["experiment", "status", str(tmp_path)])
     assert result.exit_code == 1 and "not an experiment grid folder" in result.output
 

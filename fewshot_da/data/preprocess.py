@@ -641,7 +641,10 @@ def preprocess_manifest(records: Sequence[Record], cache_dir, options: Preproces
 
             # spawn: safe when the caller already runs threads (torch, the slice loader).
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(num_workers, len(todo)), mp_context=context) as pool:
+            from ..lifetime import end_with_parent  # workers must not outlive a killed parent
+
+            with ProcessPoolExecutor(max_workers=min(num_workers, len(todo)), mp_context=context,
+                                     initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_write_entry, records[i], options, str(cache_dir)) for i in todo]
                 for future in futures:
                     future.result()

@@ -1,7 +1,8 @@
 """Where a grid's runs execute: local worker slots (one per GPU, or CPU threads split) or SLURM job arrays.
 
 Both executors only call `grid.execute_run` on run specs; what is finished is read from the run folders, so
-a grid can be interrupted anywhere (Ctrl-C, kill -9, a preempted job) and re-run to completion.
+a grid can be interrupted anywhere (Ctrl-C, kill -9, a preempted job) and re-run to completion. Local slot
+workers end with their parent, even after kill -9; SIGTERM or Ctrl-C stops them and exits with 128 + signal.
 """
 
 from __future__ import annotations
@@ -9,14 +10,18 @@ from __future__ import annotations
 import math
 import os
 import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 from ..errors import InputError
+from ..lifetime import end_with_parent
 from ..threads import resolve_threads
 from . import grid as grid_mod
 
@@ -68,13 +73,14 @@ class GridProgress:
             f"({result.get('seconds', 0):.1f} s)"
             + (f" ETA {_duration(eta)}" if math.isfinite(eta) else "")
         )
+        if result.get("resumed"):
+            line += f", {result['resumed']}"
         if status == "failed":
             line += f": {result.get('error', '')}"
-        if self.bar is not None:
+        if self.bar is not None:  # every line stays above the bar, so a terminal keeps one line per run
             self.bar.update(1)
             self.bar.set_postfix_str(f"failed {self.failed}" if self.failed else "")
-            if status == "failed":
-                self.bar.write(line, file=sys.stderr)
+            self.bar.write(line, file=sys.stderr)
         else:
             self.log(line)
 
@@ -119,19 +125,53 @@ def slot_environments(slots: int, gpus: Sequence[str], cpus: int, threads: int |
     return out
 
 
-def _slot_main(slot: int, env: dict, threads: int, tasks, results) -> None:
-    """A worker process: run specs from `tasks` until None, report each result on `results`."""
+def _resume_note(folder: Path, had_checkpoint: bool) -> str:
+    """'resumed after epoch E' when a run went on from the checkpoint an interrupted attempt left, else ''."""
+    if not had_checkpoint:
+        return ""
+    try:
+        lines = (folder / "log.txt").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    notes = [line for line in lines if "resumed after epoch" in line]
+    return notes[-1][notes[-1].index("resumed after epoch") :].strip() if notes else ""
+
+
+def _execute(grid_dir, spec: dict, context: dict, num_threads: Optional[int]) -> dict:
+    """grid.execute_run, plus `resumed` ('resumed after epoch E') when the run went on from a checkpoint."""
+    folder = grid_mod.run_dir(grid_dir, spec["run_id"])
+    had_checkpoint = (folder / "checkpoint.pt").is_file() and not (folder / "summary.json").is_file()
+    result = grid_mod.execute_run(grid_dir, spec, context, num_threads=num_threads)
+    if result.get("status") == "done":
+        note = _resume_note(folder, had_checkpoint)
+        if note:
+            result = dict(result, resumed=note)
+    return result
+
+
+def _slot_main(slot: int, env: dict, threads: int, tasks, results, parent_pid: Optional[int] = None) -> None:
+    """A worker process: run specs from `tasks` until None, report each result on `results`.
+
+    It ends with its parent (kill -9 included: lifetime.end_with_parent) and leaves Ctrl-C to the parent, which
+    stops its workers itself, so the terminal's SIGINT to the whole group prints no worker traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_pid = os.getppid() if parent_pid is None else parent_pid
+    end_with_parent(parent_pid)
     os.environ.update(env)
     import torch
 
     torch.set_num_threads(threads)
     while True:
-        item = tasks.get()
+        try:
+            item = tasks.get(timeout=1.0)
+        except queue.Empty:  # the parent-pid watch ends the process; this only keeps the loop responsive
+            continue
         if item is None:
             return
         grid_dir, spec, context = item
         try:
-            result = grid_mod.execute_run(grid_dir, spec, context, num_threads=threads)
+            result = _execute(grid_dir, spec, context, threads)
         except Exception as exc:  # execute_run catches run errors; this is a bug or a broken folder
             result = {
                 "run": spec["run_id"],
@@ -140,6 +180,58 @@ def _slot_main(slot: int, env: dict, threads: int, tasks, results) -> None:
                 "error": f"{type(exc).__name__}: {exc}",
             }
         results.put((slot, result))
+
+
+class GridInterrupted(BaseException):
+    """SIGTERM or SIGINT reached the grid process. Its workers were stopped; finished runs stay finished, a run
+    cut mid-way has no summary and is re-run (from its last checkpoint) on resume. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` around a run swallows it."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.name = signal.Signals(self.signum).name
+        super().__init__(self.name)
+
+
+@contextmanager
+def stop_on_signals():
+    """While inside: SIGTERM and SIGINT raise GridInterrupted once in the main thread (a second signal during
+    the clean-up is ignored, so the clean-up finishes). A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise GridInterrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _stop_workers(workers: dict, *, now: bool) -> None:
+    """End the slot workers: after their current run (None on each queue), or `now` (SIGTERM, then SIGKILL)."""
+    if not now:
+        for worker in workers.values():
+            if worker["proc"].is_alive():
+                worker["tasks"].put(None)
+        for worker in workers.values():
+            worker["proc"].join(timeout=10)
+    for worker in workers.values():
+        if worker["proc"].is_alive():
+            worker["proc"].terminate()
+    for worker in workers.values():
+        worker["proc"].join(timeout=5)
+        if worker["proc"].is_alive():
+            worker["proc"].kill()
+            worker["proc"].join(timeout=5)
+        worker["tasks"].cancel_join_thread()  # exiting never waits to flush a queue nobody reads
 
 
 class LocalExecutor:
@@ -179,7 +271,9 @@ class LocalExecutor:
             env, threads = slot_environments(self.slots, self.gpus, _cpu_count(), self.num_threads)[slot]
             tasks = ctx.Queue()
             proc = ctx.Process(
-                target=_slot_main, args=(slot, env, threads, tasks, results), name=f"fewshot-da-slot{slot}"
+                target=_slot_main,
+                args=(slot, env, threads, tasks, results, os.getpid()),
+                name=f"fewshot-da-slot{slot}",
             )
             proc.start()
             workers[slot] = {"proc": proc, "tasks": tasks, "spec": None}
@@ -188,6 +282,7 @@ class LocalExecutor:
             start(slot)
         outcome, failed = {}, set()
         pending = list(todo)
+        interrupted = True  # until the loop ends normally: any exception (GridInterrupted) stops workers now
         try:
             while pending or any(w["spec"] for w in workers.values()):
                 for slot, worker in workers.items():
@@ -226,14 +321,9 @@ class LocalExecutor:
                 outcome[spec.run_id] = result  # busy: another grid process holds it (not failed)
                 (done if result["status"] in ("done", "skipped") else failed).add(spec.run_id)
                 progress.update(result)
+            interrupted = False
         finally:
-            for worker in workers.values():
-                if worker["proc"].is_alive():
-                    worker["tasks"].put(None)
-            for worker in workers.values():
-                worker["proc"].join(timeout=10)
-                if worker["proc"].is_alive():
-                    worker["proc"].terminate()
+            _stop_workers(workers, now=interrupted)
         return outcome
 
     @staticmethod
@@ -272,7 +362,7 @@ class LocalExecutor:
                     continue
                 self._fail(spec, f"parent {spec.parent} is not finished", outcome, failed, progress)
                 continue
-            result = grid_mod.execute_run(grid_dir, spec.to_dict(), context, num_threads=self.num_threads)
+            result = _execute(grid_dir, spec.to_dict(), context, self.num_threads)
             outcome[spec.run_id] = result
             (done if result["status"] in ("done", "skipped") else failed).add(spec.run_id)
             progress.update(result)
@@ -496,6 +586,34 @@ def make_executor(name: str = "local", **options):
     raise InputError(f"--executor {name!r}: choose local or slurm")
 
 
+def _rewrite_results(out: Path, specs: Sequence, log: Optional[Callable] = None) -> Path:
+    """DIR/results.csv rewritten in canonical order from the finished runs, as grid.finish_results, but never
+    as a header without rows (while only source runs, which have no rows, are finished): the next append would
+    then write a second header under it, and every later read of the table fails."""
+    path = Path(out) / grid_mod.RESULTS
+    if not grid_mod.collect_results(out, specs):
+        return path
+    return grid_mod.finish_results(out, specs, log=log)
+
+
+def _report_interrupted(name: str, out: Path, specs: Sequence, stop: GridInterrupted, log: Callable,
+                        runner=None) -> None:
+    """After SIGTERM/SIGINT: results.csv rewritten from the finished runs, and one line saying what is kept."""
+    results = _rewrite_results(out, specs, log=log)
+    n_done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
+    cut = sum(
+        (grid_mod.run_dir(out, s.run_id) / "checkpoint.pt").is_file() and not grid_mod.is_done(out, s.run_id)
+        for s in specs
+    )
+    jobs = sorted({j.job_id.split("_")[0] for j in getattr(runner, "jobs", None) or []})
+    still = (f"; its SLURM job(s) {', '.join(jobs)} keep running (scancel them to stop)" if jobs else "")
+    log(
+        f"experiment {name}: interrupted by {stop.name}; {n_done}/{len(specs)} runs finished and kept, the "
+        f"other {len(specs) - n_done} are re-run by the same command ({cut} resume from a checkpoint); {results}"
+        + still
+    )
+
+
 def run_experiment(
     plan,
     out,
@@ -511,11 +629,15 @@ def run_experiment(
     """Run (or resume) the grid of `plan` in folder `out`; returns {total, done, failed, results, seconds}.
 
     plan: a preset name, a YAML path or a dict (plans.load_plan). Finished runs are skipped; results.csv is
-    appended as runs finish and rewritten in canonical order at the end.
+    appended as runs finish and rewritten in canonical order at the end. SIGTERM or SIGINT while runs execute
+    stops the workers, rewrites results.csv from the finished runs, logs one line and raises GridInterrupted.
     """
-    from .plans import load_plan
+    from ..data.splits import read_splits
+    from .plan_checks import budget_warnings, check_plan_data
+    from .plans import load_plan, plan_origin
 
     t0 = time.perf_counter()
+    where = plan_origin(plan)
     plan = load_plan(plan, data=data, splits=splits)
     runner = (
         make_executor(executor, **executor_options)
@@ -523,6 +645,9 @@ def run_experiment(
         else executor
     )
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the plan against its data before any spec is made: prepare_data is idempotent (open_grid asks it again)
+    check_plan_data(plan, read_splits(grid_mod.prepare_data(plan, out, log=log)["splits"]), where)
     opened = grid_mod.open_grid(plan, out, log=log)
     specs, context = opened["specs"], opened["context"]
     done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
@@ -532,17 +657,26 @@ def run_experiment(
         f"({', '.join(f'{v} {k}' for k, v in kinds.items() if v)}), "
         f"{done} already finished; {runner.describe()}; folder {out}"
     )
+    workers = max(1, getattr(runner, "slots", 1) or 1)
     if dry_run:
+        for line in budget_warnings(specs, context, num_workers=workers):
+            log(line)
         return {"total": len(specs), "done": done, "failed": 0, "results": None, "seconds": 0.0}
     domains = sorted({s.source for s in specs} | {s.target for s in specs} - {""})
-    workers = max(1, getattr(runner, "slots", 1) or 1)
     grid_mod.preprocess_all(context, domains, num_workers=workers, progress=progress)
+    for line in budget_warnings(specs, context):
+        log(line)
     bar = GridProgress(len(specs), done, log=log, bar=progress)
     try:
-        outcome = runner.run(out, context, specs, bar)
+        with stop_on_signals():
+            outcome = runner.run(out, context, specs, bar)
+    except GridInterrupted as stop:
+        bar.close()
+        _report_interrupted(plan["name"], out, specs, stop, log, runner)
+        raise
     finally:
         bar.close()
-    results = grid_mod.finish_results(out, specs, log=log)
+    results = _rewrite_results(out, specs, log=log)
     n_done = sum(grid_mod.is_done(out, s.run_id) for s in specs)
     failed = [r for r in outcome.values() if r["status"] == "failed"]
     held = [r for r in outcome.values() if r["status"] == "busy"]

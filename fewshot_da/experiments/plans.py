@@ -235,13 +235,14 @@ def load_plan(plan, *, data: Optional[str] = None, splits: Optional[str] = None)
     """A complete plan from a preset name, a YAML path or a dict; `data`/`splits` replace its manifest/splits.
 
     Relative data paths in a YAML plan are resolved against the YAML's folder. Raises InputError naming the
-    plan and key for unknown keys, a bad type or an unknown preset.
+    plan and key for unknown keys, a bad type or an unknown preset, and for any entry the runs would refuse
+    later (check_plan): a strategy or layer group typo, strategy options, preprocessing, schedules, tolerances.
     """
-    where = "plan"
+    where = plan_origin(plan)
     if isinstance(plan, dict):
         raw, folder = plan, Path.cwd()
     elif str(plan) in PRESETS:
-        raw, folder, where = PRESETS[str(plan)], Path.cwd(), f"preset {plan}"
+        raw, folder = PRESETS[str(plan)], Path.cwd()
     else:
         path = Path(plan)
         if not path.is_file():
@@ -252,7 +253,7 @@ def load_plan(plan, *, data: Optional[str] = None, splits: Optional[str] = None)
             raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise InputError(f"{path}: a plan is a mapping of keys, got {type(raw).__name__}")
-        folder, where = path.resolve().parent, str(path)
+        folder = path.resolve().parent
         raw = dict(raw)
         raw.setdefault("name", path.stem)
     raw = dict(raw)
@@ -272,7 +273,17 @@ def load_plan(plan, *, data: Optional[str] = None, splits: Optional[str] = None)
     if splits:
         out["data"]["splits"] = str(Path(splits).resolve())
     _check(out, where)
+    from .plan_checks import check_plan  # builds the network once to check layer groups and strategies
+
+    check_plan(out, where)
     return out
+
+
+def plan_origin(plan) -> str:
+    """How errors name a plan: its YAML path, `preset NAME`, or `plan NAME` for a dict."""
+    if isinstance(plan, dict):
+        return f"plan {plan.get('name') or plan.get('base') or 'plan'}"
+    return f"preset {plan}" if str(plan) in PRESETS else str(plan)
 
 
 def _path(text: str, folder: Path) -> str:
