@@ -22,9 +22,10 @@ from fewshot_da_cli.errors import one_line_errors
 @click.option("--seeds", default="0", show_default=True, help="Seeds of every validation fine-tune, comma-separated.")
 @click.option("--max-folds", type=int, default=5, show_default=True,
               help="Validation folds over scans (leave-one-scan-out up to this many; one scan: 2 halves).")
-@click.option("--one-scan-folds", type=click.Choice(["interleave", "slab"]), default="interleave", show_default=True,
-              help="With one labelled scan, validate on every other labelled slice (interleave: both halves span "
-                   "the same anatomy) or on two contiguous halves (slab).")
+@click.option("--one-scan-folds", type=click.Choice(["interleave", "slab"]), default="interleave",
+              show_default=True,
+              help="With one labelled scan, validate on every other labelled slice against the rest (interleave: "
+                   "both halves span the same anatomy) or on two contiguous halves (slab).")
 @click.option("--metric", default=None,
               help="Validation score: surface_dice_<tol>mm (default for volumes), dice (default for 2D), ari.")
 @click.option("--target-score", type=float, default=None,
@@ -60,9 +61,9 @@ def recommend(model, manifest, out, domain, ids, slices, strategies, seeds, max_
     choice = result["recommendation"]
     n_folds = choice["n_scored_folds"]
     for row in result["ranking"]:
+        nan = f"  ({row['n_nan']} NaN fold{'' if row['n_nan'] == 1 else 's'})" if row["n_nan"] else ""
         click.echo(f"{row['rank']:>2}. {row['candidate']:<12} {row['mean']:.4f} [{row['low']:.4f}, "
-                   f"{row['high']:.4f}]  P(best) {p_best_text(row['p_best'], n_folds)}"
-                   + (f"  ({row['n_nan']} NaN fold{'' if row['n_nan'] == 1 else 's'})" if row["n_nan"] else ""))
+                   f"{row['high']:.4f}]  P(best) {p_best_text(row['p_best'], n_folds)}{nan}")
     click.echo(f"recommended: {action(choice['strategy'])} (confidence {choice['confidence']}, "
                f"P(best) {p_best_text(choice['p_best'], n_folds)})")
     lc = result["learning_curve"]

@@ -121,8 +121,8 @@ def decide(rows: list, scores: dict, confidence: float = 0.95, metric: str | Non
     notes = []
     if p is None:
         others = [np.asarray(scores[r["candidate"]], dtype=float) for r in rows[1:]]
-        sweeps = all(np.all((top > o)[np.isfinite(top) & np.isfinite(o)]) and np.any(np.isfinite(top) & np.isfinite(o))
-                     for o in others)
+        both = [np.isfinite(top) & np.isfinite(o) for o in others]
+        sweeps = all(b.any() and np.all(top[b] > o[b]) for o, b in zip(others, both))
         level = "moderate" if sweeps else "low"
         notes.append(f"{n_folds} scored fold{'' if n_folds == 1 else 's'}: too few for P(best) or high confidence "
                      f"(needs {MIN_FOLDS_P_BEST})")

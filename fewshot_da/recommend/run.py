@@ -52,8 +52,8 @@ def _check_metric(metric: str, tolerances_mm=None) -> str:
         keys = [surface_dice_key(t) for t in tolerances_mm or ()]
         if tolerances_mm is not None and metric not in keys:
             wanted = metric[len("surface_dice_"):-len("mm")]
-            raise InputError(f"--metric {metric}: scored only at --tolerance {', '.join(f'{t:g}' for t in tolerances_mm)}"
-                             f" mm; add --tolerance {wanted}")
+            scored = ", ".join(f"{t:g}" for t in tolerances_mm)
+            raise InputError(f"--metric {metric}: scored only at --tolerance {scored} mm; add --tolerance {wanted}")
         return metric
     raise InputError(f"--metric {metric!r}: choose dice, ari or surface_dice_<tol>mm (higher is better)")
 
@@ -256,7 +256,8 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
         raise InputError(f"--slices {slices}: the target is 2D (one slice per image)")
     if images2d and len(volumes) < 2:
         raise InputError(f"{manifest}: one labelled image leaves nothing to validate on; give at least 2")
-    metric = _check_metric(metric or ("dice" if images2d else f"surface_dice_{tolerances_mm[0]:g}mm"), tolerances_mm)
+    metric = _check_metric(metric or ("dice" if images2d else f"surface_dice_{tolerances_mm[0]:g}mm"),
+                           tolerances_mm)
     parts = labelled_parts([v.n_slices for v in volumes], k)
     folds = validation_folds(parts, max_folds=max_folds, seed=seeds[0], one_scan=one_scan_folds)
     unit = "image" if images2d else "scan"
