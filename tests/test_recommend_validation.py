@@ -17,7 +17,7 @@ from fewshot_da.recommend.ranking import decide, probability_best, rank_candidat
 
 def test_one_scan_is_split_into_interleaved_halves_that_span_the_scan():
     parts = labelled_parts([40], 4)  # labelled comb 0, 4, ..., 36
-    a, b = validation_folds(parts)
+    a, b = validation_folds(parts, one_scan="interleave")
     assert [a.name, b.name] == ["comb-1", "comb-2"]
     assert a.train == b.test and a.test == b.train
     assert a.train[0].slices == (0, 8, 16, 24, 32) and a.test[0].slices == (4, 12, 20, 28, 36)
@@ -41,7 +41,7 @@ def test_the_slab_protocol_stays_available_and_a_bad_name_is_refused():
 
 
 def test_an_odd_comb_of_three_slices_gives_halves_of_two_and_one():
-    a, b = validation_folds(labelled_parts([12], 4))  # the phantoms' 1/4 budget: slices 0, 4, 8
+    a, b = validation_folds(labelled_parts([12], 4), one_scan="interleave")  # the phantoms' 1/4: slices 0, 4, 8
     assert a.train[0].slices == (0, 8) and a.test[0].slices == (4,)
     assert b.train[0].slices == (4,) and b.test[0].slices == (0, 8)
 
@@ -232,7 +232,8 @@ def test_empty_masks_are_refused_before_any_fine_tune(tiny, tmp_path, cli_runner
 
 def test_one_scan_end_to_end_uses_interleaved_folds_and_says_so(tiny, tmp_path, cli_runner, cli_app):
     root, records = tiny
-    result = _cli(cli_runner, cli_app, root, root / "target.csv", tmp_path / "out", "--ids", records[3].id)
+    result = _cli(cli_runner, cli_app, root, root / "target.csv", tmp_path / "out", "--ids", records[3].id,
+                  "--one-scan-folds", "interleave")
     assert result.exit_code == 0, result.output
     assert "P(best) n/a (2 folds)" in result.output and "confidence high" not in result.output
     report = (tmp_path / "out" / "report.md").read_text()

@@ -1,9 +1,11 @@
 """One labelled scan: does recommend pick the measured winner more often with interleaved or slab halves? (issue 21)
 
-    python docs/studies/recommend_one_scan.py --out studies/rec-one-scan [--budgets 1,1/2,1/4] [--seeds 0,1]
+    python docs/studies/recommend_one_scan.py --out studies/rec-one-scan [--budgets 1,1/2,1/4] [--seeds 0,1] \
+        [--epochs 1 --iters-per-epoch 6]
 
 CPU-sized, on generated phantoms shaped like the `phantoms` grid (siemens3, ge15, philips15; 6 scans of
-32x32x12 each; its source and fine-tune schedules). For every source -> target pair, a source model is trained on
+32x32x12 each; its source schedule, and its fine-tune schedule unless --epochs/--iters-per-epoch say
+otherwise). For every source -> target pair, a source model is trained on
 the 6 source scans; the first target scan is the user's labelled scan (all slices, or the 1/k comb of a budget)
 and the other 5 are the test scans. The measured winner is the candidate whose fine-tune on the whole labelled
 scan scores best on the test scans (mean over --seeds). recommend then validates the same candidates on the
@@ -50,7 +52,8 @@ def make_data(root: Path) -> dict:
     return out
 
 
-def measured_scores(source_dir: Path, manifest: Path, records: list, k: int, seeds, out: Path) -> dict:
+def measured_scores(source_dir: Path, manifest: Path, records: list, k: int, seeds, out: Path,
+                    finetune: dict) -> dict:
     """{candidate: mean test score over seeds} of fine-tuning on the labelled comb of records[0], scored on the
     other records' whole volumes (the same fine-tune and scoring code recommend uses)."""
     from fewshot_da.data.preprocess import preprocess_options
@@ -59,7 +62,7 @@ def measured_scores(source_dir: Path, manifest: Path, records: list, k: int, see
     from fewshot_da.recommend.run import _Context, _validate, quick_overrides
 
     parent, parent_cfg = finished_parent(source_dir)
-    knobs = quick_overrides(dict(FINETUNE))
+    knobs = quick_overrides(dict(finetune))
     knobs.setdefault("base_filters", parent_cfg.get("base_filters", 0))
     cfg = _train_config(parent_cfg.get("preset", "paper"), "finetune", parent["arch"], None, knobs)
     options = preprocess_options(parent["preprocess"])
@@ -82,7 +85,10 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budgets", default="1,1/2,1/4")
     parser.add_argument("--seeds", default="0,1", help="Seeds of the measured (test-set) fine-tunes.")
+    parser.add_argument("--epochs", type=int, default=FINETUNE["epochs"], help="Fine-tune epochs.")
+    parser.add_argument("--iters-per-epoch", type=int, default=FINETUNE["iters_per_epoch"])
     args = parser.parse_args(argv)
+    finetune = {**FINETUNE, "epochs": args.epochs, "iters_per_epoch": args.iters_per_epoch}
     import torch
 
     torch.set_num_threads(1)
@@ -102,12 +108,12 @@ def main(argv=None):
                 k = 1 if budget == "1" else int(budget.split("/")[1])
                 tag = budget.replace("/", "_")
                 test = measured_scores(sources[source][0], pair / "target.csv", records, k, seeds,
-                                       pair / f"measured-{tag}")
+                                       pair / f"measured-{tag}", finetune)
                 winner = max(test, key=test.get)
                 for protocol in ("slab", "interleave"):
                     result = recommend(model=sources[source][0], manifest=pair / "labelled.csv",
                                        out=pair / f"rec-{tag}-{protocol}", slices=None if k == 1 else budget,
-                                       strategies=list(CANDIDATES), overrides=dict(FINETUNE), metric=METRIC,
+                                       strategies=list(CANDIDATES), overrides=dict(finetune), metric=METRIC,
                                        one_scan_folds=protocol, shift=False, curve=False, progress=False,
                                        log=lambda line: None, num_threads=1)
                     chosen = result["recommendation"]["strategy"]
