@@ -22,10 +22,10 @@ from fewshot_da_cli.errors import one_line_errors
 @click.option("--seeds", default="0", show_default=True, help="Seeds of every validation fine-tune, comma-separated.")
 @click.option("--max-folds", type=int, default=5, show_default=True,
               help="Validation folds over scans (leave-one-scan-out up to this many; one scan: 2 halves).")
-@click.option("--one-scan-folds", type=click.Choice(["interleave", "slab"]), default="interleave",
-              show_default=True,
-              help="With one labelled scan, validate on every other labelled slice against the rest (interleave: "
-                   "both halves span the same anatomy) or on two contiguous halves (slab).")
+@click.option("--one-scan-folds", type=click.Choice(["slab", "interleave"]), default="slab", show_default=True,
+              help="With one labelled scan, validate on its two contiguous halves (slab; picked the measured "
+                   "winner more often on phantoms) or on every other labelled slice against the rest "
+                   "(interleave: both halves span the same anatomy).")
 @click.option("--metric", default=None,
               help="Validation score: surface_dice_<tol>mm (default for volumes), dice (default for 2D), ari.")
 @click.option("--target-score", type=float, default=None,

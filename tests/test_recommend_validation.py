@@ -239,3 +239,14 @@ def test_one_scan_end_to_end_uses_interleaved_folds_and_says_so(tiny, tmp_path, 
     report = (tmp_path / "out" / "report.md").read_text()
     assert "(1 labelled scan)" in report and "comb-1, comb-2" in report
     assert math.isfinite(float((tmp_path / "out" / "ranking.csv").read_text().splitlines()[1].split(",")[2]))
+
+
+def test_the_default_one_scan_protocol_is_the_measured_one(cli_runner, cli_app):
+    # slab halves picked the phantom pairs' measured winner in 12/18 (grid schedule) and 8/12 (2 x 10 steps)
+    # decisions against 7/18 and 4/12 for interleaved halves (docs/studies/recommend_one_scan.py)
+    from fewshot_da.recommend.folds import ONE_SCAN_FOLDS
+
+    assert ONE_SCAN_FOLDS[0] == "slab"
+    assert [f.name for f in validation_folds(labelled_parts([12], 1))] == ["slab-1", "slab-2"]
+    help_text = cli_runner.invoke(cli_app, ["recommend", "--help"]).output
+    assert "--one-scan-folds [slab|interleave]" in help_text and "[default: slab]" in help_text

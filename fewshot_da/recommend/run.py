@@ -223,7 +223,7 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
     `slices` '1/k' when only every k-th slice is labelled) by internal validation, forecast the score against
     labelled-data size (`target_score`: how many scans reach it) and write OUT/recommendation.json, ranking.csv,
     validation.csv, learning_curve.csv/.png, report.md and shift_map/. One labelled scan is validated on two
-    halves of its labelled slices (`one_scan_folds`: 'interleave' or 'slab', see folds.one_scan_halves). Refuses
+    halves of its labelled slices (`one_scan_folds`: 'slab' or 'interleave', see folds.one_scan_halves). Refuses
     the source model's own training scans, an unscored metric, and all-NaN scores. Returns the recommendation."""
     from tqdm.auto import tqdm
 
