@@ -21,7 +21,11 @@ from fewshot_da_cli.errors import one_line_errors
               help="Candidates to validate, comma-separated.")
 @click.option("--seeds", default="0", show_default=True, help="Seeds of every validation fine-tune, comma-separated.")
 @click.option("--max-folds", type=int, default=5, show_default=True,
-              help="Validation folds over scans (leave-one-scan-out up to this many; one scan: 2 slabs).")
+              help="Validation folds over scans (leave-one-scan-out up to this many; one scan: 2 halves).")
+@click.option("--one-scan-folds", type=click.Choice(["slab", "interleave"]), default="slab", show_default=True,
+              help="With one labelled scan, validate on its two contiguous halves (slab; picked the measured "
+                   "winner more often on phantoms) or on every other labelled slice against the rest "
+                   "(interleave: both halves span the same anatomy).")
 @click.option("--metric", default=None,
               help="Validation score: surface_dice_<tol>mm (default for volumes), dice (default for 2D), ari.")
 @click.option("--target-score", type=float, default=None,
@@ -33,10 +37,12 @@ from fewshot_da_cli.errors import one_line_errors
               help="Preprocessing cache (default: cache/ beside the manifest).")
 @options.training
 @one_line_errors
-def recommend(model, manifest, out, domain, ids, slices, strategies, seeds, max_folds, metric, target_score,
+def recommend(model, manifest, out, domain, ids, slices, strategies, seeds, max_folds, one_scan_folds, metric,
+              target_score,
               curve_points, no_shift_map, cache, config, preset, num_threads, tolerances, quiet, wait, **kwargs):
     """Rank fine-tuning strategies on your labelled target scans and forecast the labels you need."""
     from fewshot_da.errors import InputError
+    from fewshot_da.recommend.report import action, count, p_best_text
     from fewshot_da.recommend.run import recommend as run_recommend
 
     options.note_busy_cores(num_threads)
@@ -46,22 +52,25 @@ def recommend(model, manifest, out, domain, ids, slices, strategies, seeds, max_
         raise InputError(f"--seeds {seeds!r}: comma-separated integers") from None
     result = run_recommend(model=model, manifest=manifest, out=out, domain=domain,
                            ids=[i.strip() for i in ids.split(",") if i.strip()] if ids else None, slices=slices,
-                           strategies=strategies, seeds=seed_list, max_folds=max_folds, metric=metric,
+                           strategies=strategies, seeds=seed_list, max_folds=max_folds,
+                           one_scan_folds=one_scan_folds, metric=metric,
                            target_score=target_score, curve=curve_points > 1, curve_points=curve_points,
                            shift=not no_shift_map, preset=preset, config=config,
                            overrides=options.training_overrides(kwargs), tolerances_mm=tolerances, cache=cache,
                            num_threads=num_threads, progress=options.show_progress(quiet), wait=wait,
                            log=click.echo)
-    for row in result["ranking"]:
-        click.echo(f"{row['rank']:>2}. {row['candidate']:<12} {row['mean']:.4f} [{row['low']:.4f}, "
-                   f"{row['high']:.4f}]  P(best) {row['p_best']:.2f}")
     choice = result["recommendation"]
-    click.echo(f"recommended: {choice['strategy']} (confidence {choice['confidence']}, "
-               f"P(best) {choice['p_best']:.2f})")
+    n_folds = choice["n_scored_folds"]
+    for row in result["ranking"]:
+        nan = f"  ({row['n_nan']} NaN fold{'' if row['n_nan'] == 1 else 's'})" if row["n_nan"] else ""
+        click.echo(f"{row['rank']:>2}. {row['candidate']:<12} {row['mean']:.4f} [{row['low']:.4f}, "
+                   f"{row['high']:.4f}]  P(best) {p_best_text(row['p_best'], n_folds)}{nan}")
+    click.echo(f"recommended: {action(choice['strategy'])} (confidence {choice['confidence']}, "
+               f"P(best) {p_best_text(choice['p_best'], n_folds)})")
     lc = result["learning_curve"]
     if lc and lc.get("target"):
         t = lc["target"]
-        click.echo(f"to reach {t['score']:g}: " + (f"about {t['scans_needed']} labelled {result['unit']}s "
+        click.echo(f"to reach {t['score']:g}: " + (f"about {count(t['scans_needed'], result['unit'])} "
                    f"({t['more_scans']} more)" if t["reachable"] else "not reachable on the fitted curve"))
     click.echo(f"wrote {out}/report.md")
 

@@ -35,7 +35,7 @@ def test_folds_hold_out_every_scan_once_and_never_train_on_it():
 def test_one_scan_is_split_into_two_slabs_of_its_labelled_comb():
     parts = labelled_parts([40], 4)
     assert parts[0].slices == tuple(range(0, 40, 4))
-    a, b = validation_folds(parts)
+    a, b = validation_folds(parts, one_scan="slab")
     assert a.train == b.test and a.test == b.train
     assert a.train[0].slices == (0, 4, 8, 12, 16) and a.test[0].slices == (20, 24, 28, 32, 36)
     with pytest.raises(InputError, match="single labelled slice"):
@@ -52,7 +52,7 @@ def test_curve_folds_shrink_the_training_set_only():
     assert counts == [64, 32, 16, 8, 4]
     assert all(f.test == fold.test for f in sizes)
     assert all(set(_slices(f.train)) <= set(_slices(fold.train)) for f in sizes)
-    slab = validation_folds(labelled_parts([12], 1))[0]
+    slab = validation_folds(labelled_parts([12], 1), one_scan="slab")[0]
     assert [f.n_train_slices for f in curve_folds(slab, points=4)] == [6, 3, 2]  # down to 2 slices
 
 
@@ -214,7 +214,7 @@ def test_one_scan_validates_on_two_slabs_and_2d_needs_two_images(project):
 
     one = read_manifest(project / "target.csv")[0].id
     result = _recommend(project, project / "rec-one", ids=[one], slices="1/2", strategies="none,all", shift=False,
-                        curve=False)
+                        curve=False, one_scan_folds="slab")
     assert [f["name"] for f in result["folds"]] == ["slab-1", "slab-2"]
     assert [f["n_train_slices"] for f in result["folds"]] == [3, 3]
 
@@ -259,4 +259,5 @@ def test_folds_without_a_score_are_left_out_not_propagated():
     scores = {"a": [float("nan"), 0.5, 0.6], "b": [float("nan"), 0.4, 0.5], "c": [float("nan")] * 3}
     rows = rank_candidates(scores)
     assert [r["candidate"] for r in rows] == ["a", "b", "c"] and rows[0]["n_folds"] == 2
-    assert rows[0]["p_best"] == pytest.approx(1.0) and rows[2]["p_best"] == 0.0
+    # 2 scored folds: too few for a fold bootstrap's P(best) (issue 21 §0), so none is given
+    assert rows[0]["p_best"] is None and rows[2]["p_best"] is None

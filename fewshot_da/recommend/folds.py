@@ -1,7 +1,10 @@
 """Internal validation folds over the user's labelled target slices, and the smaller training sets of a
 learning curve. A fold fine-tunes on some labelled slices and scores others: whole held-out scans (K-fold over
 scans, leave-one-scan-out when there are few), or, with a single labelled scan, the other half of its labelled
-slices (two contiguous slabs, each scored once)."""
+slices: two contiguous slabs (the default), or interleaved (every other labelled slice, so both halves cover the
+same anatomy, as a 1/k comb does). On the phantom pairs the slabs picked the measured winner more often
+(docs/studies/recommend_one_scan.py): interleaved halves test on neighbours of the training slices, which
+flatters fine-tuning as much as slabs flatter not fine-tuning."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -48,9 +51,25 @@ def labelled_parts(n_slices, k: int) -> list:
     return parts
 
 
-def validation_folds(parts, *, max_folds: int = 5, seed: int = 0) -> list:
+ONE_SCAN_FOLDS = ("slab", "interleave")  # how one labelled scan is split; the first is the default
+
+
+def one_scan_halves(part: Part, how: str = ONE_SCAN_FOLDS[0]) -> tuple:
+    """The two halves of one scan's labelled slices: 'interleave' = labelled slices 1st, 3rd, 5th ... and 2nd,
+    4th ... (each a regular comb of twice the labelled interval, both spanning the whole scan); 'slab' = the
+    first and the second half in slice order."""
+    if how == "interleave":
+        return Part(part.scan, part.slices[0::2]), Part(part.scan, part.slices[1::2])
+    if how == "slab":
+        half = part.n // 2
+        return Part(part.scan, part.slices[:half]), Part(part.scan, part.slices[half:])
+    raise InputError(f"--one-scan-folds {how!r}: choose {' or '.join(ONE_SCAN_FOLDS)}")
+
+
+def validation_folds(parts, *, max_folds: int = 5, seed: int = 0, one_scan: str = ONE_SCAN_FOLDS[0]) -> list:
     """K-fold over scans with K = min(#scans, max_folds) (seeded assignment; leave-one-scan-out when #scans <=
-    max_folds); one scan: its labelled slices in two contiguous halves, each the other's test set."""
+    max_folds); one scan: its labelled slices in two halves (`one_scan`: 'slab' or 'interleave', see
+    one_scan_halves), each the other's test set."""
     if max_folds < 2:
         raise InputError(f"--max-folds {max_folds}: need at least 2 folds")
     if len(parts) == 1:
@@ -58,9 +77,11 @@ def validation_folds(parts, *, max_folds: int = 5, seed: int = 0) -> list:
         if only.n < 2:
             raise InputError("one labelled scan with a single labelled slice: nothing is left to validate on; "
                              "label more slices or scans")
-        half = only.n // 2
-        first, second = Part(only.scan, only.slices[:half]), Part(only.scan, only.slices[half:])
-        return [Fold("slab-1", (first,), (second,)), Fold("slab-2", (second,), (first,))]
+        first, second = one_scan_halves(only, one_scan)
+        name = "comb" if one_scan == "interleave" else "slab"
+        return [Fold(f"{name}-1", (first,), (second,)), Fold(f"{name}-2", (second,), (first,))]
+    if one_scan not in ONE_SCAN_FOLDS:
+        raise InputError(f"--one-scan-folds {one_scan!r}: choose {' or '.join(ONE_SCAN_FOLDS)}")
     order = np.random.default_rng([seed, 7]).permutation(len(parts))
     groups = np.array_split(order, min(len(parts), int(max_folds)))
     folds = []

@@ -6,8 +6,34 @@ import math
 import numpy as np
 
 
+LABEL_FREE_ACTIONS = {
+    "none": "don't fine-tune (use the source model as is)",
+    "adabn": "don't fine-tune; re-estimate the batch-norm statistics on your target images (`adabn`)",
+    "histogram": "don't fine-tune; match your images' intensity histogram to the source's (`histogram`)",
+}
+ONE_SCAN_WORDS = {"interleave": "every other labelled slice of the one scan against the rest (interleaved, so "
+                                "both halves span the same anatomy)",
+                  "slab": "one half of the one scan's labelled slices against the other half in slice order "
+                          "(two slabs)"}
+
+
 def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def count(n, unit: str) -> str:
+    """'1 labelled scan', '3 labelled scans'."""
+    return f"{n} labelled {unit}{'' if n == 1 else 's'}"
+
+
+def action(strategy: str) -> str:
+    """What the user should do, in words: "fine-tune with `last`", "don't fine-tune (use the source model as is)"."""
+    return LABEL_FREE_ACTIONS.get(strategy, f"fine-tune with `{strategy}`")
+
+
+def p_best_text(p, n_folds: int) -> str:
+    """'0.73', or 'n/a (2 folds)' where P(best) is not estimated."""
+    return f"{p:.2f}" if p is not None else f"n/a ({n_folds} fold{'' if n_folds == 1 else 's'})"
 
 
 def learning_curve_figure(result: dict, path) -> None:
@@ -30,9 +56,13 @@ def report_markdown(result: dict) -> str:
     """The recommendation, the ranking table, the learning curve and the shift map's top units, as Markdown."""
     choice = result["recommendation"]
     unit = result["unit"]
-    lines = [f"# Recommendation for {result['domain']} ({len(result['ids'])} labelled {unit}s)", "",
-             f"**Fine-tune with `{choice['strategy']}`** — confidence {choice['confidence']} "
-             f"(P(best) {choice['p_best']:.2f} over fold resamples"]
+    n_folds = choice.get("n_scored_folds", len(result["folds"]))
+    doing = action(choice["strategy"])
+    p_words = ("over fold resamples" if choice["p_best"] is not None
+               else "too few folds for a bootstrap")
+    lines = [f"# Recommendation for {result['domain']} ({count(len(result['ids']), unit)})", "",
+             f"**{doing[0].upper() + doing[1:]}** — confidence {choice['confidence']} "
+             f"(P(best) {p_best_text(choice['p_best'], n_folds)} {p_words}"]
     if choice["margin"]:
         m = choice["margin"]
         lines[-1] += (f"; margin over {choice['runner_up']} {_fmt(m['mean'])} "
@@ -41,8 +71,12 @@ def report_markdown(result: dict) -> str:
     if choice["tied_with"]:
         lines.append(f"Statistically tied with it (paired 95% interval of the margin contains 0): "
                      f"{', '.join(choice['tied_with'])}.")
+    for note in choice.get("notes") or []:
+        lines.append(f"Note: {note}.")
     sched = result["schedule"]
-    lines += ["", f"Validation: {len(result['folds'])} folds ({', '.join(f['name'] for f in result['folds'])}), "
+    protocol = ONE_SCAN_WORDS.get(result.get("one_scan_folds"))
+    lines += ["", f"Validation: {len(result['folds'])} folds ({', '.join(f['name'] for f in result['folds'])}"
+              f"{': ' + protocol if protocol else ''}), "
               f"seeds {result['seeds']}, {sched['epochs']} x {sched['iters_per_epoch']} steps of batch "
               f"{sched['batch_size']} per fine-tune; metric {result['metric']} on held-out labelled "
               f"{'images' if unit == 'image' else 'slices'}.", "",
@@ -51,7 +85,7 @@ def report_markdown(result: dict) -> str:
     for r in result["ranking"]:
         won = "" if r["folds_won_vs_best"] is None else f"{r['folds_won_vs_best']}/{r['n_folds']}"
         lines.append(f"| {r['rank']} | {r['candidate']} | {_fmt(r['mean'])} | [{_fmt(r['low'])}, {_fmt(r['high'])}] "
-                     f"| {r['p_best']:.2f} | {won} |")
+                     f"| {_fmt(r['p_best'], 2)} | {won} |")
     lc = result["learning_curve"]
     if lc:
         lines += ["", f"## Learning curve ({lc['strategy']})", "",
@@ -60,12 +94,18 @@ def report_markdown(result: dict) -> str:
                   f"({lc['slices_per_scan']:.1f} per {unit} as labelled here).", "",
                   f"| labelled {unit}s | forecast | 95% band | within measured sizes |", "|---|---|---|---|"]
         for r in lc["table"]:
+            where = "yes" if r["measured_range"] else "extrapolated" + (", band widened" if r.get("band_widened")
+                                                                         else "")
             lines.append(f"| {r['labelled_scans']} | {_fmt(r['forecast'])} | [{_fmt(r['low'])}, {_fmt(r['high'])}] "
-                         f"| {'yes' if r['measured_range'] else 'extrapolated'} |")
+                         f"| {where} |")
+        if lc["curve"].get("at_bound"):
+            lines += ["", f"The fit sits at a bound of its parameter(s) {', '.join(lc['curve']['at_bound'])}, so the "
+                      "bound, not the data, shapes its extrapolation: beyond the measured sizes the band also covers "
+                      "no further gain and continued log-linear growth."]
         t = lc.get("target")
         if t:
             if t["reachable"]:
-                lines += ["", f"To reach {t['score']:g}: about {t['scans_needed']} labelled {unit}s "
+                lines += ["", f"To reach {t['score']:g}: about {count(t['scans_needed'], unit)} "
                           f"({t['more_scans']} more; fold-bootstrap range {t['scans_interval'][0]}–"
                           f"{t['scans_interval'][1] if t['scans_interval'][1] is not None else 'never'})."]
             else:

@@ -25,7 +25,7 @@ from ..experiments.stages import (_options_dict, _train_config, check_tolerances
                                   set_threads, strategy_model, tune)
 from ..training.config import with_overrides
 from .candidates import CANDIDATES, parse_candidates, uses_labels
-from .folds import curve_folds, labelled_parts, sub_volume, validation_folds
+from .folds import ONE_SCAN_FOLDS, curve_folds, labelled_parts, sub_volume, validation_folds
 from .learning_curve import bootstrap, fit_curve
 from .ranking import decide, rank_candidates
 
@@ -43,10 +43,55 @@ def quick_overrides(overrides: Optional[dict]) -> dict:
     return merged
 
 
-def _check_metric(metric: str) -> str:
-    if metric in ("dice", "ari") or (metric.startswith("surface_dice_") and metric.endswith("mm")):
+def _check_metric(metric: str, tolerances_mm=None) -> str:
+    """The metric name, refused unless it is one the scoring computes (a surface Dice at a scored tolerance)."""
+    if metric in ("dice", "ari"):
+        return metric
+    if metric.startswith("surface_dice_") and metric.endswith("mm"):
+        from ..metrics import surface_dice_key
+
+        keys = [surface_dice_key(t) for t in tolerances_mm or ()]
+        if tolerances_mm is not None and metric not in keys:
+            wanted = metric[len("surface_dice_"):-len("mm")]
+            scored = ", ".join(f"{t:g}" for t in tolerances_mm)
+            raise InputError(f"--metric {metric}: scored only at --tolerance {scored} mm; add --tolerance {wanted}")
         return metric
     raise InputError(f"--metric {metric!r}: choose dice, ari or surface_dice_<tol>mm (higher is better)")
+
+
+def _check_not_source_scans(parent: dict, parent_dir, records: list) -> None:
+    """Refuse labelled target scans the source model was trained on (its run.yaml's train_ids, or the same image
+    files): validating on them flatters `none`."""
+    train_ids = [str(i) for i in parent.get("train_ids") or []]
+    if not train_ids:
+        return
+    trained_images = set()
+    try:
+        trained = {r.id: r for r in read_manifest(parent["manifest"])} if parent.get("manifest") else {}
+        trained_images = {str(Path(trained[i].image).resolve()) for i in train_ids if i in trained}
+    except InputError:  # the source's manifest moved: the ids alone still say it
+        pass
+    chosen = set(train_ids)
+    same = [r.id for r in records if r.id in chosen or str(Path(r.image).resolve()) in trained_images]
+    if same:
+        shown = ", ".join(same[:5]) + (f" (+{len(same) - 5} more)" if len(same) > 5 else "")
+        raise InputError(f"{Path(parent_dir) / 'run.yaml'}: the source model was trained on labelled scan(s) "
+                         f"{shown}; validate on scans it has not seen (--ids to leave them out)")
+
+
+def _check_labelled_foreground(volumes, parts, ids, unit: str) -> None:
+    """Refuse labelled slices without any foreground: every validation score would be NaN (nothing to find)."""
+    if not any(np.asarray(volumes[p.scan].mask[list(p.slices)]).any() for p in parts):
+        raise InputError(f"recommend: the masks of every labelled {unit} ({', '.join(ids[:3])}"
+                         f"{', ...' if len(ids) > 3 else ''}) are empty on the labelled slices; nothing to score")
+
+
+def _check_scored(scores: dict, metric: str, folds: list) -> None:
+    """Refuse a ranking from scores that are all NaN, naming the cause."""
+    values = np.array(list(scores.values()), dtype=float)
+    if values.size and not np.isfinite(values).any():
+        raise InputError(f"recommend: every validation {metric} is NaN over {len(folds)} folds (the held-out "
+                         "masks are empty or the metric was not computed); nothing to rank")
 
 
 def _labelled_records(manifest, domain: Optional[str], ids: Optional[Sequence[str]]) -> list:
@@ -145,9 +190,10 @@ def _learning_curve(points_by_fold: list, total_slices: int, slices_per_scan: fl
     at = [s * slices_per_scan for s in scans]
     boot = bootstrap(points_by_fold, at, target=target_score, seed=seed)
     table = [{"labelled_scans": s, "labelled_slices": x, "forecast": float(curve(x)), "low": lo, "high": hi,
-              "measured_range": bool(x <= max(xs) if xs else False)}
-             for s, (x, lo, hi) in zip(scans, boot["forecast"])]
-    result = {"curve": {"kind": curve.kind, "a": curve.a, "b": curve.b, "c": curve.c},
+              "measured_range": bool(x <= max(xs) if xs else False), "band_widened": wide}
+             for s, (x, lo, hi), wide in zip(scans, boot["forecast"], boot["widened"])]
+    result = {"curve": {"kind": curve.kind, "a": curve.a, "b": curve.b, "c": curve.c,
+                        "at_bound": list(curve.at_bound)},
               "points": [{"fold": f, "labelled_slices": x, "score": y}
                          for f, fold in enumerate(points_by_fold) for x, y in fold],
               "slices_per_scan": slices_per_scan, "full_scan_slices": full_scan_slices,
@@ -170,13 +216,16 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
               slices: Optional[str] = None, strategies=DEFAULT_CANDIDATES, seeds: Sequence[int] = (0,),
               max_folds: int = 5, metric: Optional[str] = None, target_score: Optional[float] = None,
               curve: bool = True, curve_points: int = 4, shift: bool = True, preset: Optional[str] = None,
+              one_scan_folds: str = ONE_SCAN_FOLDS[0],
               config=None, overrides: Optional[dict] = None, tolerances_mm=(1.0,), cache=None,
               num_threads: Optional[int] = None, progress: bool = True, wait: bool = False,
               log: Callable[[str], None] = print) -> dict:
     """Rank `strategies` for adapting the source run `model` to the labelled scans of `manifest` (one domain;
     `slices` '1/k' when only every k-th slice is labelled) by internal validation, forecast the score against
     labelled-data size (`target_score`: how many scans reach it) and write OUT/recommendation.json, ranking.csv,
-    validation.csv, learning_curve.csv/.png, report.md and shift_map/. Returns the recommendation."""
+    validation.csv, learning_curve.csv/.png, report.md and shift_map/. One labelled scan is validated on two
+    halves of its labelled slices (`one_scan_folds`: 'slab' or 'interleave', see folds.one_scan_halves). Refuses
+    the source model's own training scans, an unscored metric, and all-NaN scores. Returns the recommendation."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -189,8 +238,13 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
     arch = parent["arch"]
     if target_score is not None and not (0 < float(target_score) <= 1):
         raise InputError(f"--target-score {target_score}: a score in (0, 1]")
+    if one_scan_folds not in ONE_SCAN_FOLDS:
+        raise InputError(f"--one-scan-folds {one_scan_folds!r}: choose {' or '.join(ONE_SCAN_FOLDS)}")
     records = _labelled_records(manifest, domain, ids)
+    _check_not_source_scans(parent, parent_dir, records)
     ids = [r.id for r in records]
+    if metric is not None:
+        _check_metric(metric, tolerances_mm)
     knobs = quick_overrides(overrides)
     knobs.setdefault("base_filters", parent_cfg.get("base_filters", 0))
     cfg = _train_config(preset or parent_cfg.get("preset", "paper"), "finetune", arch, config, knobs)
@@ -203,14 +257,16 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
         raise InputError(f"--slices {slices}: the target is 2D (one slice per image)")
     if images2d and len(volumes) < 2:
         raise InputError(f"{manifest}: one labelled image leaves nothing to validate on; give at least 2")
-    metric = _check_metric(metric or ("dice" if images2d else f"surface_dice_{tolerances_mm[0]:g}mm"))
+    metric = _check_metric(metric or ("dice" if images2d else f"surface_dice_{tolerances_mm[0]:g}mm"),
+                           tolerances_mm)
     parts = labelled_parts([v.n_slices for v in volumes], k)
-    folds = validation_folds(parts, max_folds=max_folds, seed=seeds[0])
+    folds = validation_folds(parts, max_folds=max_folds, seed=seeds[0], one_scan=one_scan_folds)
+    unit = "image" if images2d else "scan"
+    _check_labelled_foreground(volumes, parts, ids, unit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = _Context(parent_dir, arch, manifest, ids, volumes, options, cache, cfg, k, tolerances_mm, metric,
                    num_threads, out, wait=wait)
-    unit = "image" if images2d else "scan"
     log(f"recommend: {len(candidates)} candidates x {len(folds)} folds x {len(seeds)} seed(s) on {len(ids)} "
         f"labelled {unit}(s){'' if k == 1 else f' (1/{k} of the slices)'}; {cfg.epochs} x {cfg.iters_per_epoch} "
         f"steps per fine-tune; metric {metric}")
@@ -237,8 +293,11 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
         per_fold = [float(np.nanmean([run(candidate, fold, s) for s in seeds])) for fold in folds]
         scores[candidate] = per_fold
         log(f"  {candidate}: {metric} {np.nanmean(per_fold):.4f} over {len(folds)} folds")
-    ranking = rank_candidates(scores, seed=seeds[0])
-    choice = decide(ranking, scores)
+    _check_scored(scores, metric, folds)
+    ranking = rank_candidates(scores, seed=seeds[0], metric=metric)
+    choice = decide(ranking, scores, metric=metric)
+    for note in choice["notes"]:
+        log(f"  note: {note}")
 
     learning = None
     labelled = [c for c in (r["candidate"] for r in ranking) if uses_labels(c)]
@@ -270,6 +329,7 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
     result = {"kind": "recommendation", "model": str(parent_dir.resolve()), "arch": arch,
               "manifest": str(Path(manifest).resolve()), "domain": records[0].domain, "ids": ids,
               "labelled_slices_interval": k, "unit": unit, "metric": metric, "seeds": seeds,
+              "one_scan_folds": one_scan_folds if len(parts) == 1 else None,
               "folds": [{"name": f.name, "train": [ids[p.scan] for p in f.train],
                          "test": [ids[p.scan] for p in f.test], "n_train_slices": f.n_train_slices}
                         for f in folds],
