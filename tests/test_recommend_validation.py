@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fewshot_da.errors import InputError
-from fewshot_da.recommend.folds import curve_folds, labelled_parts, sub_volume, validation_folds
+from fewshot_da.recommend.folds import curve_folds, labelled_parts, validation_folds
 from fewshot_da.recommend.learning_curve import bootstrap, fit_curve
 from fewshot_da.recommend.ranking import decide, probability_best, rank_candidates
 

@@ -135,7 +135,7 @@ def main(argv=None):
                          f"({sum(d['agree'] for d in ds)}/{len(ds)}) | {np.mean([d['score_lost'] for d in ds]):.4f} "
                          f"| {max(d['score_lost'] for d in ds):.4f} | {sum(d['recommended'] == 'none' for d in ds)} |")
     winners = [r["winner"] for r in rows if r["protocol"] == "slab"]
-    lines.append(f"\nMeasured winners: " + ", ".join(f"{c} {winners.count(c)}" for c in CANDIDATES))
+    lines.append("\nMeasured winners: " + ", ".join(f"{c} {winners.count(c)}" for c in CANDIDATES))
     (args.out / "one_scan.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
