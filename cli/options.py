@@ -34,13 +34,22 @@ num_threads = click.option("--num-threads", type=click.IntRange(min=1), default=
                                 "busy cores fewer is faster: a note says so.")
 
 
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 def note_busy_cores(threads, workers: int = 1) -> None:
-    """Print (stderr) the one-line note when the load average leaves fewer free cores than the threads to use."""
+    """On a terminal, print (stderr) the one-line note when the load average leaves fewer free cores than the
+    threads to use. Off a terminal (pipes, schedulers, tests) the note goes only to each run's log.txt (`fit`), so
+    a command's output stays its result or its one-line error."""
     from fewshot_da.threads import busy_cores_note, threads_per_worker
 
+    if not stderr_is_terminal():
+        return
     note = busy_cores_note(threads_per_worker(threads, workers), workers)
     if note:
         click.echo(note, err=True)
+
 spacing_mm = click.option("--spacing-mm", type=float, nargs=3, default=None,
                           help="Voxel spacing in mm, three floats in array-axis order.")
 resize = click.option("--resize", default=None,

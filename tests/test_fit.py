@@ -15,8 +15,6 @@ from fewshot_da.checkpoint import load_checkpoint, load_pretrained
 from fewshot_da.training.fit import fit, training_layout
 from fewshot_da.training.strategies import fixed
 
-
-
 SIZE = 16
 
 
@@ -206,3 +204,19 @@ def test_load_pretrained_errors(tmp_path):
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(InputError, match="not a readable checkpoint"):
         load_pretrained(build_model("dsa"), tmp_path / "junk.pt")
+
+
+def test_busy_cores_note_goes_to_the_run_log(tmp_path, monkeypatch):
+    """Off a terminal the note is not printed; each run's log.txt holds it in one line, naming the flag."""
+    from fewshot_da import threads as threads_mod
+
+    monkeypatch.setattr(threads_mod, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(threads_mod.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit(small_net(), batches, tiny_config(epochs=2, lr_steps={}), tmp_path / "busy", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    notes = [line for line in (tmp_path / "busy" / "log.txt").read_text().splitlines() if "load average" in line]
+    assert len(notes) == 1 and notes[0].endswith("use --num-threads 1")

@@ -91,6 +91,9 @@ def test_the_note_is_one_line_of_a_verb(cli_runner, cli_app, tmp_path, monkeypat
     mask = np.zeros((8, 8, 8), np.uint8)
     mask[2:6, 2:6, 2:6] = 1
     nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "a.nii.gz")
+    from fewshot_da_cli import options as cli_options
+
+    monkeypatch.setattr(cli_options, "stderr_is_terminal", lambda: True)  # the note is for a person at a terminal
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads_mod, "cpu_cores", lambda: 4)
     monkeypatch.setattr(threads_mod.os, "getloadavg", lambda: (3.0, 3.0, 3.0))

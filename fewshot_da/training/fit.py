@@ -10,6 +10,7 @@ from torch import nn
 from ..checkpoint import seed_everything
 from ..cpu_memory import keep_freed_memory
 from ..errors import InputError
+from ..threads import busy_cores_note
 from .bookkeeping import RunState, record_epoch, resume_or_start
 from .config import TrainConfig, lr_at, schedule_note
 from .layers import freeze, set_train_mode
@@ -89,8 +90,9 @@ def fit(model: nn.Module, batches, config: TrainConfig, run_dir, *, strategy: St
                   f"layout={str(layout).removeprefix('torch.')} heap_kept={heap_kept} "
                   f"seed={config.seed} strategy={strategy.name} {strategy.options} trainable={n_trainable} "
                   f"params in {len(ever_trained)} tensors")
+    busy = busy_cores_note(torch.get_num_threads()) if device.type == "cpu" else None
     run = resume_or_start(run_dir, config, identity, model, optimizer, scaler, start_line,
-                          notes=[note for note in (schedule_note(config),) if note])
+                          notes=[note for note in (schedule_note(config), busy) if note])
 
     timings = {"data_s": 0.0, "compute_s": 0.0, "validate_s": 0.0, "bookkeeping_s": 0.0}
     bar = _progress_bar(config, run.start_epoch) if progress else None
