@@ -1,4 +1,4 @@
-"""A tiny phantoms plan shared by tests/test_grid.py and tests/test_slurm.py (seconds per run)."""
+"""A tiny phantoms plan shared by tests/experiments/test_grid.py and tests/experiments/test_slurm.py (seconds per run)."""
 
 
 def tiny_plan(**changes) -> dict:

@@ -6,7 +6,7 @@ dependency): with an int `random_state`,
   p = RandomState(s).permutation(len(ids)); test = ids[p[:n]], train = ids[p[n:]] (both in p order);
 - `KFold(k, shuffle=True, random_state=s)`: p = RandomState(s).permutation(len(ids)); fold i's test is
   p[start_i:stop_i] (the first len % k folds are one larger), returned sorted, and train the sorted rest.
-tests/test_data_splits.py checks this against scikit-learn when it is installed and against pinned lists.
+tests/data/test_splits.py checks this against scikit-learn when it is installed and against pinned lists.
 
 All splits operate on the ids of a domain sorted as strings, as the reference's id-sorted table.
 Small domains: a part that needs more scans than a domain has is left out and named in `notes`

@@ -139,7 +139,7 @@ def test_resume_after_kill_9(tmp_path):
         fit(small_net(), killing, tiny_config(), {str(tmp_path / "run")!r}, progress=False)
     """)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=str(__file__.rsplit("/", 2)[0]), env=env)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=str(__file__.rsplit("/", 3)[0]), env=env)
     assert proc.returncode == -9
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
     torch.manual_seed(0)

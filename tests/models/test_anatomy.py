@@ -17,7 +17,7 @@ from fewshot_da.models.anatomy import decision_units, matches
 from fewshot_da.training.layers import block_names, freeze, model_layers_table, trainable_names
 from fewshot_da.training.strategies import make_strategy
 
-NETS = Path(__file__).with_name("anatomy_nets.py")
+NETS = Path(__file__).resolve().parents[1] / "anatomy_nets.py"
 ED = "decoder.encoder.stages"  # the encoder, as named_parameters() names it (first registered under the decoder)
 
 

@@ -18,7 +18,7 @@ import yaml
 from fewshot_da.experiments.executors import GridProgress
 from tests.grid_plans import tiny_plan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
 
 # The CLI as a user runs it, with `fewshot_da_cli` mapped from this checkout's cli/ (as tests/conftest.py does).
@@ -172,7 +172,7 @@ def test_kill9_of_the_grid_leaves_no_worker_and_the_grid_resumes(tmp_path):
     rc, output = _resume(plan, out)
     assert rc == 0, output
     assert "9/9 runs finished, 0 failed" in output
-    # a real run warns about the degenerate budget as --dry-run does (tests/test_plans_validation.py)
+    # a real run warns about the degenerate budget as --dry-run does (tests/experiments/test_plan_checks.py)
     assert "warning: budget 1/4 of ge15 is degenerate" in output
 
 

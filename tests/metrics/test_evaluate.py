@@ -267,7 +267,7 @@ def test_cli_start_up_does_not_import_torch_or_numpy():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = f"""
 import importlib.util, sys, time
 t0 = time.perf_counter()

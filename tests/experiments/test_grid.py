@@ -23,7 +23,7 @@ from fewshot_da.experiments.results import read_results
 from fewshot_da.reports.gap import pair_gap_closed, scan_gap_closed, sign_test
 from tests.grid_plans import tiny_plan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CC359 = ("siemens15", "siemens3", "ge15", "ge3", "philips15", "philips3")
 
 

@@ -23,7 +23,7 @@ from fewshot_da.experiments.run_folder import claim, identity_of
 from tests.grid_plans import tiny_plan
 from tests.test_slurm import slurm  # noqa: F401  (the real local SLURM fixture; skips with a reason without it)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ADAPT = "runs/adapt/dart20/siemens3-ge15/all/1/s0"
 
 

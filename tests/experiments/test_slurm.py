@@ -14,7 +14,7 @@ import pytest
 from fewshot_da.experiments.executors import SlurmExecutor, run_experiment
 from tests.grid_plans import tiny_plan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _slurm_up() -> bool:
