@@ -21,7 +21,7 @@ from fewshot_da.experiments.executors import run_experiment
 from fewshot_da.experiments.results import append_results, read_results
 from fewshot_da.experiments.run_folder import claim, identity_of
 from tests.grid_plans import tiny_plan
-from tests.test_slurm import slurm  # noqa: F401  (the real local SLURM fixture; skips with a reason without it)
+from tests.experiments.test_slurm import slurm  # noqa: F401  (the real local SLURM fixture; skips with a reason without it)
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPT = "runs/adapt/dart20/siemens3-ge15/all/1/s0"
@@ -215,7 +215,7 @@ _APPENDER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
     from fewshot_da.experiments.results import append_results
-    from tests.test_reliability_grid import _rows
+    from tests.experiments.test_grid_reliability import _rows
     path, name, batches = sys.argv[2], sys.argv[3], int(sys.argv[4])
     for b in range(batches):
         append_results(path, _rows(f"{name}-{b}", 7, width=1 + b % 3))  # a wider header now and then

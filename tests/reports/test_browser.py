@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fewshot_da.reports.report import write_report
-from tests.test_report_data import write_synthetic
+from tests.reports.test_collect import write_synthetic
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")

@@ -13,8 +13,8 @@ from PIL import Image
 import fewshot_da
 from fewshot_da.experiments.results import write_results
 from fewshot_da.reports.report import DR_AXIS, gap_figure_data, write_report
-from tests.test_report_browser import CHROMIUM, _chromium, _image_states
-from tests.test_report_data import synthetic_rows, write_synthetic
+from tests.reports.test_browser import CHROMIUM, _chromium, _image_states
+from tests.reports.test_collect import synthetic_rows, write_synthetic
 
 METRIC = "surface_dice_1mm"
 

@@ -6,7 +6,7 @@ import pytest
 
 from fewshot_da.atomic import write_json_atomic
 from fewshot_da.reports.gap import pair_gap_closed
-from tests.test_report_data import write_synthetic
+from tests.reports.test_collect import write_synthetic
 
 REPORT_FILES = {"index.html", "report.md", "transfer_matrix.csv", "transfer_matrix.md", "transfer_heatmap.png",
                 "gap_by_budget.csv", "gap_by_budget.md", "gap_vs_budget.png", "winners.csv", "winners.md",
@@ -179,7 +179,7 @@ def test_bad_input_is_one_line(tmp_path, cli_runner, cli_app):
 def test_label_free_strategy_and_missing_oracle(tmp_path):
     from fewshot_da.experiments.results import read_results, write_results
     from fewshot_da.reports.report import write_report
-    from tests.test_report_data import synthetic_rows
+    from tests.reports.test_collect import synthetic_rows
 
     write_synthetic(tmp_path / "grid", adabn=True)
     out = write_report([tmp_path / "grid"], tmp_path / "r")

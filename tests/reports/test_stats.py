@@ -17,7 +17,7 @@ from fewshot_da.reports.stats import (
     wilcoxon_greater,
     winners,
 )
-from tests.test_report_data import BUDGETS, TRUE_GAP, synthetic_rows
+from tests.reports.test_collect import BUDGETS, TRUE_GAP, synthetic_rows
 
 
 def test_t_interval_by_hand():

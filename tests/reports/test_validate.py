@@ -3,7 +3,7 @@ are refused in one line naming the file (and line, or run folder) and the proble
 import pytest
 
 from fewshot_da.atomic import write_json_atomic
-from tests.test_report_data import write_synthetic
+from tests.reports.test_collect import write_synthetic
 
 
 def _report(cli_runner, cli_app, *args):
