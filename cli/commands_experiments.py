@@ -5,6 +5,27 @@ from fewshot_da_cli import options
 from fewshot_da_cli.errors import one_line_errors
 
 
+def describe_adaptation(strategy: str, options, budget: str) -> str:
+    """'first layers, 1 labelled scan', 'spottune (lam 0.005), 1/8 of a scan', "no adaptation (the source model as
+    is), no labels": one phrase for the adapt line."""
+    options = {k: v for k, v in (options or {}).items() if v not in (None, "")}
+    if strategy == "none":
+        what = "no adaptation (the source model as is)"
+    elif strategy == "freeze":
+        what = f"{options.pop('layers', 'first')} layers"
+    else:
+        what = strategy
+    if options:
+        what += " (" + ", ".join(f"{k} {v}" for k, v in sorted(options.items())) + ")"
+    if not budget:
+        amount = "no labels"
+    elif "/" in str(budget):
+        amount = f"{budget} of a scan"
+    else:
+        amount = f"{budget} labelled scan{'s' if str(budget) != '1' else ''}"
+    return f"{what}, {amount}"
+
+
 def _print_summary(summary):
     mean = summary.get("mean")
     if mean:
@@ -105,8 +126,7 @@ def adapt(model, target, strategy, layers, order, unfreeze_every, blocks_trained
                         save_predictions=save_predictions, num_threads=num_threads,
                         progress=options.show_progress(quiet), wait=wait)
     spec = summary["spec"]
-    click.echo(f"adapted to {target} with {strategy} {spec.get('options') or ''}, budget "
-               f"{spec.get('budget') or 'no labels'}: {out}")
+    click.echo(f"adapted to {target}: {describe_adaptation(strategy, spec.get('options'), spec.get('budget'))}; {out}")
     _print_summary(summary)
 
 

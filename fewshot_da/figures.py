@@ -29,11 +29,19 @@ def _save(fig: Figure, path) -> Path:
     return Path(path)
 
 
+def axis_label_with_blank_note(label: str, matrix, blank_label: str) -> str:
+    """The x-axis label, with a line saying what blank (NaN) cells mean when `matrix` has any."""
+    if blank_label and not np.isfinite(np.asarray(matrix, dtype=float)).all():
+        return "\n".join(filter(None, [label, f"blank: {blank_label}"]))
+    return label
+
+
 def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], path, *, title: str = "",
             cmap: str = "viridis", vmin=None, vmax=None, colorbar_label: str = "", annotate: bool = True,
-            fmt: str = "{:.2f}", xlabel: str = "", ylabel: str = "") -> Path:
-    """A rows x columns matrix as a labelled heat map PNG (NaN cells blank); generic: the transfer matrix, the
-    SpotTUnet policy map (units x budgets) and the shift map (units x target domains) all use it."""
+            fmt: str = "{:.2f}", xlabel: str = "", ylabel: str = "", blank_label: str = "") -> Path:
+    """A rows x columns matrix as a labelled heat map PNG (NaN cells blank, explained by `blank_label` under the
+    axes when there are any); generic: the transfer matrix, the SpotTUnet policy map (units x budgets) and the
+    shift map (units x target domains) all use it."""
     m = np.asarray(matrix, dtype=float)
     if m.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"heatmap: matrix {m.shape} does not match {len(row_labels)} x {len(col_labels)} labels")
@@ -45,7 +53,8 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], path, 
     ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels], rotation=45 if len(col_labels) > 4 else 0,
                   ha="right" if len(col_labels) > 4 else "center")
     ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels])
-    ax.set_xlabel(xlabel)
+    xlabel = axis_label_with_blank_note(xlabel, m, blank_label)
+    ax.set_xlabel(xlabel, fontsize=8 if blank_label else None)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     bar = fig.colorbar(image, ax=ax)

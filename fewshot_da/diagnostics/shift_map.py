@@ -414,7 +414,8 @@ def _shift_map(net, run, run_dir, manifest, out, targets, method, layers, units,
     label = "W2 / source sd" if divergence == "w2" else "symmetric KL (nats)"
     heatmap([[scores[d][u] for d in targets] for u in unit_names], unit_names, list(targets),
             out / "shift_map.png", title=f"{run_dir.name}: {method} statistics shift, {forward} forward",
-            colorbar_label=label, cmap="magma", vmin=0)
+            colorbar_label=label, cmap="magma", vmin=0,
+            blank_label="no normalisation layer in the unit (e.g. a 1x1 shortcut conv)")
     summary = {"kind": "shift_map", "model": str(run_dir.resolve()), "arch": arch,
                "manifest": str(Path(manifest)), "method": method, "divergence": divergence,
                "forward": forward,

@@ -22,8 +22,15 @@ def score_prediction(volume, pred: np.ndarray, *, tolerances_mm=(1.0,)) -> dict:
     two_d = gt.shape[0] == 1
     if two_d:
         gt, pred, spacing = gt[0], pred[0], spacing[1:]
-    scores = score_case(gt, pred, spacing_mm=spacing, tolerances_mm=tuple(tolerances_mm))
-    row = {"id": volume.id, "domain": volume.domain, **{k: float(v) for k, v in scores.items()}}
+    return score_masks(volume.id, volume.domain, gt, pred, spacing, tolerances_mm=tolerances_mm, two_d=two_d)
+
+
+def score_masks(case_id: str, domain: str, gt: np.ndarray, pred: np.ndarray, spacing_mm, *, tolerances_mm=(1.0,),
+                two_d: bool = False) -> dict:
+    """The row of `score_prediction` for two binary masks of one grid with voxel spacing `spacing_mm` (mm)."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    scores = score_case(gt, pred, spacing_mm=tuple(spacing_mm), tolerances_mm=tuple(tolerances_mm))
+    row = {"id": case_id, "domain": domain, **{k: float(v) for k, v in scores.items()}}
     if two_d:
         row["pixel_error_pct"] = 100.0 * float(pixel_error(gt, pred))
         row["ari"] = float(adjusted_rand_index(gt, pred))

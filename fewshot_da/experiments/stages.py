@@ -29,7 +29,7 @@ from ..checkpoint import load_checkpoint, load_pretrained, save_checkpoint
 from ..training.fit import fit
 from ..training.strategies.registry import LABEL_FREE, make_strategy
 from .run_folder import finished_summary, identity_of, locked, open_run, read_run, write_summary
-from .scoring import aggregate_scores, score_volumes
+from .scoring import aggregate_scores, score_masks, score_volumes
 
 
 @dataclass
@@ -325,6 +325,22 @@ def run_model(run_dir):
     return net, strategy
 
 
+def _score_written(row: dict, record, pred_dir: Path, tolerances_mm) -> tuple:
+    """(row, True): the scores of a written original-grid prediction against the record's NIfTI mask on its own
+    grid and header spacing; (row, False): the preprocessed grid's row, when there is no same-shape NIfTI mask."""
+    from ..data.io import is_nifti
+    from ..metrics.masks import read_mask_file
+
+    if record is None or not record.mask or not is_nifti(record.mask):
+        return row, False
+    gt = read_mask_file(record.mask)
+    pred = read_mask_file(pred_dir / f"{row['id']}.nii.gz")
+    if gt.data.shape != pred.data.shape:
+        return row, False
+    return score_masks(row["id"], row.get("domain"), gt.data > 0, pred.data > 0, gt.spacing_mm,
+                       tolerances_mm=tolerances_mm), True
+
+
 def resolve_ids(split: dict, run: dict, which: str, records: Sequence) -> list:
     """Ids for `predict --ids`: test (the run's own test role), val, all, a domain, or a comma list of ids."""
     which = which.strip()
@@ -354,7 +370,8 @@ def predict(*, model, out, manifest=None, ids: str = "test", tolerances_mm=(1.0,
     """Predict volumes with a trained run's model, write NIfTI masks to `out/predictions/` and score them.
 
     Masks are written in the preprocessed grid with its affine (or resampled back onto each input's grid with
-    original_grid=True); scores (when the manifest has masks) are computed in the preprocessed grid.
+    original_grid=True); scores (when the manifest has masks) are those of the written masks: in the preprocessed
+    grid, or with original_grid=True against each scan's own mask file on its own grid (`scored_on` says which).
     """
     from ..data.preprocess import save_prediction_nifti
 
@@ -379,12 +396,19 @@ def predict(*, model, out, manifest=None, ids: str = "test", tolerances_mm=(1.0,
         volumes = open_volumes(manifest, chosen, cache=run["cache"], preprocess=run["preprocess"], progress=progress)
         rows = _score(net, arch, volumes, tolerances_mm=tolerances_mm, batch_size=batch_size, on_prediction=save,
                       progress=progress, strategy=strategy, records=out / "policy_test.csv")
+        kept = []  # ids scored on the preprocessed grid although original_grid was asked (no same-shape NIfTI mask)
+        if original_grid:  # score the masks as written, on each scan's own grid, against its own mask file
+            records = {r.id: r for r in read_manifest(manifest)}
+            rescored = [_score_written(row, records.get(row["id"]), pred_dir, tolerances_mm) for row in rows]
+            kept = [row["id"] for row, original in rescored if not original]
+            rows = [row for row, _ in rescored]
         write_csv_atomic(out / "scores.csv", rows)
         summary = {"spec": {**{k: run.get(k) for k in ("arch", "source", "target", "strategy", "seed", "fold")},
                             "kind": "predict", "layers": (run.get("strategy_options") or {}).get("layers", ""),
                             "budget": ""},
                    "kind": "predict", "model": str(run_dir.resolve()), "ids": chosen, "scores": rows,
-                   "predictions": str(pred_dir.resolve()), "original_grid": bool(original_grid)}
+                   "predictions": str(pred_dir.resolve()), "original_grid": bool(original_grid),
+                   "scores_grid": "original" if original_grid else "preprocessed", "scored_on_preprocessed": kept}
         if rows:
             aggregate = aggregate_scores(rows)
             summary.update(aggregate=aggregate, mean={k: v["mean"] for k, v in aggregate["metrics"].items()})

@@ -325,7 +325,7 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
         from ..diagnostics.shift_map import shift_map
 
         shift_summary = shift_map(model=parent_dir, manifest=manifest, out=out / "shift_map",
-                                  domains=[records[0].domain], progress=False)
+                                  domains=[records[0].domain], cache=cache, progress=False)  # the scans' own cache
     result = {"kind": "recommendation", "model": str(parent_dir.resolve()), "arch": arch,
               "manifest": str(Path(manifest).resolve()), "domain": records[0].domain, "ids": ids,
               "labelled_slices_interval": k, "unit": unit, "metric": metric, "seeds": seeds,

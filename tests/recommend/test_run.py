@@ -185,6 +185,7 @@ def test_recommend_ranks_adapting_above_not_adapting_and_writes_its_outputs(proj
     for name in ("report.md", "ranking.csv", "validation.csv", "learning_curve.csv", "learning_curve.png",
                  "shift_map/shift_map.csv", "shift_map/shift_map.png"):
         assert (out / name).is_file(), name
+    assert not (out / "shift_map" / "cache").exists()  # the shift map reads the labelled scans' own cache
     saved = json.loads((out / "recommendation.json").read_text())
     assert saved["recommendation"] == json.loads(json.dumps(result["recommendation"]))
     report = (out / "report.md").read_text()

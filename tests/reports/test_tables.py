@@ -66,3 +66,16 @@ def test_heatmap_is_generic_and_checks_shape(tmp_path):
         assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 10
     with pytest.raises(ValueError, match="does not match"):
         heatmap(np.zeros((2, 2)), ["x"], ["a", "b"], tmp_path / "bad.png")
+
+
+def test_heatmap_says_what_blank_cells_mean(tmp_path):
+    """The shift map's NaN rows (units without a norm layer) are explained under the axes, not left bare."""
+    import math
+
+    from fewshot_da.figures import axis_label_with_blank_note
+
+    note = "no normalisation layer in the unit"
+    assert axis_label_with_blank_note("", [[0.1, math.nan]], note) == f"blank: {note}"
+    assert axis_label_with_blank_note("target", [[0.1, math.nan]], note) == f"target\nblank: {note}"
+    assert axis_label_with_blank_note("target", [[0.1, 0.2]], note) == "target"
+    assert heatmap([[0.1, math.nan]], ["a"], ["x", "y"], tmp_path / "h.png", blank_label=note).is_file()
