@@ -42,7 +42,7 @@ def main():
         return out
 
     stages.score_volumes = timed
-    orig_execute = grid_mod._run_spec
+    orig_execute = grid_mod.runs._run_spec
 
     def run_spec(spec, context, grid_dir, num_threads):
         timed.last = 0.0
@@ -50,7 +50,7 @@ def main():
         predict_s[spec.run_id] = timed.last
         return summary
 
-    grid_mod._run_spec = run_spec
+    grid_mod.runs._run_spec = run_spec
     if Path(args.plan).is_file():  # a YAML plan as is
         import yaml
 

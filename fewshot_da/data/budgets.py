@@ -130,3 +130,16 @@ def budget_scans(label) -> float:
 def budget_slug(label: str) -> str:
     """The label as a folder name: '1/48' -> '1_48'."""
     return str(label).replace("/", "_")
+
+
+# SpotTUnet's lambda per budget (REFERENCE.md section 6: chosen on pairs 0-4, the code's normalisation), keyed by
+# (scans, 1/k), its default, and the grid it was chosen from: the one copy of the paper's table.
+PAPER_LAMBDA = {(3, 1): 0.0, (2, 1): 0.005, (1, 1): 0.005, (1, 3): 0.007, (1, 6): 0.005, (1, 12): 0.005,
+                (1, 24): 0.012, (1, 36): 0.007, (1, 48): 0.010}
+DEFAULT_LAMBDA = 0.005
+LAMBDA_GRID = (0.0, 0.001, 0.003, 0.005, 0.007, 0.010, 0.012, 0.015, 0.020)
+
+
+def paper_lambda(scans, slices_k) -> float:
+    """The paper's lambda for a budget (N scans, 1/k of a scan); 0.005 where the paper chose none."""
+    return PAPER_LAMBDA.get((int(scans or 1), int(slices_k or 1)), DEFAULT_LAMBDA)

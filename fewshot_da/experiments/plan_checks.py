@@ -90,7 +90,7 @@ def _check_tolerances(plan: dict, where: str) -> None:
 
 def _check_budgets(plan: dict, where: str) -> list:
     """[(label, scans, k or None)] of the plan's budgets, each parsed once."""
-    from .grid import parse_budget
+    from ..data.budgets import parse_budget_label as parse_budget
 
     out = []
     for label in plan["budgets"]:
@@ -146,7 +146,7 @@ def _check_pairs(pairs, entry: str) -> None:
 
 
 def _pair_indices(pairs, entry: str) -> set:
-    from .grid import _index_range
+    from .grid.specs import _index_range
 
     try:
         return _index_range(pairs, entry)
@@ -299,7 +299,7 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
 
 def plan_targets(plan: dict, splits: dict) -> list:
     """The target domains the plan's pairs reach in this data (the grid's own pair rule)."""
-    from .grid import _index_range
+    from .grid.specs import _index_range
 
     domains = list(splits["domains"])
     sources = domains if plan["sources"] == "all" else [d for d in plan["sources"] if d in domains]
@@ -321,7 +321,7 @@ def check_plan_data(plan: dict, splits: dict, where: str) -> None:
     2D target."""
     from ..data import splits as splits_mod
     from ..data.budgets import make_budget
-    from .grid import parse_budget
+    from ..data.budgets import parse_budget_label as parse_budget
 
     targets = plan_targets(plan, splits)
     budgets = [(b, *parse_budget(b)) for b in plan["budgets"]]

@@ -16,23 +16,15 @@ from typing import Optional
 
 import yaml
 
+from ..data.budgets import LAMBDA_GRID, PAPER_LAMBDA, budget_label
 from ..errors import InputError
 
 CC359_DART20_BUDGETS = ["3", "1", "1/3", "1/6", "1/12", "1/24", "1/36", "1/48"]  # REFERENCE §3 (DART20)
 CC359_DSA_BUDGETS = ["3", "2", "1", "1/3", "1/6", "1/12", "1/24", "1/36", "1/48"]  # DSA adds 2 scans
-# SpotTUnet's chosen lambda per budget and its search grid (REFERENCE §6; the code's normalisation).
-SPOTTUNE_LAMBDA = {
-    "3": 0.0,
-    "2": 0.005,
-    "1": 0.005,
-    "1/3": 0.007,
-    "1/6": 0.005,
-    "1/12": 0.005,
-    "1/24": 0.012,
-    "1/36": 0.007,
-    "1/48": 0.010,
-}
-SPOTTUNE_LAMBDA_GRID = [0.0, 0.001, 0.003, 0.005, 0.007, 0.010, 0.012, 0.015, 0.020]
+# SpotTUnet's chosen lambda per budget and its search grid (REFERENCE §6), as plan entries: the one table of
+# data/budgets.py spelt with budget labels.
+SPOTTUNE_LAMBDA = {budget_label(scans, k): lam for (scans, k), lam in PAPER_LAMBDA.items()}
+SPOTTUNE_LAMBDA_GRID = list(LAMBDA_GRID)
 
 DEFAULTS = {
     "name": "",

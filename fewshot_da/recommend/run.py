@@ -160,7 +160,7 @@ def _validate(ctx: _Context, candidate: str, fold, seed: int) -> dict:
     identity = identity_of(spec, cfg.resolved(), [ctx.manifest], parent=ctx.parent_dir)
     with open_run(run_dir, spec, identity, wait=ctx.wait) as done:
         if done is not None:
-            return done
+            return {**done, "status": "finished before, reused"}
         started = time.perf_counter()
         net, chosen = strategy_model(ctx.parent_dir, ctx.arch, cfg, strategy, dict(options),
                                      budget=(len(fold.train), ctx.k))
@@ -177,7 +177,8 @@ def _validate(ctx: _Context, candidate: str, fold, seed: int) -> dict:
                    "seconds": time.perf_counter() - started}
         summary = write_summary(run_dir, summary)
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-        return summary
+        resumed = (tuned["fit"] or {}).get("resumed_from_epoch")
+        return {**summary, "status": f"resumed after epoch {resumed - 1}" if resumed else ""}
 
 
 def _learning_curve(points_by_fold: list, total_slices: int, slices_per_scan: float, n_scans: int,
@@ -284,9 +285,10 @@ def recommend(*, model, manifest, out, domain: Optional[str] = None, ids: Option
                      "seconds": summary.get("seconds")})
         bar.update(1)
         count["done"] += 1
-        if not progress:  # log lines for batch jobs and CI logs; a terminal gets the bar
+        status = summary.get("status")
+        if not progress or status:  # a line per run for batch jobs and CI logs, and for every resumed or reused run
             log(f"  [{count['done']}/{count['total']}] {candidate} {fold.name} seed {seed}: {metric} {score:.4f} "
-                f"({summary.get('seconds') or 0:.1f} s)")
+                f"({summary.get('seconds') or 0:.1f} s{'; ' + status if status else ''})")
         return score
 
     for candidate in candidates:

@@ -204,10 +204,15 @@ def test_a_rerun_recomputes_nothing_and_an_interrupted_run_redoes_only_itself(pr
     stamps = {p: p.stat().st_mtime_ns for p in summaries}
     lost = summaries[3]
     lost.unlink()  # as if killed before this run wrote its summary
-    again = _recommend(project, out, strategies="none,last", shift=False, curve=False)
+    resumed = []
+    again = _recommend(project, out, strategies="none,last", shift=False, curve=False, progress=True,
+                       log=resumed.append)
     assert again["ranking"] == first["ranking"]
     changed = [p for p in summaries if p.stat().st_mtime_ns != stamps.get(p)]
     assert changed == [lost]
+    # with a progress bar too, every reused run says so in one line; the re-run one has no such note
+    reused = [line for line in resumed if line.strip().startswith("[") and "finished before, reused" in line]
+    assert len(reused) == 5
 
 
 def test_one_scan_validates_on_two_slabs_and_2d_needs_two_images(project):

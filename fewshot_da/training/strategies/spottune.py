@@ -8,22 +8,11 @@ decay 1e-3 (the reference's 1e-3 / 1e-2 pair, both x0.1 at the preset's drop). R
 (policy_train.csv) and per test scan (policy_test.csv), the fraction of slices that used each unit's fine-tuned copy.
 Without `lam`, the paper's chosen value for the budget is used (dsa-code preset).
 """
+from ...data.budgets import paper_lambda
 from ...models.anatomy import is_declared
 from ...models.spottune import SpotTUnet, policy_penalty
 from ...models.spottune_traced import TracedSpotTUnet
 from .base import Strategy, check_options
-
-# REFERENCE.md section 6: the lambda chosen on pairs 0-4 per budget, keyed by (scans, 1/k)
-PAPER_LAMBDA = {(3, 1): 0.0, (2, 1): 0.005, (1, 1): 0.005, (1, 3): 0.007, (1, 6): 0.005, (1, 12): 0.005,
-                (1, 24): 0.012, (1, 36): 0.007, (1, 48): 0.010}
-DEFAULT_LAMBDA = 0.005
-LAMBDA_GRID = (0.0, 0.001, 0.003, 0.005, 0.007, 0.010, 0.012, 0.015, 0.020)
-
-
-def paper_lambda(scans, slices_k) -> float:
-    """The paper's lambda for a budget (N scans, 1/k of a scan); 0.005 where the paper chose none."""
-    return PAPER_LAMBDA.get((int(scans or 1), int(slices_k or 1)), DEFAULT_LAMBDA)
-
 
 def build(model, arch, options, *, budget=None):
     options = check_options("spottune", options, ("lam", "temperature", "unit_map"))
