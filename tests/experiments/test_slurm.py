@@ -78,8 +78,11 @@ class _Preempter(threading.Thread):
 
 
 def test_slurm_grid_with_a_requeued_task_matches_local(slurm, tmp_path, monkeypatch):
+    # adapted runs of 3 x 30 steps, long enough between checkpoints for the preempter to catch one on any load
+    plan = tiny_plan(schedules={"source": {"epochs": 2, "iters_per_epoch": 4, "batch_size": 4, "crop": 24},
+                                "finetune": {"epochs": 3, "iters_per_epoch": 30, "batch_size": 4, "crop": 24}})
     local = tmp_path / "local"
-    assert run_experiment(tiny_plan(), local, slots=2, log=lambda _: None)["failed"] == 0
+    assert run_experiment(plan, local, slots=2, log=lambda _: None)["failed"] == 0
 
     out = tmp_path / "slurm"
     executor = SlurmExecutor(time_min=10, runs_per_task=2, cpus_per_task=1, poll_s=0.5)
@@ -87,7 +90,7 @@ def test_slurm_grid_with_a_requeued_task_matches_local(slurm, tmp_path, monkeypa
     preempter.start()
     lines = []
     try:
-        summary = run_experiment(tiny_plan(), out, executor=executor, log=lines.append)
+        summary = run_experiment(plan, out, executor=executor, log=lines.append)
     finally:
         preempter.stop = True
         preempter.join(timeout=5)
