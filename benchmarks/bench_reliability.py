@@ -38,7 +38,7 @@ def main(n_files=20):
           f"load_volume (verified gzip) {new * 1e3:.1f} ms/file, ratio {new / old:.2f}")
 
     # a cached volume the size of an IXI scan at 1 mm (the paper preset): float32 image + uint8 mask
-    from fewshot_da.data.preprocess import resample
+    from fewshot_da.data.resample import resample
 
     volume = load_volume(files[0])
     image, _ = resample(volume.data, volume.spacing_mm, (1.0, 1.0, 1.0), 1)
@@ -60,7 +60,7 @@ def main(n_files=20):
             print(f"  {name:8s} {t * 1e3:6.1f} ms/volume ({n_bytes / t / 2**30:.2f} GiB/s)")
     # open_cached with and without the check, on real entries (IXI scans, paper preset: 1 mm, float32)
     from fewshot_da.data.manifest import Record
-    from fewshot_da.data.preprocess import open_cached, preprocess_manifest
+    from fewshot_da.data.cache import open_cached, preprocess_manifest
 
     records = [Record(f"s{i}", f, f.replace("/images/", "/masks/").replace(".nii.gz", "_brain.nii.gz"), "hh")
                for i, f in enumerate(files[:4])]

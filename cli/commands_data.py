@@ -114,7 +114,8 @@ def preprocess_command(manifest, cache_dir, preset, spacing_mm, reorient_ras, sl
                        resize, histogram, workers):
     """Resample, clip and scale every scan of MANIFEST into slice-major .npy files under --cache (resumable)."""
     from fewshot_da.data.manifest import read_manifest
-    from fewshot_da.data.preprocess import PRESETS, parse_resize, preprocess_manifest
+    from fewshot_da.data.preprocess import PRESETS, parse_resize
+    from fewshot_da.data.cache import preprocess_manifest
 
     changes = {"reorient_ras": reorient_ras, "slice_axis": slice_axis, "dtype": dtype, "cache_key": cache_key,
                "resize": parse_resize(resize) if resize is not None else None, "histogram": histogram}

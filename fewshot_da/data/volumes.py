@@ -3,7 +3,8 @@ from typing import Sequence
 
 from ..errors import InputError
 from .manifest import read_manifest
-from .preprocess import preprocess_manifest, preprocess_options
+from .preprocess import preprocess_options
+from .cache import preprocess_manifest
 
 
 def open_volumes(manifest, ids: Sequence[str], *, cache, preprocess="paper", num_workers: int = 2,

@@ -179,7 +179,7 @@ def target_images(records, options, cache_dir, *, progress: bool = False) -> lis
     never opened (the records are passed on without them)."""
     import dataclasses
 
-    from ..data.preprocess import preprocess_manifest
+    from ..data.cache import preprocess_manifest
 
     images_only = [dataclasses.replace(r, mask="") for r in records]
     return [v.image for v in preprocess_manifest(images_only, cache_dir, options, progress=progress)]

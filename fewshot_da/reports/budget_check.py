@@ -27,7 +27,8 @@ def degenerate_budgets(grid_dir, min_slices: int = MIN_FOREGROUND_SLICES) -> lis
     from ..data import splits as splits_mod
     from ..data.budgets import comb_slices
     from ..data.manifest import read_manifest
-    from ..data.preprocess import preprocess_manifest, preprocess_options
+    from ..data.preprocess import preprocess_options
+    from ..data.cache import preprocess_manifest
 
     path = Path(grid_dir) / "grid.json"
     if not path.is_file():

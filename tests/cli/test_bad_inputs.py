@@ -28,7 +28,7 @@ import pytest
 from fewshot_da.data.datasets import index_cc359
 from fewshot_da.data.manifest import write_manifest
 from fewshot_da.data.phantoms import write_phantom_dataset
-from fewshot_da.data.preprocess import preprocess_manifest
+from fewshot_da.data.cache import preprocess_manifest
 from fewshot_da.data.splits import write_splits
 
 TINY = ["--epochs", "1", "--lr-steps", "", "--iters-per-epoch", "1", "--batch-size", "2", "--crop", "16", "--quiet"]

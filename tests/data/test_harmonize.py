@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fewshot_da.data import preprocess as pp
+from fewshot_da.data import cache as pp_cache
 from fewshot_da.data.harmonize import (
     DEFAULT_PERCENTILES,
     fit_histogram_reference,
@@ -108,7 +109,7 @@ def test_histogram_preprocessing_option_is_applied_and_cached(tmp_path):
     reference = fit_histogram_reference(_source_volumes())
     path = save_histogram_reference(reference, tmp_path / "ref.json")
     options = pp.PreprocessOptions(target_spacing_mm=None, clip_percentiles=None, histogram=str(path))
-    (volume,) = pp.preprocess_manifest([record], tmp_path / "cache", options, progress=False)
+    (volume,) = pp_cache.preprocess_manifest([record], tmp_path / "cache", options, progress=False)
     quantiles = np.percentile(np.asarray(volume.image, dtype=np.float64), reference.percentiles)
     # ties (the phantom's constant background) cannot be split; every untied landmark lands within 1e-3
     own = np.percentile(volume.to_array_order(volume.image), reference.percentiles)
@@ -116,10 +117,10 @@ def test_histogram_preprocessing_option_is_applied_and_cached(tmp_path):
     assert untied.sum() > 30
     assert np.abs(quantiles - reference.landmarks)[untied].max() < 1e-3
     # the key follows the reference's content, not its path
-    key = pp.cache_key(record, options)
+    key = pp_cache.cache_key(record, options)
     save_histogram_reference(reference._replace(landmarks=tuple(v * 0.5 for v in reference.landmarks)), path)
-    assert pp.cache_key(record, options) != key
-    assert pp.cache_key(record, options.replace(histogram=None)) != key
+    assert pp_cache.cache_key(record, options) != key
+    assert pp_cache.cache_key(record, options.replace(histogram=None)) != key
     with pytest.raises(InputError, match="--histogram .*nowhere.json: reference file not found"):
         pp.PreprocessOptions(histogram=str(tmp_path / "nowhere.json"))
 
@@ -131,12 +132,12 @@ def test_busi_to_bus_bra_matching_on_real_images(shared_data, tmp_path):
 
     options = pp.PRESETS["paper"].replace(resize=256)
     busi = [r for r in index_images2d(shared_data / "busi") if not r.id.startswith("normal")][::60]
-    source = pp.preprocess_manifest(busi, tmp_path / "cache", options, num_workers=1, progress=False)
+    source = pp_cache.preprocess_manifest(busi, tmp_path / "cache", options, num_workers=1, progress=False)
     reference = fit_histogram_reference(source)
     path = save_histogram_reference(reference, tmp_path / "busi.json")
     target = index_images2d(shared_data / "bus-bra-mini")[:2]
-    plain = pp.preprocess_manifest(target, tmp_path / "cache", options, num_workers=1, progress=False)
-    matched = pp.preprocess_manifest(target, tmp_path / "cache", options.replace(histogram=str(path)),
+    plain = pp_cache.preprocess_manifest(target, tmp_path / "cache", options, num_workers=1, progress=False)
+    matched = pp_cache.preprocess_manifest(target, tmp_path / "cache", options.replace(histogram=str(path)),
                                      num_workers=1, progress=False)
     for a, b in zip(plain, matched):
         before = np.abs(np.percentile(np.asarray(a.image, float), reference.percentiles) - reference.landmarks).mean()

@@ -16,6 +16,8 @@ import torch
 from fewshot_da import atomic
 from fewshot_da.atomic import DiskFullError, atomic_path, write_text_atomic
 from fewshot_da.data import preprocess as pp
+from fewshot_da.data import cache as pp_cache
+from fewshot_da.data import resample as pp_resample
 from fewshot_da.data.datasets import index_folder
 from fewshot_da.data.io import load_volume
 from fewshot_da.data.manifest import Record
@@ -114,24 +116,24 @@ def test_disk_full_error_survives_a_worker_process():
 
 
 def test_target_grid_is_checked_before_resampling():
-    assert pp.check_target_grid((20, 16, 12), (1.0, 1.5, 2.0), (1.0, 1.0, 1.0), "x") == (20, 24, 24)
+    assert pp_resample.check_target_grid((20, 16, 12), (1.0, 1.5, 2.0), (1.0, 1.0, 1.0), "x") == (20, 24, 24)
     with pytest.raises(InputError, match=r"^x\.nii: resampling .* limit 2\*\*28 voxels"):
-        pp.check_target_grid((256, 256, 150), (100.0, 100.0, 100.0), (1.0, 1.0, 1.0), "x.nii")
+        pp_resample.check_target_grid((256, 256, 150), (100.0, 100.0, 100.0), (1.0, 1.0, 1.0), "x.nii")
     with pytest.raises(InputError, match=r"^x\.nii: resampling .* leaves an empty axis"):
-        pp.check_target_grid((256, 256, 150), (1e-4, 1.0, 1.0), (1.0, 1.0, 1.0), "x.nii")
+        pp_resample.check_target_grid((256, 256, 150), (1e-4, 1.0, 1.0), (1.0, 1.0, 1.0), "x.nii")
 
 
 # ------------------------------------------------------------------------------------------------ cache
 @pytest.fixture
 def cached(tmp_path):
     record = _scan(tmp_path)
-    (volume,) = pp.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False)
+    (volume,) = pp_cache.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False)
     return record, volume, np.array(volume.image), np.array(volume.mask)
 
 
 def _rebuild(record, tmp_path):
     messages = []
-    (volume,) = pp.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False,
+    (volume,) = pp_cache.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False,
                                        log=messages.append)
     return volume, messages
 
@@ -140,7 +142,7 @@ def test_entries_carry_checksums_and_open_verified(cached):
     _, volume, image, mask = cached
     meta = json.loads(Path(volume.path, "meta.json").read_text())
     assert set(meta["crc32"]) == {"image", "mask"} and meta["dtype"] == {"image": "float32", "mask": "uint8"}
-    again = pp.open_cached(volume.path)
+    again = pp_cache.open_cached(volume.path)
     assert np.array_equal(again.image, image) and np.array_equal(again.mask, mask)
 
 
@@ -173,8 +175,8 @@ def test_corrupt_entries_are_named_and_rebuilt(cached, tmp_path, damage, name, m
         Path(target).write_text(json.dumps(meta))
     else:
         os.remove(target)
-    with pytest.raises(pp.CorruptCacheError, match=message):
-        pp.open_cached(folder)
+    with pytest.raises(pp_cache.CorruptCacheError, match=message):
+        pp_cache.open_cached(folder)
     volume, messages = _rebuild(record, tmp_path)
     assert len(messages) == 1 and messages[0].startswith(f"{target}: "), messages
     assert "rebuilding" in messages[0]
@@ -193,7 +195,7 @@ def test_data_preprocess_cli_rebuilds_a_truncated_entry(cached, tmp_path, cli_ru
     result = cli_runner.invoke(cli_app, args)
     assert result.exit_code == 0, result.output
     assert f"warning: {volume.path}/image.npy: unreadable cache array" in result.output
-    assert np.array_equal(pp.open_cached(volume.path).image, image)
+    assert np.array_equal(pp_cache.open_cached(volume.path).image, image)
     assert "warning" not in cli_runner.invoke(cli_app, args).output  # repaired: silent the next time
 
 
@@ -204,15 +206,15 @@ def test_entries_without_checksums_get_them(cached):
     crc = meta.pop("crc32")
     meta.pop("dtype")
     meta_path.write_text(json.dumps(meta))
-    pp.open_cached(volume.path)
+    pp_cache.open_cached(volume.path)
     assert json.loads(meta_path.read_text())["crc32"] == crc
 
 
 def test_stale_temporary_folders_are_removed(cached, tmp_path):
     record, volume, _, _ = cached
     cache = tmp_path / "cache"
-    dead = cache / f".tmp-{os.path.basename(volume.path)}@{pp._HOST}@{_dead_pid()}-0123abcd"
-    alive = cache / f".tmp-{os.path.basename(volume.path)}@{pp._HOST}@{os.getpid()}-0123abcd"
+    dead = cache / f".tmp-{os.path.basename(volume.path)}@{pp_cache._HOST}@{_dead_pid()}-0123abcd"
+    alive = cache / f".tmp-{os.path.basename(volume.path)}@{pp_cache._HOST}@{os.getpid()}-0123abcd"
     old_format = cache / ".tmp-scan-0123456789abcdef-deadbeef"
     for folder in (dead, alive, old_format):
         folder.mkdir()
@@ -275,7 +277,7 @@ def test_cache_writer_names_the_file_on_enospc(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pp.np, "save", full)
     with pytest.raises(DiskFullError, match=r"^no space left on device writing .*cache/scan-[0-9a-f]{16}/mask\.npy$"):
-        pp.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False)
+        pp_cache.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False)
     assert os.listdir(tmp_path / "cache") == []  # no half entry, no temporary folder
 
 
@@ -290,7 +292,7 @@ def test_cache_writer_names_the_folder_when_it_cannot_be_created(tmp_path, monke
 
     monkeypatch.setattr(Path, "mkdir", full)
     with pytest.raises(DiskFullError, match=r"^no space left on device writing .*/cache/scan-[0-9a-f]{16}$"):
-        pp.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False)
+        pp_cache.preprocess_manifest([record], tmp_path / "cache", num_workers=1, progress=False)
 
 
 def _mount_tmpfs(folder, size):

@@ -8,10 +8,13 @@ import pytest
 from scipy import ndimage
 
 from fewshot_da.data import preprocess as pp
+from fewshot_da.data import cache as pp_cache
+from fewshot_da.data import resample as pp_resample
 from fewshot_da.data.datasets import index_folder, index_images2d
 from fewshot_da.data.manifest import Record
 from fewshot_da.data.phantoms import phantom_volume
-from fewshot_da.data.preprocess import PRESETS, PreprocessOptions, preprocess_manifest, save_prediction_nifti
+from fewshot_da.data.preprocess import PRESETS, PreprocessOptions, save_prediction_nifti
+from fewshot_da.data.cache import preprocess_manifest
 
 
 @pytest.fixture
@@ -73,17 +76,18 @@ def test_cache_is_reused_without_recomputation(anisotropic_scan, tmp_path, monke
     def fail(*args, **kwargs):
         raise AssertionError("recomputed a cached scan")
 
-    monkeypatch.setattr(pp, "preprocess_record", fail)
+    monkeypatch.setattr(pp_cache, "preprocess_record", fail)
     (second,) = preprocess_manifest([anisotropic_scan], cache, PRESETS["paper"], num_workers=2, progress=False)
     assert second.path == first.path
     assert os.stat(os.path.join(second.path, "image.npy")).st_mtime_ns == stamp
     assert [p.name for p in cache.iterdir()] == [os.path.basename(first.path)]  # no temp folders left
     # other options or a rewritten input file -> a new entry
-    assert pp._entry_dir(cache, anisotropic_scan, PRESETS["dart20-code"]) != pp._entry_dir(cache, anisotropic_scan, PRESETS["paper"])
+    assert (pp_cache._entry_dir(cache, anisotropic_scan, PRESETS["dart20-code"])
+            != pp_cache._entry_dir(cache, anisotropic_scan, PRESETS["paper"]))
     content = PRESETS["paper"].replace(cache_key="content")
-    before = (pp.cache_key(anisotropic_scan, PRESETS["paper"]), pp.cache_key(anisotropic_scan, content))
+    before = (pp_cache.cache_key(anisotropic_scan, PRESETS["paper"]), pp_cache.cache_key(anisotropic_scan, content))
     os.utime(anisotropic_scan.image, ns=(stamp + 10**9, stamp + 10**9))
-    after = (pp.cache_key(anisotropic_scan, PRESETS["paper"]), pp.cache_key(anisotropic_scan, content))
+    after = (pp_cache.cache_key(anisotropic_scan, PRESETS["paper"]), pp_cache.cache_key(anisotropic_scan, content))
     assert before[0] != after[0] and before[1] == after[1]
 
 
@@ -140,7 +144,7 @@ def test_png_through_preprocessing(shared_data, tmp_path):
 def test_zoom_cubic_equals_scipy(shape, factors):
     data = np.random.default_rng(0).normal(size=shape)
     expected = ndimage.zoom(data, factors, order=3)
-    np.testing.assert_allclose(pp.zoom_cubic(data, expected.shape), expected, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(pp_resample.zoom_cubic(data, expected.shape), expected, rtol=0, atol=1e-10)
 
 
 def test_fake_cc359_tree_with_real_names_and_spacings(shared_data, tmp_path):
@@ -198,7 +202,7 @@ def test_png_pixel_spacing_comes_from_the_manifest(tmp_path):
         assert volume.mask.sum() == 10 * 10  # 20 x 20 pixels of 0.25 mm2 = 100 mm2 = 100 pixels of 1 mm2
     # the manifest's spacing is part of the cache key of a 2D image (the file identity alone is not)
     unitless = Record("a", record.image, record.mask, "us")
-    assert pp.cache_key(record, PRESETS["paper"]) != pp.cache_key(unitless, PRESETS["paper"])
+    assert pp_cache.cache_key(record, PRESETS["paper"]) != pp_cache.cache_key(unitless, PRESETS["paper"])
 
 
 def test_resize_keeps_the_field_of_view_and_records_the_spacing(tmp_path):
@@ -241,7 +245,7 @@ def test_resize_of_3d_volumes_is_in_plane(anisotropic_scan, tmp_path):
 def test_resize_equals_scipy_grid_mode_zoom():
     data = np.random.default_rng(0).normal(size=(9, 7, 3))
     for size in ((4, 13), (9, 7), (18, 2)):
-        out, index_map = pp.resize_inplane(data, size, slice_axis=2)
+        out, index_map = pp_resample.resize_inplane(data, size, slice_axis=2)
         factors = (size[0] / 9, size[1] / 7, 1.0)
         expected = ndimage.zoom(data, factors, order=1, grid_mode=True, mode="nearest")
         np.testing.assert_allclose(out, expected, atol=1e-12)
@@ -256,7 +260,7 @@ def test_resize_option_parsing_and_cache_key(anisotropic_scan):
     for bad in ("0", "256,256,3", "big", 2.5):
         with pytest.raises(pp.InputError, match="--resize"):
             PreprocessOptions(resize=bad)
-    keys = {pp.cache_key(anisotropic_scan, PRESETS["paper"].replace(resize=r)) for r in (None, 64, (64, 32))}
+    keys = {pp_cache.cache_key(anisotropic_scan, PRESETS["paper"].replace(resize=r)) for r in (None, 64, (64, 32))}
     assert len(keys) == 3
 
 

@@ -235,7 +235,8 @@ PREPROCESS = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from fewshot_da.data.phantoms import write_phantom_dataset
-from fewshot_da.data.preprocess import preprocess_manifest, preprocess_options
+from fewshot_da.data.preprocess import preprocess_options
+from fewshot_da.data.cache import preprocess_manifest
 
 if __name__ == "__main__":
     records = write_phantom_dataset(sys.argv[2], domains=["siemens3", "ge15"], scans_per_domain=12,

@@ -146,7 +146,8 @@ def _indexed(data: dict, out: Path, log):
 def preprocess_all(context: dict, domains: Sequence[str], *, num_workers: int, progress: bool) -> None:
     """Preprocess every scan of `domains` into the grid cache once, before any run (runs then only read)."""
     from ...data.manifest import read_manifest
-    from ...data.preprocess import preprocess_manifest, preprocess_options
+    from ...data.preprocess import preprocess_options
+    from ...data.cache import preprocess_manifest
 
     records = [r for r in read_manifest(context["manifest"]) if r.domain in set(domains)]
     preprocess_manifest(
