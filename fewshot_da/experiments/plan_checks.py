@@ -299,19 +299,13 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
 
 def plan_targets(plan: dict, splits: dict) -> list:
     """The target domains the plan's pairs reach in this data (the grid's own pair rule)."""
-    from .grid.specs import _index_range
+    from .grid.specs import chosen_pairs
 
     domains = list(splits["domains"])
     sources = domains if plan["sources"] == "all" else [d for d in plan["sources"] if d in domains]
     targets = domains if plan["targets"] == "all" else [d for d in plan["targets"] if d in domains]
     pairs = [p for p in splits["pairs"] if p["source"] in sources and p["target"] in targets]
-    if plan["pairs"] is not None:
-        if isinstance(plan["pairs"], list) and plan["pairs"] and isinstance(plan["pairs"][0], (list, tuple)):
-            wanted = {tuple(p) for p in plan["pairs"]}
-            pairs = [p for p in pairs if (p["source"], p["target"]) in wanted]
-        else:
-            keep = _index_range(plan["pairs"], "pairs")
-            pairs = [p for p in pairs if p["index"] in keep]
+    pairs = chosen_pairs(pairs, plan["pairs"], "pairs")
     return [d for d in domains if d in {p["target"] for p in pairs}]
 
 

@@ -176,12 +176,14 @@ def test_kill9_of_the_grid_leaves_no_worker_and_the_grid_resumes(tmp_path):
     assert "warning: budget 1/4 of ge15 is degenerate" in output
 
 
-def test_sigterm_stops_the_workers_and_exits_cleanly_and_the_cut_run_is_rerun(tmp_path):
-    proc, plan, out = _start_grid(tmp_path, "terminated")
+def _signal_mid_grid(tmp_path, name, send) -> tuple:
+    """Start a grid, `send(pid)` a signal while its workers run, wait up to 30 s for it to exit; (plan, out, rc,
+    stdout, stderr, descendants still alive 10 s later)."""
+    proc, plan, out = _start_grid(tmp_path, name)
     recorded = {}
     try:
         recorded = _wait_mid_grid(proc, out)
-        os.kill(proc.pid, signal.SIGTERM)  # a scheduler's or a user's `kill PID`
+        send(proc.pid)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -191,6 +193,13 @@ def test_sigterm_stops_the_workers_and_exits_cleanly_and_the_cut_run_is_rerun(tm
         stdout, stderr = proc.communicate(timeout=5) if rc is not None else ("", "")
     finally:
         _cleanup(proc, recorded)
+    return plan, out, rc, stdout, stderr, survivors
+
+
+def test_sigterm_stops_the_workers_and_exits_cleanly_and_the_cut_run_is_rerun(tmp_path):
+    # a scheduler's or a user's `kill PID`
+    plan, out, rc, stdout, stderr, survivors = _signal_mid_grid(tmp_path, "terminated",
+                                                                lambda pid: os.kill(pid, signal.SIGTERM))
     assert rc is not None, "the grid did not exit within 30 s of SIGTERM"
     assert not survivors, f"alive 10 s after SIGTERM of the grid: {survivors}"
     assert rc == 128 + signal.SIGTERM, (rc, stdout, stderr)
@@ -210,20 +219,9 @@ def test_sigterm_stops_the_workers_and_exits_cleanly_and_the_cut_run_is_rerun(tm
 
 
 def test_ctrl_c_of_the_group_stops_everything_without_tracebacks(tmp_path):
-    proc, _, out = _start_grid(tmp_path, "interrupted")
-    recorded = {}
-    try:
-        recorded = _wait_mid_grid(proc, out)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        survivors = _survivors(recorded, within_s=10.0)
-        rc = proc.poll()
-        stdout, stderr = proc.communicate(timeout=5) if rc is not None else ("", "")
-    finally:
-        _cleanup(proc, recorded)
+    # Ctrl-C: the terminal signals the whole foreground group
+    _, out, rc, stdout, stderr, survivors = _signal_mid_grid(tmp_path, "interrupted",
+                                                             lambda pid: os.killpg(pid, signal.SIGINT))
     assert rc is not None, "the grid did not exit within 30 s of Ctrl-C"
     assert not survivors, f"alive 10 s after Ctrl-C: {survivors}"
     assert rc == 128 + signal.SIGINT, (rc, stdout, stderr)

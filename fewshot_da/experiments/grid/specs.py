@@ -67,6 +67,18 @@ def _index_range(text, where: str) -> set:
     return out
 
 
+def chosen_pairs(pairs: list, chosen, where: str) -> list:
+    """The split's `pairs` a plan's `pairs` entry keeps: [[source, target], ...], an index range ('5-29', '0,3')
+    or a list of indices; None keeps all."""
+    if chosen is None:
+        return pairs
+    if isinstance(chosen, list) and chosen and isinstance(chosen[0], (list, tuple)):
+        wanted = {tuple(p) for p in chosen}
+        return [p for p in pairs if (p["source"], p["target"]) in wanted]
+    keep = _index_range(chosen, where)
+    return [p for p in pairs if p["index"] in keep]
+
+
 def _strategy_entries(plan: dict) -> list:
     """Every plan strategy as {name, layers, options, pairs, options_by_budget, grid}. A bare name is a registered
     strategy with its defaults (`spottune`, `gradual`, `adabn`, ...) or else a layer group to fine-tune (`first`)."""
@@ -132,13 +144,7 @@ def build_specs(plan: dict, splits: dict) -> list:
     sources = domains if plan["sources"] == "all" else plan["sources"]
     targets = domains if plan["targets"] == "all" else plan["targets"]
     pairs = [p for p in splits["pairs"] if p["source"] in sources and p["target"] in targets]
-    if plan["pairs"] is not None:
-        if isinstance(plan["pairs"], list) and plan["pairs"] and isinstance(plan["pairs"][0], (list, tuple)):
-            wanted = {tuple(p) for p in plan["pairs"]}
-            pairs = [p for p in pairs if (p["source"], p["target"]) in wanted]
-        else:
-            keep = _index_range(plan["pairs"], f"plan {name}")
-            pairs = [p for p in pairs if p["index"] in keep]
+    pairs = chosen_pairs(pairs, plan["pairs"], f"plan {name}")
     if not pairs:
         raise InputError(f"plan {name}: no source -> target pair in the data (domains {', '.join(domains)})")
     strategies = _strategy_entries(plan)
