@@ -10,6 +10,9 @@ from typing import Iterable, Optional, Sequence
 from fewshot_da.atomic import atomic_path
 from fewshot_da.errors import InputError
 
+# The label name of a binary mask's 1s when no label set names it (results.csv's `label` column, models/labels.py).
+BINARY_FOREGROUND = "foreground"
+
 COLUMNS = ("id", "image", "mask", "domain")
 # An id names files (cache entries <id>-<key>/, predictions <id>.nii.gz), which most file systems cap at 255 bytes.
 MAX_ID_BYTES = 128

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 from ..atomic import format_cell, write_csv_atomic
+from ..data.manifest import BINARY_FOREGROUND
 from ..errors import InputError
 
-ID_COLUMNS = ("run", "arch", "source", "target", "strategy", "layers", "budget", "seed", "fold", "case")
+ID_COLUMNS = ("run", "arch", "source", "target", "strategy", "layers", "budget", "seed", "fold", "case", "label")
 METRIC_ORDER = ("dice", "surface_dice_*", "hd95_mm", "assd_mm", "pixel_error_pct", "ari")
 _SCORE_RENAMES = {"id": "case", "adjusted_rand_index": "ari"}  # pixel_error_pct keeps its unit in its name
 
@@ -39,13 +40,14 @@ def metric_columns(columns: Iterable[str]) -> list:
 
 def rows_from_summary(summary: dict, run: str, **overrides) -> list:
     """Results rows of one finished run: its spec's identifying fields (overridden by `overrides`, e.g.
-    strategy='baseline') and one row per scored case."""
+    strategy='baseline') and one row per scored case and label (`label`: for a binary run, its foreground's name)."""
     spec = dict(summary.get("spec") or {})
     spec.update(overrides)
     base = {"run": run}
-    for column in ID_COLUMNS[1:-1]:
+    for column in ID_COLUMNS[1:-2]:
         value = spec.get(column)
         base[column] = "" if value is None else value
+    labels = list(summary.get("labels") or spec.get("labels") or {})  # a label set's names, background first
     rows = []
     for score in summary.get("scores") or []:
         row = dict(base)
@@ -53,6 +55,7 @@ def rows_from_summary(summary: dict, run: str, **overrides) -> list:
             if key == "domain":
                 continue
             row[_SCORE_RENAMES.get(key, key)] = value
+        row.setdefault("label", labels[1] if len(labels) == 2 else BINARY_FOREGROUND)
         rows.append(row)
     return rows
 
@@ -208,7 +211,9 @@ def read_results(path, *, log: Optional[Callable] = None) -> list:
         if len(fields) != len(header):
             report(f"{path} line {start}: {len(fields)} fields, the header has {len(header)}; line skipped")
             continue
-        rows.append({k: (v if k in ID_COLUMNS else _float(v)) for k, v in zip(header, fields)})
+        row = {k: (v if k in ID_COLUMNS else _float(v)) for k, v in zip(header, fields)}
+        row.setdefault("label", BINARY_FOREGROUND)  # tables written before the column: binary runs
+        rows.append(row)
     return rows
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.manifest import BINARY_FOREGROUND
 from ..errors import InputError
 
 Value = Union[int, tuple]
@@ -48,7 +49,7 @@ class LabelSet:
 
     # --- construction --------------------------------------------------------------------------------------------
     @classmethod
-    def binary(cls, foreground: str = "foreground") -> "LabelSet":
+    def binary(cls, foreground: str = BINARY_FOREGROUND) -> "LabelSet":
         """Background 0 and one foreground 1 (the default of every run)."""
         return cls(("background", foreground), (0, 1))
 

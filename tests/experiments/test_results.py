@@ -7,7 +7,8 @@ import pytest
 from fewshot_da.atomic import write_json_atomic
 from fewshot_da.errors import InputError
 from fewshot_da.data.budgets import budget_label, budget_scans
-from fewshot_da.experiments.results import append_results, collect_runs, read_results, rows_from_summary, write_results
+from fewshot_da.experiments.results import (ID_COLUMNS, append_results, collect_runs, read_results, rows_from_summary,
+                                            write_results)
 
 
 def _summary(strategy="freeze", budget="1/8", cases=("b", "a")):
@@ -54,3 +55,23 @@ def test_budget_labels():
     assert budget_scans("1/48") == pytest.approx(1 / 48) and budget_scans("") == 0.0
     with pytest.raises(InputError):
         budget_scans("x")
+
+
+def test_rows_carry_the_label_and_older_tables_read_as_binary(tmp_path):
+    """results.csv's `label` column: the foreground's name for binary runs; a table written before the column
+    reads as binary and is widened by the next append, losing no row."""
+    summary = {"spec": {"arch": "dsa", "source": "a", "target": "b", "strategy": "freeze", "layers": "first",
+                        "budget": "1", "seed": 0, "fold": None},
+               "scores": [{"id": "s1", "domain": "b", "dice": 0.9}]}
+    (row,) = rows_from_summary(summary, "adapt/x")
+    assert row["label"] == "foreground" and row["case"] == "s1"
+    labelled = dict(summary, labels={"background": 0, "brain": 1})
+    assert rows_from_summary(labelled, "adapt/x")[0]["label"] == "brain"
+    old = tmp_path / "results.csv"
+    old.write_text("run,arch,source,target,strategy,layers,budget,seed,fold,case,dice\n"
+                   "adapt/y,dsa,a,b,freeze,all,1,0,,s2,0.8\n")
+    assert read_results(old)[0]["label"] == "foreground"
+    append_results(old, [row])
+    rows = read_results(old)
+    assert sorted((r["run"], r["label"]) for r in rows) == [("adapt/x", "foreground"), ("adapt/y", "foreground")]
+    assert old.read_text().splitlines()[0].split(",")[:11] == list(ID_COLUMNS)
