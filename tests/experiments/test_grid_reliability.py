@@ -193,8 +193,10 @@ def test_the_reader_skips_and_names_a_malformed_middle_line(tmp_path):
     problems = []
     rows = read_results(path, log=problems.append)
     assert [r["case"] for r in rows] == ["c000", "c002"]
-    assert problems == [f"{path} line 3: 9 fields, the header has 12; line skipped"]
-    with pytest.warns(UserWarning, match=r"results\.csv line 3: 9 fields"):
+    header = lines[0].split(",")
+    short = len(header) - 3
+    assert problems == [f"{path} line 3: {short} fields, the header has {len(header)}; line skipped"]
+    with pytest.warns(UserWarning, match=rf"results\.csv line 3: {short} fields"):
         read_results(path)
 
 
