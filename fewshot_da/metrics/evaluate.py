@@ -149,6 +149,10 @@ def _foreground_values(path: Path, limit: int = 6) -> list:
     return [float(v) if v != int(v) else int(v) for v in values[values > 0][:limit]]
 
 
+def _without_singletons(shape) -> tuple:
+    return tuple(n for n in shape if n != 1)
+
+
 def _score_pair(pair, *, tolerances, metrics, label, threshold, num_threads) -> tuple[dict, dict]:
     """(row, flags) of one case. The threshold binarises the prediction only: the ground truth is a label
     mask. flags: `absent` (the label is in neither mask), `gt_empty` (empty ground truth after binarising),
@@ -157,7 +161,11 @@ def _score_pair(pair, *, tolerances, metrics, label, threshold, num_threads) -> 
     gt_mask, spacing, gt_affine, gt_shape = load_mask(gt_path, label, None, ground_truth=True)
     pred_mask, _, pred_affine, pred_shape = load_mask(pred_path, label, threshold)
     if gt_shape != pred_shape:
-        raise InputError(f"{gt_path} and {pred_path}: shapes differ {gt_shape} vs {pred_shape}")
+        if _without_singletons(gt_shape) != _without_singletons(pred_shape):
+            raise InputError(f"{gt_path} and {pred_path}: shapes differ {gt_shape} vs {pred_shape}")
+        # a 2D image's mask against its one-slice NIfTI prediction (predict writes (H, W, 1)): the same grid
+        spacing = tuple(s for s, n in zip(spacing, gt_shape) if n != 1) if len(gt_shape) > 2 else spacing
+        gt_mask, pred_mask = np.squeeze(gt_mask), np.squeeze(pred_mask)
     if not np.allclose(gt_affine, pred_affine, rtol=1e-5, atol=1e-5):
         raise InputError(f"{gt_path} and {pred_path}: affines differ (not on the same grid)")
     gt_empty, pred_empty = not gt_mask.any(), not pred_mask.any()

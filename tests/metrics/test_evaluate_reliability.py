@@ -141,3 +141,27 @@ def test_eval_tolerance_has_the_rule_of_every_verb(tmp_path, cli_runner, cli_app
     errors = _errors(result)
     assert result.exit_code != 0 and len(errors) == 1 and f"--tolerance {value}" in errors[0]
     assert "finite number of mm > 0" in errors[0]
+
+
+def test_a_2d_png_mask_is_scored_against_its_one_slice_nifti_prediction(tmp_path, cli_runner, cli_app):
+    """predict writes a 2D image's mask as an (H, W, 1) NIfTI; eval scores it against the (H, W) PNG ground truth
+    (found as a new user would, on BUS-BRA); other shape differences are still refused."""
+    from PIL import Image
+
+    gt = np.zeros((16, 16), np.uint8)
+    gt[4:12, 4:12] = 255
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(gt).save(tmp_path / "gt" / "case1_mask.png")
+    (tmp_path / "pred").mkdir()
+    pred = (gt > 0).astype(np.uint8)[:, :, None].copy()
+    pred[4:12, 4:8] = 0  # half of the lesion: Dice 2 * 32 / (64 + 32)
+    _write(tmp_path / "pred" / "case1.nii.gz", pred)
+    out = tmp_path / "o"
+    result = cli_runner.invoke(cli_app, ["eval", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"),
+                                         "--out", str(out), "--num-threads", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mean"]["dice"] == pytest.approx(64 / 96)
+    _write(tmp_path / "pred" / "case1.nii.gz", np.zeros((16, 8, 1), np.uint8))
+    result = cli_runner.invoke(cli_app, ["eval", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")])
+    assert result.exit_code != 0 and "shapes differ" in _errors(result)[0]
