@@ -25,6 +25,23 @@ def _map_cli_package():
 _map_cli_package()
 
 
+def cli_script(root=ROOT) -> str:
+    """Python source that runs this checkout's CLI (`fewshot_da_cli` mapped from root/cli, as above) on its
+    command line: for subprocess tests, since the installed console script may belong to another tree."""
+    return f"""import importlib.util, sys
+root = {str(root)!r}
+sys.path.insert(0, root)
+spec = importlib.util.spec_from_file_location("fewshot_da_cli", root + "/cli/__init__.py",
+                                              submodule_search_locations=[root + "/cli"])
+module = importlib.util.module_from_spec(spec)
+sys.modules["fewshot_da_cli"] = module
+spec.loader.exec_module(module)
+if __name__ == "__main__":  # worker processes (spawn) import a script file again
+    from fewshot_da_cli.main import cli
+    cli(prog_name="fewshot-da")
+"""
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path to ../shared/data; tests that need it are skipped with a reason when it is absent."""

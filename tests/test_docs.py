@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli_script
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide" / "your-data.md"
@@ -31,19 +32,6 @@ TINY = {
 }
 VARIABLES = ("LAYOUT", "ROOT", "SOURCE", "TARGET", "TARGET_MASKS")
 
-# Runs this checkout's CLI (the installed console script may belong to another tree), as conftest maps it.
-_SHIM = """import importlib.util, sys
-root = {root!r}
-sys.path.insert(0, root)
-spec = importlib.util.spec_from_file_location("fewshot_da_cli", root + "/cli/__init__.py",
-                                              submodule_search_locations=[root + "/cli"])
-module = importlib.util.module_from_spec(spec)
-sys.modules["fewshot_da_cli"] = module
-spec.loader.exec_module(module)
-if __name__ == "__main__":  # worker processes (spawn) import this file again
-    from fewshot_da_cli.main import cli
-    cli(prog_name="fewshot-da")
-"""
 
 
 def fenced_block(path: Path, name: str) -> str:
@@ -63,7 +51,7 @@ def fewshot_da_path(tmp_path: Path) -> str:
     """A bin folder holding a `fewshot-da` that runs this checkout, for the front of PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "fewshot_da_shim.py").write_text(_SHIM.format(root=str(ROOT)))
+    (bin_dir / "fewshot_da_shim.py").write_text(cli_script(ROOT))
     script = bin_dir / "fewshot-da"
     script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(bin_dir / "fewshot_da_shim.py"))} "$@"\n')
     script.chmod(0o755)

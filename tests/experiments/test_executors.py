@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli_script
 
 from fewshot_da.experiments.executors import GridProgress
 from tests.grid_plans import tiny_plan
@@ -21,19 +22,6 @@ from tests.grid_plans import tiny_plan
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
 
-# The CLI as a user runs it, with `fewshot_da_cli` mapped from this checkout's cli/ (as tests/conftest.py does).
-CLI = """
-import importlib.util, sys
-root = sys.argv.pop(1)
-sys.path.insert(0, root)
-spec = importlib.util.spec_from_file_location("fewshot_da_cli", root + "/cli/__init__.py",
-                                              submodule_search_locations=[root + "/cli"])
-module = importlib.util.module_from_spec(spec)
-sys.modules["fewshot_da_cli"] = module
-spec.loader.exec_module(module)
-from fewshot_da_cli.main import cli
-cli(prog_name="fewshot-da")
-"""
 
 
 def _stat(pid: int):
@@ -82,7 +70,7 @@ def _start_grid(tmp_path: Path, name: str):
     out = tmp_path / name
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, str(ROOT), "experiment", "run", str(plan), "--out", str(out),
+        [sys.executable, "-c", cli_script(ROOT), "experiment", "run", str(plan), "--out", str(out),
          "--slots", "2", "--quiet"],
         cwd=str(ROOT),
         env=env,
@@ -135,7 +123,7 @@ def _resume(plan: Path, out: Path):
     """The same command again (quiet); returns (rc, stdout)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run(
-        [sys.executable, "-c", CLI, str(ROOT), "experiment", "run", str(plan), "--out", str(out),
+        [sys.executable, "-c", cli_script(ROOT), "experiment", "run", str(plan), "--out", str(out),
          "--slots", "2", "--quiet"],
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600, check=False,
     )
